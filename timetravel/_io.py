@@ -1,0 +1,83 @@
+"""Crash-safe file primitives shared by every writer in timetravel.
+
+Writes go to a temporary file in the destination directory, are flushed and
+fsynced, then renamed over the destination, so a reader sees either the old
+or the new content, never a half-written file. Appends to logs are fsynced
+before returning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (a rename) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    data = json.dumps(obj, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` as a ``.npy`` file atomically (never pickled)."""
+    array = np.asarray(array)
+    if array.dtype == object:
+        raise TypeError(f"refusing to save an object array to {path}: it would need pickle")
+    _atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write raw bytes to ``path`` atomically."""
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def append_line_fsynced(path: Path, line: str) -> None:
+    """Append one line to a text log and fsync it before returning.
+
+    ``O_APPEND`` makes each write land at the end even with several writers,
+    and one ``write`` call per line keeps lines whole.
+    """
+    if "\n" in line:
+        raise ValueError("a log line must not contain a newline")
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

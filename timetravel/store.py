@@ -1,0 +1,714 @@
+"""The run store: one directory per training run, plain ``.npy`` files.
+
+Layout (see ``docs/run-store.md`` for the full description)::
+
+    RUN/
+      run.json                     manifest, rewritten atomically after every epoch
+      labels.npy                   (N,) int64, the labels the model was trained on
+      true_labels.npy, noise_mask.npy   optional, clean labels when noise was injected
+      thumbs.npy                   optional (N, H, W) or (N, H, W, 3) uint8
+      heldout_labels.npy           optional (M,) int64
+      epochs/EEEE/embedding.npy    (N, D) float16 (or float32)
+      epochs/EEEE/logits.npy       (N, K) float32
+      epochs/EEEE/head_weight.npy, head_bias.npy   (K, D), (K,) float32: the linear head
+      epochs/EEEE/train_margin.npy optional (N,) float32, training-mode margins
+      epochs/EEEE/heldout_embedding.npy, heldout_logits.npy   optional
+      projection/ features/ ...    derived data, each with its own manifest
+      feedback.jsonl               append-only log of user decisions
+
+An epoch is written into a hidden temporary directory, renamed into place and
+only then listed in ``run.json``; readers trust the manifest, so a process
+killed mid-epoch leaves a store that opens with the epochs completed so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from timetravel._io import fsync_dir, save_npy_atomic, write_json_atomic
+from timetravel.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "run.json"
+EMBEDDING_DTYPES = ("float16", "float32")
+SPLITS = ("train", "heldout")
+# Stores below this size are checked for NaN/inf in full when opened; larger
+# ones are checked epoch by epoch on first access, so opening stays instant.
+FULL_VERIFY_BYTES = 256 * 2**20
+
+
+def epoch_dirname(epoch: int) -> str:
+    """Directory name of an epoch inside ``epochs/`` (zero-padded to 4 digits)."""
+    return f"{int(epoch):04d}"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Read the shape and dtype of a ``.npy`` file and check it is complete."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = _HEADER_READERS.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = read_header(fh)
+            data_start = fh.tell()
+    except FileNotFoundError:
+        raise StoreError(f"{path}: file is missing") from None
+    except (ValueError, EOFError, OSError) as exc:
+        raise StoreError(f"{path}: not a readable .npy file ({exc})") from None
+    if dtype.hasobject:
+        raise StoreError(f"{path}: holds Python objects, which would need pickle; refusing to read it")
+    expected = data_start + math.prod(shape) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise StoreError(f"{path}: truncated, {actual} bytes on disk but the header promises {expected}")
+    return tuple(shape), dtype
+
+
+def _check_finite(array: np.ndarray, path: Path, chunk_rows: int = 65536) -> None:
+    for start in range(0, max(len(array), 1), chunk_rows):
+        block = np.asarray(array[start : start + chunk_rows])
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
+            raise StoreError(f"{path}: contains NaN or inf values (first at row {bad})")
+
+
+@dataclass(frozen=True)
+class Territory:
+    """Decision territories of one epoch on the canvas.
+
+    Attributes
+    ----------
+    classes : ndarray of shape (G, G), uint8
+        Predicted class per grid cell; row 0 is the bottom of the canvas.
+    confidence : ndarray of shape (G, G), uint8
+        Softmax confidence of that class, scaled to 0..255.
+    extent : tuple of float
+        ``(x_min, x_max, y_min, y_max)`` of the grid on the canvas.
+    """
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    extent: tuple[float, float, float, float]
+
+
+class RunStore:
+    """Read-only view of a run store directory.
+
+    Arrays are memory-mapped, so a run much larger than memory can be used;
+    nothing is loaded until asked for.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory (the one holding ``run.json``).
+    verify : {"auto", "full", "headers"}, default="auto"
+        How much to check when opening. Shapes, dtypes, file sizes and label
+        ranges are always checked. ``"full"`` also scans every array for
+        NaN/inf; ``"auto"`` does so for stores under 256 MiB and otherwise
+        checks each epoch the first time it is read; ``"headers"`` only checks
+        each epoch on first read.
+
+    Raises
+    ------
+    StoreError
+        The directory is not a run store, or a file is missing, truncated,
+        of the wrong shape, holds NaN/inf or has an unknown format version.
+        The message names the file and the problem.
+
+    Examples
+    --------
+    >>> store = RunStore("runs/digits")  # doctest: +SKIP
+    >>> store.n_samples, store.n_classes, store.epochs[-1]  # doctest: +SKIP
+    (1797, 10, 29)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: str = "auto") -> None:
+        if verify not in ("auto", "full", "headers"):
+            raise ValueError(f"verify must be 'auto', 'full' or 'headers', got {verify!r}")
+        self.path = Path(path)
+        self.manifest = self._read_manifest()
+        m = self.manifest
+        self.n_samples: int = int(m["n_samples"])
+        self.n_classes: int = int(m["n_classes"])
+        self.embedding_dim: int = int(m["embedding_dim"])
+        self.n_heldout: int = int(m.get("n_heldout", 0))
+        self.class_names: list[str] = list(m.get("class_names") or [str(k) for k in range(self.n_classes)])
+        self.epochs: list[int] = sorted(int(e) for e in m["epochs"])
+        self._checked: set[Path] = set()
+        self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self.labels = self._load_labels("labels.npy", self.n_samples)
+        self.true_labels = self._load_labels("true_labels.npy", self.n_samples) if m.get("has_true_labels") else None
+        self.noise_mask = self._load_optional_mask() if m.get("has_true_labels") else None
+        self.heldout_labels = (
+            self._load_labels("heldout_labels.npy", self.n_heldout) if self.n_heldout else None
+        )
+        self._check_epochs()
+        full = verify == "full" or (verify == "auto" and self._epoch_bytes() <= FULL_VERIFY_BYTES)
+        if full:
+            self.verify()
+
+    # -- manifest and static arrays ---------------------------------------------------
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.path / MANIFEST
+        if not self.path.is_dir():
+            raise StoreError(f"{self.path}: no such run directory")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoreError(f"{path}: file is missing; {self.path} is not a timetravel run store") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{path}: expected a JSON object at the top level")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"{path}: unknown format_version {version!r}; this timetravel reads version {FORMAT_VERSION}"
+            )
+        for key in ("n_samples", "n_classes", "embedding_dim", "epochs", "embedding_dtype"):
+            if key not in manifest:
+                raise StoreError(f"{path}: required field {key!r} is missing")
+        if manifest["embedding_dtype"] not in EMBEDDING_DTYPES:
+            raise StoreError(f"{path}: embedding_dtype must be one of {EMBEDDING_DTYPES}")
+        return manifest
+
+    def _header(self, path: Path, shape: tuple[int, ...], kinds: str) -> np.dtype:
+        actual, dtype = _npy_header(path)
+        if actual != shape:
+            raise StoreError(f"{path}: shape {actual} does not match the manifest, expected {shape}")
+        if dtype.kind not in kinds:
+            raise StoreError(f"{path}: dtype {dtype} is not allowed here")
+        return dtype
+
+    def _mmap(self, path: Path) -> np.ndarray:
+        if path in self._cache:
+            self._cache.move_to_end(path)
+            return self._cache[path]
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise StoreError(f"{path}: cannot be read ({exc})") from None
+        if path not in self._checked:
+            _check_finite(array, path)
+            self._checked.add(path)
+        self._cache[path] = array
+        if len(self._cache) > 64:  # bounded number of open maps for long runs
+            self._cache.popitem(last=False)
+        return array
+
+    def _load_labels(self, name: str, n: int) -> np.ndarray:
+        path = self.path / name
+        self._header(path, (n,), "iu")
+        labels = np.load(path, allow_pickle=False).astype(np.int64, copy=False)
+        if n and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise StoreError(
+                f"{path}: labels must lie in [0, {self.n_classes}), found range [{labels.min()}, {labels.max()}]"
+            )
+        return labels
+
+    def _load_optional_mask(self) -> np.ndarray:
+        path = self.path / "noise_mask.npy"
+        self._header(path, (self.n_samples,), "b")
+        mask = np.load(path, allow_pickle=False)
+        if not np.array_equal(mask, self.labels != self.true_labels):
+            raise StoreError(f"{path}: does not match labels.npy != true_labels.npy")
+        return mask
+
+    def _epoch_files(self, epoch: int) -> dict[Path, tuple[tuple[int, ...], str]]:
+        d = self.epoch_dir(epoch)
+        n, k, dim = self.n_samples, self.n_classes, self.embedding_dim
+        files = {
+            d / "embedding.npy": ((n, dim), "f"),
+            d / "logits.npy": ((n, k), "f"),
+            d / "head_weight.npy": ((k, dim), "f"),
+            d / "head_bias.npy": ((k,), "f"),
+        }
+        optional = {
+            d / "train_margin.npy": ((n,), "f"),
+            d / "heldout_embedding.npy": ((self.n_heldout, dim), "f"),
+            d / "heldout_logits.npy": ((self.n_heldout, k), "f"),
+        }
+        files.update({p: spec for p, spec in optional.items() if p.exists()})
+        return files
+
+    def _check_epochs(self) -> None:
+        for epoch in self.epochs:
+            for path, (shape, kinds) in self._epoch_files(epoch).items():
+                self._header(path, shape, kinds)
+
+    def _epoch_bytes(self) -> int:
+        per_epoch = sum(p.stat().st_size for p in self._epoch_files(self.epochs[0])) if self.epochs else 0
+        return per_epoch * len(self.epochs)
+
+    def verify(self) -> None:
+        """Scan every recorded array for NaN/inf; raise :class:`StoreError` on the first."""
+        for epoch in self.epochs:
+            for path in self._epoch_files(epoch):
+                self._mmap(path)
+
+    # -- per-epoch arrays ---------------------------------------------------------------
+
+    def epoch_dir(self, epoch: int) -> Path:
+        """Directory holding one epoch's arrays."""
+        return self.path / "epochs" / epoch_dirname(epoch)
+
+    def _require_epoch(self, epoch: int) -> None:
+        if epoch not in self.epochs:
+            shown = f"{self.epochs[0]}..{self.epochs[-1]}" if self.epochs else "none"
+            raise StoreError(f"{self.path}: epoch {epoch} is not recorded (recorded epochs: {shown})")
+
+    def _split_file(self, epoch: int, name: str, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self._require_epoch(epoch)
+        if split == "heldout":
+            if not self.n_heldout:
+                raise StoreError(f"{self.path}: the run has no held-out set")
+            name = f"heldout_{name}"
+        return self.epoch_dir(epoch) / f"{name}.npy"
+
+    def embedding(self, epoch: int, split: str = "train") -> np.ndarray:
+        """Memory-mapped ``(N, D)`` penultimate-layer embeddings of one epoch."""
+        return self._mmap(self._split_file(epoch, "embedding", split))
+
+    def logits(self, epoch: int, split: str = "train") -> np.ndarray:
+        """Memory-mapped ``(N, K)`` eval-mode logits of one epoch."""
+        return self._mmap(self._split_file(epoch, "logits", split))
+
+    def probabilities(self, epoch: int, split: str = "train") -> np.ndarray:
+        """Softmax of :meth:`logits`, as a float32 array in memory."""
+        return softmax(np.asarray(self.logits(epoch, split), dtype=np.float32))
+
+    def head(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The linear classification head ``(weight (K, D), bias (K,))`` of one epoch."""
+        self._require_epoch(epoch)
+        d = self.epoch_dir(epoch)
+        return np.asarray(self._mmap(d / "head_weight.npy")), np.asarray(self._mmap(d / "head_bias.npy"))
+
+    def train_margin(self, epoch: int) -> np.ndarray | None:
+        """Training-mode margins of one epoch (for AUM), or None when not recorded."""
+        self._require_epoch(epoch)
+        path = self.epoch_dir(epoch) / "train_margin.npy"
+        return self._mmap(path) if path.exists() else None
+
+    @property
+    def thumbs(self) -> np.ndarray | None:
+        """Memory-mapped uint8 thumbnails ``(N, H, W[, 3])``, or None."""
+        path = self.path / "thumbs.npy"
+        if not path.exists():
+            return None
+        array = self._mmap(path)
+        if array.shape[0] != self.n_samples or array.dtype != np.uint8:
+            raise StoreError(f"{path}: expected ({self.n_samples}, H, W[, 3]) uint8, got {array.shape} {array.dtype}")
+        return array
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Per-epoch training metrics recorded with each epoch (loss, accuracies)."""
+        return list(self.manifest.get("history", []))
+
+    # -- derived data ------------------------------------------------------------------
+
+    def derived_dir(self, name: str) -> Path:
+        """Directory of a derived product (``projection``, ``features``...)."""
+        return self.path / name
+
+    def _projection_manifest(self) -> dict[str, Any]:
+        path = self.derived_dir("projection") / "manifest.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.path}: has no projection yet; run `timetravel project {self.path}` first"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{path}: not valid JSON ({exc})") from None
+
+    @property
+    def projected_epochs(self) -> list[int]:
+        """Epochs with a finished projection (empty when none)."""
+        try:
+            return sorted(int(e) for e in self._projection_manifest().get("epochs", {}))
+        except StoreError:
+            return []
+
+    def projection(self, epoch: int, split: str = "train") -> np.ndarray:
+        """``(N, 2)`` float32 canvas coordinates of one epoch."""
+        self._projection_entry(epoch)
+        name = "xy.npy" if split == "train" else "heldout_xy.npy"
+        n = self.n_samples if split == "train" else self.n_heldout
+        path = self.derived_dir("projection") / epoch_dirname(epoch) / name
+        self._header(path, (n, 2), "f")
+        return self._mmap(path)
+
+    def territory(self, epoch: int) -> Territory:
+        """Decision territories of one epoch (see :class:`Territory`)."""
+        entry = self._projection_entry(epoch)
+        d = self.derived_dir("projection") / epoch_dirname(epoch)
+        grid = int(entry["grid"])
+        for name in ("territory_class.npy", "territory_confidence.npy"):
+            self._header(d / name, (grid, grid), "u")
+        return Territory(
+            classes=np.load(d / "territory_class.npy", allow_pickle=False),
+            confidence=np.load(d / "territory_confidence.npy", allow_pickle=False),
+            extent=tuple(float(v) for v in entry["extent"]),
+        )
+
+    def _projection_entry(self, epoch: int) -> dict[str, Any]:
+        self._require_epoch(epoch)
+        entries = self._projection_manifest().get("epochs", {})
+        if str(epoch) not in entries:
+            raise StoreError(
+                f"{self.path}: epoch {epoch} is not projected yet; run `timetravel project {self.path}`"
+            )
+        return entries[str(epoch)]
+
+    def __repr__(self) -> str:
+        return (
+            f"RunStore({str(self.path)!r}: {self.n_samples} samples, {self.n_classes} classes, "
+            f"D={self.embedding_dim}, {len(self.epochs)} epochs)"
+        )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class EpochWriter:
+    """Fills one epoch's arrays, possibly batch by batch, then commits them.
+
+    Obtained from :meth:`RunWriter.begin_epoch`; use as a context manager so an
+    exception discards the partial epoch. Nothing is visible to readers
+    until :meth:`commit` returns.
+    """
+
+    def __init__(self, writer: RunWriter, epoch: int) -> None:
+        self._writer = writer
+        self.epoch = int(epoch)
+        epochs_dir = writer.path / "epochs"
+        epochs_dir.mkdir(exist_ok=True)
+        self._tmp = epochs_dir / f".{epoch_dirname(epoch)}.tmp-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir()
+        self._arrays: dict[str, np.ndarray] = {}
+        self._filled: dict[str, int] = {}
+        self._metrics: dict[str, float] = {}
+        self._done = False
+
+    def _array(self, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = np.lib.format.open_memmap(
+                self._tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape
+            )
+            self._filled[name] = 0
+        return self._arrays[name]
+
+    def write(
+        self,
+        start: int,
+        embedding: np.ndarray,
+        logits: np.ndarray,
+        *,
+        split: str = "train",
+    ) -> None:
+        """Write rows ``start : start + len(embedding)`` of the embedding and logits."""
+        w = self._writer
+        n = w.n_samples if split == "train" else w.n_heldout
+        if split not in SPLITS or (split == "heldout" and not n):
+            raise StoreError(f"cannot write split {split!r}: the run has no such split")
+        embedding = np.asarray(embedding)
+        logits = np.asarray(logits)
+        stop = start + len(embedding)
+        if len(logits) != len(embedding):
+            raise StoreError(f"embedding has {len(embedding)} rows but logits has {len(logits)}")
+        if start < 0 or stop > n:
+            raise StoreError(f"rows {start}:{stop} fall outside the {split} set of {n} samples")
+        if embedding.shape[1:] != (w.embedding_dim,):
+            raise StoreError(f"embedding rows have shape {embedding.shape[1:]}, expected ({w.embedding_dim},)")
+        if logits.shape[1:] != (w.n_classes,):
+            raise StoreError(f"logits rows have shape {logits.shape[1:]}, expected ({w.n_classes},)")
+        prefix = "" if split == "train" else "heldout_"
+        emb = self._array(prefix + "embedding", (n, w.embedding_dim), w.embedding_dtype)
+        log = self._array(prefix + "logits", (n, w.n_classes), "float32")
+        emb[start:stop] = embedding
+        log[start:stop] = logits
+        self._filled[prefix + "embedding"] += stop - start
+        self._filled[prefix + "logits"] += stop - start
+
+    def set_head(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Record the linear head ``logits = embedding @ weight.T + bias``."""
+        w = self._writer
+        weight = np.asarray(weight, dtype=np.float32)
+        bias = np.asarray(bias, dtype=np.float32)
+        if weight.shape != (w.n_classes, w.embedding_dim) or bias.shape != (w.n_classes,):
+            raise StoreError(
+                f"head has weight {weight.shape} and bias {bias.shape}, "
+                f"expected ({w.n_classes}, {w.embedding_dim}) and ({w.n_classes},)"
+            )
+        self._array("head_weight", weight.shape, "float32")[:] = weight
+        self._array("head_bias", bias.shape, "float32")[:] = bias
+        self._filled["head_weight"] = self._filled["head_bias"] = -1
+
+    def set_train_margin(self, margin: np.ndarray) -> None:
+        """Record training-mode margins (given-label logit minus largest other) of this epoch."""
+        margin = np.asarray(margin, dtype=np.float32)
+        if margin.shape != (self._writer.n_samples,):
+            raise StoreError(f"train_margin has shape {margin.shape}, expected ({self._writer.n_samples},)")
+        self._array("train_margin", margin.shape, "float32")[:] = margin
+        self._filled["train_margin"] = -1
+
+    def set_metrics(self, **metrics: float) -> None:
+        """Attach scalar training metrics (loss, accuracies) to this epoch's history entry."""
+        self._metrics.update({k: float(v) for k, v in metrics.items()})
+
+    def commit(self) -> None:
+        """Check the epoch is complete and finite, move it into place and list it in the manifest."""
+        w = self._writer
+        for split, n in (("", w.n_samples), ("heldout_", w.n_heldout)):
+            for name in (split + "embedding", split + "logits"):
+                if split and name not in self._arrays:
+                    continue
+                if self._filled.get(name, 0) != n:
+                    raise StoreError(
+                        f"epoch {self.epoch}: {name} has {self._filled.get(name, 0)} of {n} rows written"
+                    )
+        if "head_weight" not in self._arrays:
+            raise StoreError(f"epoch {self.epoch}: the classification head was not recorded (set_head)")
+        for name, array in self._arrays.items():
+            _check_finite(array, self._tmp / f"{name}.npy")
+            array.flush()
+        self._arrays.clear()  # drop the maps before the rename
+        for f in self._tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(self._tmp)
+        final = w.path / "epochs" / epoch_dirname(self.epoch)
+        if final.exists():  # an earlier, unlisted or replaced attempt at this epoch
+            shutil.rmtree(final)
+        os.replace(self._tmp, final)
+        fsync_dir(final.parent)
+        w._epoch_committed(self.epoch, self._metrics)
+        self._done = True
+
+    def abort(self) -> None:
+        """Discard the partial epoch."""
+        self._arrays.clear()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._done = True
+
+    def __enter__(self) -> EpochWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+
+class RunWriter:
+    """Creates a run store and appends epochs to it.
+
+    Use :meth:`create` for a new run and :meth:`resume` to continue one.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.n_samples = int(manifest["n_samples"])
+        self.n_classes = int(manifest["n_classes"])
+        self.embedding_dim = int(manifest["embedding_dim"])
+        self.n_heldout = int(manifest.get("n_heldout", 0))
+        self.embedding_dtype = manifest["embedding_dtype"]
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        labels: np.ndarray,
+        n_classes: int,
+        embedding_dim: int,
+        class_names: Sequence[str] | None = None,
+        dataset: str = "",
+        true_labels: np.ndarray | None = None,
+        noise: dict[str, Any] | None = None,
+        thumbs: np.ndarray | None = None,
+        heldout_labels: np.ndarray | None = None,
+        embedding_dtype: str = "float16",
+        extra: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> RunWriter:
+        """Create a new, empty run store at ``path``.
+
+        Parameters
+        ----------
+        path : path-like
+            Directory to create. It must not hold a run unless ``overwrite``.
+        labels : array of shape (N,)
+            Labels the model is trained on (after any injected noise).
+        n_classes, embedding_dim : int
+            Number of classes K and embedding width D.
+        class_names : sequence of str, optional
+            K display names; defaults to ``"0".."K-1"``.
+        dataset : str
+            Name of the dataset, for display.
+        true_labels : array of shape (N,), optional
+            Clean labels, when noise was injected (benchmarks only).
+        noise : dict, optional
+            Noise settings (kind, rate, seed, ...) recorded in the manifest.
+        thumbs : uint8 array of shape (N, H, W) or (N, H, W, 3), optional
+            Images shown in the inspector.
+        heldout_labels : array of shape (M,), optional
+            Labels of a held-out set recorded alongside the training set.
+        embedding_dtype : {"float16", "float32"}
+            Storage type of embeddings; float16 halves the size.
+        extra : dict, optional
+            More manifest fields (capture settings, seed, model name).
+        overwrite : bool
+            Replace an existing run at ``path``.
+
+        Returns
+        -------
+        RunWriter
+        """
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            if not overwrite:
+                raise StoreError(f"{path}: a run already exists here; pass overwrite=True to replace it")
+            shutil.rmtree(path)
+        if embedding_dtype not in EMBEDDING_DTYPES:
+            raise StoreError(f"embedding_dtype must be one of {EMBEDDING_DTYPES}, got {embedding_dtype!r}")
+        labels = _as_labels(labels, "labels", n_classes)
+        n = len(labels)
+        class_names = list(class_names) if class_names is not None else [str(k) for k in range(n_classes)]
+        if len(class_names) != n_classes:
+            raise StoreError(f"class_names has {len(class_names)} entries but n_classes is {n_classes}")
+        path.mkdir(parents=True, exist_ok=True)
+        save_npy_atomic(path / "labels.npy", labels)
+        if true_labels is not None:
+            true_labels = _as_labels(true_labels, "true_labels", n_classes)
+            if len(true_labels) != n:
+                raise StoreError(f"true_labels has {len(true_labels)} entries but labels has {n}")
+            save_npy_atomic(path / "true_labels.npy", true_labels)
+            save_npy_atomic(path / "noise_mask.npy", labels != true_labels)
+        if thumbs is not None:
+            thumbs = np.asarray(thumbs)
+            if thumbs.dtype != np.uint8 or thumbs.ndim not in (3, 4) or len(thumbs) != n:
+                raise StoreError(f"thumbs must be ({n}, H, W[, 3]) uint8, got {thumbs.shape} {thumbs.dtype}")
+            save_npy_atomic(path / "thumbs.npy", thumbs)
+        n_heldout = 0
+        if heldout_labels is not None:
+            heldout_labels = _as_labels(heldout_labels, "heldout_labels", n_classes)
+            n_heldout = len(heldout_labels)
+            save_npy_atomic(path / "heldout_labels.npy", heldout_labels)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "dataset": dataset,
+            "n_samples": n,
+            "n_classes": int(n_classes),
+            "embedding_dim": int(embedding_dim),
+            "n_heldout": n_heldout,
+            "class_names": class_names,
+            "embedding_dtype": embedding_dtype,
+            "has_true_labels": true_labels is not None,
+            "noise": noise,
+            "epochs": [],
+            "history": [],
+            **(extra or {}),
+        }
+        if true_labels is not None:
+            manifest["noise_rate_actual"] = float(np.mean(labels != true_labels))
+        write_json_atomic(path / MANIFEST, manifest)
+        return cls(path, manifest)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike) -> RunWriter:
+        """Open an existing run to append more epochs (the store is validated first)."""
+        store = RunStore(path, verify="headers")
+        return cls(store.path, store.manifest)
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs committed so far."""
+        return list(self.manifest["epochs"])
+
+    def begin_epoch(self, epoch: int) -> EpochWriter:
+        """Start writing an epoch; see :class:`EpochWriter`."""
+        if int(epoch) < 0:
+            raise StoreError(f"epoch must be >= 0, got {epoch}")
+        return EpochWriter(self, epoch)
+
+    def write_epoch(
+        self,
+        epoch: int,
+        embedding: np.ndarray,
+        logits: np.ndarray,
+        *,
+        head: tuple[np.ndarray, np.ndarray],
+        train_margin: np.ndarray | None = None,
+        heldout: tuple[np.ndarray, np.ndarray] | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Write a whole epoch held in memory and commit it."""
+        with self.begin_epoch(epoch) as ew:
+            ew.write(0, embedding, logits)
+            if heldout is not None:
+                ew.write(0, heldout[0], heldout[1], split="heldout")
+            ew.set_head(*head)
+            if train_margin is not None:
+                ew.set_train_margin(train_margin)
+            ew.set_metrics(**(metrics or {}))
+            ew.commit()
+
+    def update_manifest(self, **fields: Any) -> None:
+        """Set extra manifest fields and rewrite ``run.json`` atomically."""
+        reserved = {"format_version", "n_samples", "n_classes", "embedding_dim", "epochs", "history"}
+        if reserved & fields.keys():
+            raise StoreError(f"cannot overwrite manifest fields {sorted(reserved & fields.keys())}")
+        self.manifest.update(fields)
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def _epoch_committed(self, epoch: int, metrics: dict[str, float]) -> None:
+        epochs = [e for e in self.manifest["epochs"] if e != epoch]
+        self.manifest["epochs"] = sorted(epochs + [epoch])
+        history = [h for h in self.manifest["history"] if h.get("epoch") != epoch]
+        self.manifest["history"] = sorted(history + [{"epoch": epoch, **metrics}], key=lambda h: h["epoch"])
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def _as_labels(labels: Iterable[int], name: str, n_classes: int) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise StoreError(f"{name} must be a 1-d integer array, got shape {array.shape} dtype {array.dtype}")
+    if len(array) and (array.min() < 0 or array.max() >= n_classes):
+        raise StoreError(f"{name} must lie in [0, {n_classes}), found [{array.min()}, {array.max()}]")
+    return array.astype(np.int64)
