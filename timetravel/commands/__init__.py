@@ -1,0 +1,1 @@
+"""Sub-commands of the ``timetravel`` command line (see :mod:`timetravel.cli`)."""
