@@ -115,7 +115,7 @@ class FeedbackLog:
                     continue
                 try:
                     event = self._parse(raw)
-                except (ValueError, TypeError, KeyError, FeedbackLogError) as exc:
+                except (ValueError, TypeError, FeedbackLogError) as exc:
                     msg = f"{self.path}: line {lineno} skipped ({exc})"
                     logger.warning(msg)
                     state.errors.append(msg)
@@ -136,6 +136,9 @@ class FeedbackLog:
         obj = json.loads(raw.decode("utf-8"))
         if not isinstance(obj, dict):
             raise ValueError("not a JSON object")
+        missing = [key for key in ("sample", "decision") if key not in obj]
+        if missing:
+            raise ValueError(f"missing field {missing[0]!r}")
         sample, decision = obj["sample"], obj["decision"]
         if not isinstance(sample, int) or isinstance(sample, bool):
             raise ValueError(f"sample must be an integer, got {sample!r}")

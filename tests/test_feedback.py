@@ -1,0 +1,82 @@
+"""Feedback log: append, replay with undo, corrupt lines, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pytest
+
+from timetravel.errors import FeedbackLogError
+from timetravel.feedback import FeedbackLog
+
+
+def test_append_and_replay(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=10)
+    log.append(3, "accept", session="s1")
+    log.append(5, "reject", session="s1")
+    log.append(7, "accept", session="s2")
+    state = log.read()
+    assert state.decisions == {3: True, 5: False, 7: True}
+    assert state.accepted == [3, 7] and state.rejected == [5]
+    assert [e.session for e in state.events] == ["s1", "s1", "s2"]
+    assert state.errors == []
+
+
+def test_undo_restores_previous_decision(tmp_path):
+    log = FeedbackLog(tmp_path / "feedback.jsonl")
+    log.append(1, "reject")
+    log.append(1, "accept")
+    log.append(2, "accept")
+    log.append(1, "undo")
+    assert log.read().decisions == {2: True, 1: False}
+    log.append(1, "undo")
+    assert log.read().decisions == {2: True}
+    log.append(1, "undo")  # nothing left to undo: harmless
+    assert log.read().decisions == {2: True}
+
+
+def test_corrupt_lines_are_reported_and_skipped(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=10)
+    log.append(1, "accept")
+    with open(log.path, "a") as fh:
+        fh.write("{not json\n")
+        fh.write(json.dumps({"sample": 99, "decision": "accept"}) + "\n")
+        fh.write(json.dumps({"sample": 2, "decision": "maybe"}) + "\n")
+        fh.write(json.dumps({"decision": "accept"}) + "\n")
+    log.append(4, "reject")
+    state = log.read()
+    assert state.decisions == {1: True, 4: False}
+    assert len(state.errors) == 4
+    assert "line 2 skipped (Expecting property name" in state.errors[0]
+    assert "line 3 skipped (sample 99 is out of range for a run of 10 samples)" in state.errors[1]
+    assert "line 4 skipped (decision must be one of" in state.errors[2]
+    assert "line 5 skipped (missing field 'sample')" in state.errors[3]
+
+
+def test_append_validates(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=5)
+    with pytest.raises(FeedbackLogError, match="sample 5 is out of range for a run of 5 samples"):
+        log.append(5, "accept")
+    with pytest.raises(FeedbackLogError, match="decision must be one of"):
+        log.append(0, "yes")
+    assert not log.path.exists()
+
+
+def _writer(path: str, start: int) -> None:
+    log = FeedbackLog(path)
+    for i in range(start, start + 200):
+        log.append(i, "accept" if i % 2 else "reject", session=str(start))
+
+
+def test_concurrent_writers_never_corrupt_the_log(tmp_path):
+    path = str(tmp_path / "feedback.jsonl")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, s)) for s in (0, 1000, 2000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    state = FeedbackLog(path).read()
+    assert state.errors == []
+    assert len(state.decisions) == 600
