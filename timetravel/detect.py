@@ -1,0 +1,394 @@
+"""Unsupervised abnormality detector over trajectory features.
+
+Each feature is turned into a normal score by its rank (robust to scale and
+heavy tails) and oriented so that high means suspicious. The detector then
+learns, without any labels, how much to trust each feature: each is weighted
+by its (non-negative) loading on the first principal component of the
+features' correlation matrix, so signals that agree with the others count and
+a feature that measures something unrelated gets (near) zero weight.
+
+The score is linear in the normal scores, so each feature's contribution to a
+sample's score is exact and :meth:`AbnormalityDetector.reasons` can say in
+words which features made it suspicious. True labels are never used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from timetravel.errors import TimetravelError
+from timetravel.features import FEATURES, FeatureTable
+
+logger = logging.getLogger(__name__)
+
+_REFERENCE_SIZE = 2048  # sorted values kept per feature for the rank transform
+_CLIP = 3.5
+
+
+class DetectorError(TimetravelError, ValueError):
+    """The detector was given unusable input or used before fitting."""
+
+
+class AbnormalityDetector:
+    """Scores samples by how abnormal their training dynamics are (higher = more suspicious).
+
+    Parameters
+    ----------
+    method : {"consensus", "mean"}
+        How the oriented feature scores are weighted: by agreement with the
+        other features (see the module docstring) or equally.
+    random_state : int
+        Seed of the subsample used for the correlation and the rank reference.
+
+    Attributes
+    ----------
+    names_ : list of str
+        Feature names seen in :meth:`fit`.
+    directions_ : ndarray of shape (F,)
+        +1 / -1: which way each feature is suspicious.
+    reference_ : ndarray of shape (F, R)
+        Sorted reference values of each feature (the rank transform).
+    weights_ : ndarray of shape (F,)
+        Weight of each oriented normal score in the score.
+    scores_ : ndarray of shape (N,)
+        Scores of the training samples.
+
+    Examples
+    --------
+    >>> from timetravel.features import extract_features  # doctest: +SKIP
+    >>> det = AbnormalityDetector().fit(extract_features(store))  # doctest: +SKIP
+    >>> worst = det.score_samples().argmax()  # doctest: +SKIP
+    >>> det.reasons(worst)  # doctest: +SKIP
+    ['5 of its 10 nearest neighbours carry another label mid-training', ...]
+    """
+
+    def __init__(self, method: str = "consensus", *, random_state: int = 0) -> None:
+        self.method = method
+        self.random_state = random_state
+
+    # -- fitting -----------------------------------------------------------------------
+
+    def fit(self, features: FeatureTable) -> AbnormalityDetector:
+        """Learn the rank transform and the feature weights; returns self."""
+        if self.method not in ("consensus", "mean"):
+            raise DetectorError(f"method must be 'consensus' or 'mean', got {self.method!r}")
+        if not isinstance(features, FeatureTable):
+            raise DetectorError(f"features must be a FeatureTable (from extract_features), got {type(features).__name__}")
+        x = features.values
+        if x.shape[0] < 4:
+            raise DetectorError(f"need at least 4 samples to fit the detector, got {x.shape[0]}")
+        if not np.isfinite(x).all():
+            raise DetectorError("features contain NaN or inf values")
+        rng = np.random.default_rng(self.random_state)
+        self.names_ = list(features.names)
+        self.directions_ = np.asarray(features.directions, dtype=np.float64)
+        ref_rows = np.sort(rng.choice(len(x), min(len(x), _REFERENCE_SIZE), replace=False))
+        self.reference_ = np.sort(x[ref_rows].astype(np.float64), axis=0).T.copy()
+        self.raw_ = x
+        z = self.transform(x)
+        fit_rows = rng.choice(len(z), min(len(z), 50000), replace=False)
+        if self.method == "mean":
+            self.weights_ = np.full(z.shape[1], 1.0 / z.shape[1])
+        else:
+            self.weights_ = _consensus_weights(z[fit_rows])
+        self.scores_ = (z @ self.weights_).astype(np.float32)
+        self._z = z
+        return self
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Oriented normal scores ``(N, F)`` of raw feature values (high = suspicious)."""
+        from scipy.special import ndtri
+
+        self._check_fitted("reference_")
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.names_):
+            raise DetectorError(f"values must have shape (N, {len(self.names_)}), got {values.shape}")
+        r = self.reference_.shape[1]
+        out = np.empty(values.shape)
+        for j in range(values.shape[1]):
+            ref = self.reference_[j]
+            mid = (np.searchsorted(ref, values[:, j], "left") + np.searchsorted(ref, values[:, j], "right")) / 2
+            q = np.clip(mid / r, 0.5 / r, 1 - 0.5 / r)
+            out[:, j] = ndtri(q) * self.directions_[j]
+        return np.clip(out, -_CLIP, _CLIP)
+
+    # -- scoring -----------------------------------------------------------------------
+
+    def score_samples(self, values: np.ndarray | None = None) -> np.ndarray:
+        """Suspicion score per sample; higher is more suspicious.
+
+        Parameters
+        ----------
+        values : ndarray of shape (N, F), optional
+            Raw feature values; defaults to the samples seen in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (N,), float32
+        """
+        self._check_fitted()
+        if values is None:
+            return self.scores_
+        return (self.transform(values) @ self.weights_).astype(np.float32)
+
+    def contributions(self, i: int) -> np.ndarray:
+        """Each feature's share of sample ``i``'s score (weights times oriented normal scores)."""
+        self._check_fitted()
+        i = self._check_index(i)
+        return self._z[i] * self.weights_
+
+    def reasons(self, i: int, top: int = 3) -> list[str]:
+        """Up to ``top`` short sentences saying which features make sample ``i`` suspicious.
+
+        Only features that push the score up are named, strongest first, one
+        per family of related features (e.g. the two margins); a sample with none gets ``["nothing unusual in its training dynamics"]``.
+        """
+        contrib = self.contributions(i)
+        i = int(i)
+        out: list[str] = []
+        families: set[str] = set()
+        for j in np.argsort(-contrib, kind="stable"):
+            spec = FEATURES[self.names_[j]]
+            if len(out) == top or contrib[j] <= 0.05:
+                break
+            if spec.family in families:
+                continue
+            families.add(spec.family)
+            pct = min(100.0 * _normal_cdf(self._z[i, j]), 99.0)
+            out.append(f"{spec.reason.format(v=float(self.raw_[i, j]))}; more unusual than {pct:.0f}% of samples")
+        return out or ["nothing unusual in its training dynamics"]
+
+    # -- persistence -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters and fitted weights as JSON-ready data (the rank reference is saved separately)."""
+        self._check_fitted()
+        return {
+            "method": self.method,
+            "random_state": self.random_state,
+            "names": self.names_,
+            "directions": self.directions_.astype(int).tolist(),
+            "weights": self.weights_.tolist(),
+        }
+
+    @classmethod
+    def from_saved(cls, params: dict[str, Any], reference: np.ndarray, values: np.ndarray) -> AbnormalityDetector:
+        """Rebuild a fitted detector from :meth:`to_dict`, its ``reference_`` and the raw feature values."""
+        det = cls(params["method"], random_state=params["random_state"])
+        det.names_ = list(params["names"])
+        det.directions_ = np.asarray(params["directions"], dtype=np.float64)
+        det.weights_ = np.asarray(params["weights"], dtype=np.float64)
+        det.reference_ = np.asarray(reference, dtype=np.float64)
+        if det.reference_.shape[0] != len(det.names_) or values.shape[1] != len(det.names_):
+            raise DetectorError(
+                f"saved detector has {len(det.names_)} features but the reference has {det.reference_.shape[0]} "
+                f"rows and the values {values.shape[1]} columns"
+            )
+        det.raw_ = values
+        det._z = det.transform(values)
+        det.scores_ = (det._z @ det.weights_).astype(np.float32)
+        return det
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _check_fitted(self, attribute: str = "weights_") -> None:
+        if not hasattr(self, attribute):
+            raise DetectorError("this AbnormalityDetector is not fitted yet; call fit(features) first")
+
+    def _check_index(self, i) -> int:
+        n = len(self.raw_)
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < n:
+            raise DetectorError(f"sample index must be an integer in [0, {n}), got {i!r}")
+        return int(i)
+
+
+def _normal_cdf(z: float) -> float:
+    from scipy.special import ndtr
+
+    return float(ndtr(z))
+
+
+def _consensus_weights(z: np.ndarray) -> np.ndarray:
+    """Non-negative loadings on the first principal component of the feature correlations, summing to 1."""
+    corr = np.corrcoef(z, rowvar=False)
+    corr = np.nan_to_num(corr, nan=0.0)
+    np.fill_diagonal(corr, 1.0)
+    _, vecs = np.linalg.eigh(corr)
+    v = vecs[:, -1]
+    if v.sum() < 0:
+        v = -v
+    w = np.maximum(v, 0.0)
+    if w.sum() <= 0:
+        return np.full(len(v), 1.0 / len(v))
+    return w / w.sum()
+
+
+# --------------------------------------------------------------------------- RUN/features/
+
+FEATURES_DIR = "features"
+FORMAT_VERSION = 1
+_ARRAYS = {  # file -> allowed dtype kinds
+    "features.npy": "f",
+    "scores.npy": "f",
+    "reference.npy": "f",
+    "suggested.npy": "iu",
+    "predicted.npy": "iu",
+    "neighbors.npy": "iu",
+}
+
+
+@dataclass
+class Detection:
+    """Features and detector of a run, as written by ``timetravel detect``.
+
+    Attributes
+    ----------
+    features : FeatureTable
+    detector : AbnormalityDetector
+        Fitted; ``reasons(i)`` works without recomputation.
+    scores : ndarray of shape (N,)
+        Suspicion scores (higher = more suspicious).
+    """
+
+    features: FeatureTable
+    detector: AbnormalityDetector
+    scores: np.ndarray
+
+    def ranking(self) -> np.ndarray:
+        """Sample indices, most suspicious first."""
+        return np.argsort(-self.scores, kind="stable")
+
+    def recommender(self, feedback=None, **params):
+        """A fitted :class:`~timetravel.recommend.FeedbackRecommender` over this run.
+
+        Parameters
+        ----------
+        feedback : FeedbackState or dict of int to bool, optional
+            Decisions to replay (``FeedbackLog(run).read()``).
+        **params
+            Recommender parameters (``random_state``, ``exploration``...).
+        """
+        from timetravel.recommend import FeedbackRecommender
+
+        rec = FeedbackRecommender(**params).fit(self.features, self.scores)
+        return rec.restore(feedback) if feedback is not None else rec
+
+
+def detect(store, *, n_neighbors: int = 10, method: str = "consensus", verbose: bool = True) -> Detection:
+    """Extract the features of a run, fit the detector and write ``RUN/features/``.
+
+    Parameters
+    ----------
+    store : RunStore
+    n_neighbors : int
+        k of the neighbour features and of the saved neighbour lists.
+    method : {"consensus", "mean"}
+        Detector weighting.
+    verbose : bool
+        Progress bars.
+
+    Returns
+    -------
+    Detection
+    """
+    from timetravel.features import extract_features
+
+    table = extract_features(store, n_neighbors=n_neighbors, verbose=verbose)
+    detector = AbnormalityDetector(method).fit(table)
+    detection = Detection(table, detector, detector.score_samples())
+    save_detection(store, detection)
+    return detection
+
+
+def save_detection(store, detection: Detection) -> None:
+    """Write ``RUN/features/`` atomically: arrays first, the manifest (which lists them) last."""
+    import time
+
+    from timetravel._io import save_npy_atomic, write_json_atomic
+
+    d = store.derived_dir(FEATURES_DIR)
+    d.mkdir(parents=True, exist_ok=True)
+    t = detection.features
+    save_npy_atomic(d / "features.npy", t.values.astype(np.float32))
+    save_npy_atomic(d / "scores.npy", np.asarray(detection.scores, dtype=np.float32))
+    save_npy_atomic(d / "reference.npy", detection.detector.reference_)
+    save_npy_atomic(d / "suggested.npy", t.suggested.astype(np.int64))
+    save_npy_atomic(d / "predicted.npy", t.predicted.astype(np.int64))
+    if t.neighbors is not None:
+        save_npy_atomic(d / "neighbors.npy", t.neighbors.astype(np.int32))
+    write_json_atomic(d / "manifest.json", {
+        "format_version": FORMAT_VERSION,
+        "n_samples": int(t.n_samples),
+        "names": t.names,
+        "descriptions": t.descriptions,
+        "directions": t.directions.astype(int).tolist(),
+        "epochs": [int(e) for e in t.epochs],
+        "meta": t.meta,
+        "has_neighbors": t.neighbors is not None,
+        "detector": detection.detector.to_dict(),
+        "created": time.time(),
+    })
+
+
+def load_detection(store) -> Detection:
+    """Read ``RUN/features/`` without recomputing anything.
+
+    Raises
+    ------
+    StoreError
+        The run has no features yet (run ``timetravel detect RUN``), or a file
+        is missing, of the wrong shape, or of an unknown format version.
+    """
+    import json
+
+    from timetravel.errors import StoreError
+
+    d = store.derived_dir(FEATURES_DIR)
+    path = d / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{store.path}: has no detection results yet; run `timetravel detect {store.path}` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: not valid JSON ({exc}); run `timetravel detect {store.path}` again") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise StoreError(f"{path}: unknown format_version {manifest.get('format_version')!r}; "
+                         f"this timetravel reads version {FORMAT_VERSION}")
+    n, f = store.n_samples, len(manifest["names"])
+    if manifest["n_samples"] != n:
+        raise StoreError(f"{path}: features are for {manifest['n_samples']} samples but the run has {n}; "
+                         f"run `timetravel detect {store.path}` again")
+    expected = {"features.npy": (n, f), "scores.npy": (n,), "suggested.npy": (n,), "predicted.npy": (n,)}
+    if manifest["has_neighbors"]:
+        expected["neighbors.npy"] = (n, int(manifest["meta"]["n_neighbors"]))
+    arrays = {name: _load_array(d / name, shape, _ARRAYS[name]) for name, shape in expected.items()}
+    reference = _load_array(d / "reference.npy", None, "f")
+    if [int(e) for e in manifest["epochs"]] != list(store.epochs):
+        logger.warning("%s: features were computed from epochs %s but the run now has %s; "
+                       "run `timetravel detect %s` to refresh them", d, manifest["epochs"], store.epochs, store.path)
+    table = FeatureTable(
+        values=arrays["features.npy"], names=list(manifest["names"]), descriptions=list(manifest["descriptions"]),
+        directions=np.asarray(manifest["directions"], dtype=np.int8), labels=np.asarray(store.labels),
+        suggested=arrays["suggested.npy"].astype(np.int64), predicted=arrays["predicted.npy"].astype(np.int64),
+        neighbors=arrays.get("neighbors.npy"), epochs=list(manifest["epochs"]), meta=dict(manifest["meta"]),
+    )
+    detector = AbnormalityDetector.from_saved(manifest["detector"], reference, table.values)
+    return Detection(table, detector, arrays["scores.npy"])
+
+
+def _load_array(path, shape, kinds: str) -> np.ndarray:
+    from timetravel.errors import StoreError
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: file is missing; run `timetravel detect` on the run again") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise StoreError(f"{path}: cannot be read ({exc})") from None
+    if (shape is not None and array.shape != shape) or array.dtype.kind not in kinds:
+        raise StoreError(f"{path}: expected shape {shape} ({kinds}), got {array.shape} {array.dtype}")
+    return array

@@ -1,0 +1,427 @@
+"""Per-sample training-dynamics features, streamed from the run store.
+
+Every feature is one number per training sample, computed from the recorded
+epochs without the true labels. Three families:
+
+* **logit dynamics** (every epoch, read in row chunks): data-map confidence and
+  variability, area under the margin (eval-mode, and training-mode when
+  recorded), forgetting events, epoch first learned, last-epoch and early loss;
+* **embedding space** (a few evenly spaced epochs): disagreement of the given
+  label with the labels of the k nearest neighbours (faiss), and distance to
+  the centroid of the labelled class relative to the nearest other centroid;
+* **canvas** (only when a projection exists): speed and acceleration of the 2D
+  trajectory, as DeepDebugger uses.
+
+:data:`FEATURES` documents each feature in one line; ``direction`` says which
+way is suspicious (+1: high values, -1: low values).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from timetravel.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 65536
+_PCA_DIM = 64  # kNN search runs in at most this many dimensions
+_EXACT_KNN_MAX = 100_000  # above this, an HNSW index replaces exact search
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Documentation of one feature: its name, a one-line description, and which way is suspicious."""
+
+    name: str
+    description: str
+    direction: int
+    reason: str  # phrase for the app, formatted with the value as {v}
+    family: str = ""  # features of one family say the same thing; reasons name only the strongest
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
+
+
+FEATURES: dict[str, FeatureSpec] = {
+    s.name: s
+    for s in (
+        FeatureSpec("confidence", "mean probability of the given label over the epochs (data-map confidence)", -1,
+                    "the model gives its label little probability (mean {v:.2f})"),
+        FeatureSpec("variability", "standard deviation of the given-label probability over the epochs "
+                    "(data-map variability)", 1, "the model keeps changing its mind about the label (std {v:.2f})"),
+        FeatureSpec("aum", "area under the margin: mean over epochs of the given-label logit minus the largest "
+                    "other logit (eval mode)", -1, "another class usually outscores its label (mean margin {v:.2f})", "margin"),
+        FeatureSpec("aum_train", "area under the margin from training-mode margins recorded during training", -1,
+                    "another class outscores its label during training (mean margin {v:.2f})", "margin"),
+        FeatureSpec("forgetting", "forgetting events: epochs where the prediction went from the given label to "
+                    "another", 1, "forgotten {v:.0f} times after being learned"),
+        FeatureSpec("first_learned", "fraction of training before the given label is predicted for good "
+                    "(1 = never)", 1, "learned late ({v:.0%} of training passed first)"),
+        FeatureSpec("loss_last", "cross-entropy of the given label at the last epoch", 1,
+                    "high loss at the last epoch ({v:.2f})"),
+        FeatureSpec("loss_early", "mean cross-entropy of the given label over the first quarter of the epochs", 1,
+                    "high loss early in training ({v:.2f}), before it could be memorised"),
+        FeatureSpec("knn_disagreement_early", "fraction of the k nearest neighbours in embedding space with another "
+                    "label, early in training", 1, "{v:.0%} of its nearest neighbours carry another label early on", "knn"),
+        FeatureSpec("knn_disagreement_mid", "fraction of the k nearest neighbours in embedding space with another "
+                    "label, mid-training", 1, "{v:.0%} of its nearest neighbours carry another label mid-training", "knn"),
+        FeatureSpec("knn_disagreement_last", "fraction of the k nearest neighbours in embedding space with another "
+                    "label, at the last epoch", 1, "{v:.0%} of its nearest neighbours carry another label at the end", "knn"),
+        FeatureSpec("centroid_distance", "distance to the centroid of its labelled class over that class's median "
+                    "distance, averaged over epochs", 1, "far from the centre of its class ({v:.1f}x the typical "
+                    "distance)"),
+        FeatureSpec("centroid_ratio", "distance to its labelled class's centroid over the distance to the nearest "
+                    "other centroid, averaged over epochs", 1,
+                    "closer to another class's centre than to its own (ratio {v:.2f})"),
+        FeatureSpec("canvas_speed", "mean distance travelled per epoch on the 2D canvas (in canvas widths)", 1,
+                    "moves fast on the canvas ({v:.3f} canvas widths per epoch)", "canvas"),
+        FeatureSpec("canvas_acceleration", "mean change of velocity per epoch on the 2D canvas (in canvas widths)", 1,
+                    "its canvas trajectory keeps changing direction ({v:.3f})", "canvas"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Per-sample features of a run.
+
+    Attributes
+    ----------
+    values : ndarray of shape (N, F), float32
+        One row per training sample.
+    names : list of str
+        F feature names (keys of :data:`FEATURES`).
+    descriptions : list of str
+        F one-line descriptions.
+    directions : ndarray of shape (F,), int8
+        +1 when high values are suspicious, -1 when low values are.
+    labels : ndarray of shape (N,), int64
+        The given labels.
+    suggested : ndarray of shape (N,), int64
+        The most likely other label (highest mean probability over the epochs
+        among classes other than the given one).
+    predicted : ndarray of shape (N,), int64
+        The model's prediction at the last epoch.
+    neighbors : ndarray of shape (N, k), int32, or None
+        Nearest neighbours in embedding space (mid-training epoch), self excluded.
+    epochs : list of int
+        Epochs the features were computed from.
+    meta : dict
+        Settings (k, the epochs used for each embedding feature, projection use).
+    """
+
+    values: np.ndarray
+    names: list[str]
+    descriptions: list[str]
+    directions: np.ndarray
+    labels: np.ndarray
+    suggested: np.ndarray
+    predicted: np.ndarray
+    neighbors: np.ndarray | None = None
+    epochs: list[int] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, f = self.values.shape
+        if len(self.names) != f or len(self.descriptions) != f or len(self.directions) != f:
+            raise ValueError(f"values has {f} columns but names/descriptions/directions have "
+                             f"{len(self.names)}/{len(self.descriptions)}/{len(self.directions)}")
+        for name, arr in (("labels", self.labels), ("suggested", self.suggested), ("predicted", self.predicted)):
+            if len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} entries but values has {n} rows")
+        if self.neighbors is not None and len(self.neighbors) != n:
+            raise ValueError(f"neighbors has {len(self.neighbors)} rows but values has {n}")
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples N."""
+        return self.values.shape[0]
+
+    def column(self, name: str) -> np.ndarray:
+        """The values of one feature."""
+        try:
+            return self.values[:, self.names.index(name)]
+        except ValueError:
+            raise KeyError(f"no feature named {name!r}; available: {', '.join(self.names)}") from None
+
+
+def extract_features(
+    store,
+    *,
+    n_neighbors: int = 10,
+    embedding_epochs: int = 8,
+    use_projection: bool = True,
+    chunk_size: int = _CHUNK,
+    verbose: bool = True,
+) -> FeatureTable:
+    """Compute the training-dynamics features of every sample of a run.
+
+    Parameters
+    ----------
+    store : RunStore
+        The run (at least two recorded epochs).
+    n_neighbors : int
+        k of the nearest-neighbour features and of ``FeatureTable.neighbors``.
+    embedding_epochs : int
+        At most this many evenly spaced epochs feed the centroid features.
+    use_projection : bool
+        Add the canvas features when the run has a projection of every epoch.
+    chunk_size : int
+        Rows read at a time from the memory-mapped store.
+    verbose : bool
+        Show progress bars.
+
+    Returns
+    -------
+    FeatureTable
+
+    Raises
+    ------
+    StoreError
+        The run has fewer than two epochs or fewer than ``n_neighbors + 1`` samples.
+
+    Examples
+    --------
+    >>> from timetravel.simulate import simulate_run
+    >>> table = extract_features(simulate_run("/tmp/toy-doc", overwrite=True), verbose=False)  # doctest: +SKIP
+    >>> table.values.shape  # doctest: +SKIP
+    (600, 13)
+    """
+    epochs = list(store.epochs)
+    if len(epochs) < 2:
+        raise StoreError(f"{store.path}: feature extraction needs at least 2 recorded epochs, found {len(epochs)}")
+    if n_neighbors < 1 or store.n_samples < n_neighbors + 2:
+        raise StoreError(
+            f"{store.path}: n_neighbors must be >= 1 and below the number of samples - 1 "
+            f"({store.n_samples} samples, n_neighbors={n_neighbors})"
+        )
+    labels = np.asarray(store.labels)
+    columns: dict[str, np.ndarray] = {}
+    logit_cols, suggested, predicted = _logit_features(store, epochs, labels, chunk_size, verbose)
+    columns.update(logit_cols)
+    knn_epochs = _spread(epochs, 3, skip_first=True)
+    neighbors = None
+    for tag, e in zip(("early", "mid", "last"), knn_epochs):
+        nbrs = _knn(store, e, n_neighbors, chunk_size)
+        columns[f"knn_disagreement_{tag}"] = (labels[nbrs] != labels[:, None]).mean(axis=1)
+        if tag == "mid":
+            neighbors = nbrs
+    cent_epochs = _spread(epochs, embedding_epochs, skip_first=True)
+    columns.update(_centroid_features(store, cent_epochs, labels, chunk_size, verbose))
+    projected = [e for e in epochs if e in set(store.projected_epochs)] if use_projection else []
+    if len(projected) >= 3:
+        columns.update(_canvas_features(store, projected))
+    names = list(columns)
+    values = np.column_stack([columns[n] for n in names]).astype(np.float32)
+    return FeatureTable(
+        values=values,
+        names=names,
+        descriptions=[FEATURES[n].description for n in names],
+        directions=np.array([FEATURES[n].direction for n in names], dtype=np.int8),
+        labels=labels,
+        suggested=suggested,
+        predicted=predicted,
+        neighbors=neighbors,
+        epochs=epochs,
+        meta={
+            "n_neighbors": n_neighbors,
+            "knn_epochs": knn_epochs,
+            "neighbors_epoch": knn_epochs[1],
+            "centroid_epochs": cent_epochs,
+            "projection_epochs": projected if len(projected) >= 3 else [],
+        },
+    )
+
+
+def _spread(epochs: Sequence[int], count: int, *, skip_first: bool) -> list[int]:
+    """``count`` evenly spaced epochs from ``epochs`` (the first skipped when there are enough)."""
+    pool = list(epochs[1:]) if skip_first and len(epochs) > count else list(epochs)
+    idx = np.unique(np.round(np.linspace(0, len(pool) - 1, min(count, len(pool)))).astype(int))
+    picked = [pool[i] for i in idx]
+    while len(picked) < count:  # fewer epochs than requested: reuse the last
+        picked.append(picked[-1])
+    return picked
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _progress(iterable, verbose: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=not verbose, leave=False)
+
+
+def _logit_features(store, epochs, labels, chunk_size, verbose):
+    """One pass over every epoch's logits (and training margins when all epochs have them)."""
+    n, t = store.n_samples, len(epochs)
+    n_early = max(1, t // 4)
+    p_sum = np.zeros(n)
+    p_sq = np.zeros(n)
+    margin_sum = np.zeros(n)
+    loss_early = np.zeros(n)
+    forgetting = np.zeros(n)
+    prob_sum = np.zeros((n, store.n_classes), dtype=np.float32)
+    prev_correct = np.zeros(n, dtype=bool)
+    last_wrong = np.full(n, -1)
+    train_margin_sum = np.zeros(n)
+    has_train_margin = True
+    loss_last = np.zeros(n)
+    predicted = np.zeros(n, dtype=np.int64)
+    for ti, e in enumerate(_progress(epochs, verbose, "features: logits")):
+        logits = store.logits(e)
+        tm = store.train_margin(e)
+        has_train_margin &= tm is not None
+        for sl in _chunks(n, chunk_size):
+            z = np.asarray(logits[sl], dtype=np.float64)
+            y = labels[sl]
+            rows = np.arange(len(y))
+            z_max = z.max(axis=1, keepdims=True)
+            log_norm = np.log(np.exp(z - z_max).sum(axis=1)) + z_max[:, 0]
+            given = z[rows, y]
+            p = np.exp(given - log_norm)
+            prob_sum[sl] += np.exp(z - log_norm[:, None]).astype(np.float32)
+            other = z.copy()
+            other[rows, y] = -np.inf
+            margin = given - other.max(axis=1)
+            correct = margin > 0
+            p_sum[sl] += p
+            p_sq[sl] += p * p
+            margin_sum[sl] += margin
+            if ti < n_early:
+                loss_early[sl] += (log_norm - given) / n_early
+            if ti > 0:
+                forgetting[sl] += prev_correct[sl] & ~correct
+            prev_correct[sl] = correct
+            last_wrong[sl] = np.where(correct, last_wrong[sl], ti)
+            if ti == t - 1:
+                loss_last[sl] = log_norm - given
+                predicted[sl] = z.argmax(axis=1)
+            if tm is not None and has_train_margin:
+                train_margin_sum[sl] += np.asarray(tm[sl], dtype=np.float64)
+    mean_p = p_sum / t
+    cols = {
+        "confidence": mean_p,
+        "variability": np.sqrt(np.maximum(p_sq / t - mean_p**2, 0.0)),
+        "aum": margin_sum / t,
+    }
+    if has_train_margin:
+        cols["aum_train"] = train_margin_sum / t
+    cols.update({
+        "forgetting": forgetting,
+        "first_learned": (last_wrong + 1) / t,
+        "loss_last": loss_last,
+        "loss_early": loss_early,
+    })
+    prob_sum[np.arange(n), labels] = -1.0
+    suggested = prob_sum.argmax(axis=1).astype(np.int64)
+    return cols, suggested, predicted
+
+
+def _reduced_embedding(store, epoch, chunk_size) -> np.ndarray:
+    """L2-normalised float32 embedding of one epoch, PCA-reduced to at most 64 dimensions."""
+    emb = store.embedding(epoch)
+    n, d = emb.shape
+    if d > _PCA_DIM:
+        rng = np.random.default_rng(0)
+        sample = np.asarray(emb[np.sort(rng.choice(n, min(n, 20000), replace=False))], dtype=np.float32)
+        mean = sample.mean(axis=0)
+        _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+        proj = vt[:_PCA_DIM].T.astype(np.float32)
+        out = np.empty((n, _PCA_DIM), dtype=np.float32)
+        for sl in _chunks(n, chunk_size):
+            out[sl] = (np.asarray(emb[sl], dtype=np.float32) - mean) @ proj
+    else:
+        out = np.asarray(emb, dtype=np.float32).copy()
+        out -= out.mean(axis=0)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(out)
+
+
+def _knn(store, epoch, k, chunk_size) -> np.ndarray:
+    """Indices (N, k) int32 of each sample's k nearest neighbours (cosine) at one epoch, self excluded."""
+    import faiss
+
+    x = _reduced_embedding(store, epoch, chunk_size)
+    n, d = x.shape
+    if n <= _EXACT_KNN_MAX:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 2 * k)
+    index.add(x)
+    out = np.empty((n, k), dtype=np.int32)
+    for sl in _chunks(n, chunk_size):
+        _, idx = index.search(x[sl], k + 1)
+        out[sl] = _drop_self(idx, np.arange(sl.start, sl.stop), k)
+    return out
+
+
+def _drop_self(idx: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Remove each row's own index (or, if absent, its last neighbour) from k+1 results."""
+    is_self = idx == rows[:, None]
+    is_self[~is_self.any(axis=1), -1] = True  # duplicates can hide self; drop the farthest instead
+    keep = ~is_self
+    keep[np.cumsum(keep, axis=1) > k] = False
+    return idx[keep].reshape(len(rows), k)
+
+
+def _centroid_features(store, epochs, labels, chunk_size, verbose):
+    """Distance to the labelled class centroid (relative and against the nearest other centroid)."""
+    n, k = store.n_samples, store.n_classes
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    rel_sum = np.zeros(n)
+    ratio_sum = np.zeros(n)
+    for e in _progress(epochs, verbose, "features: embeddings"):
+        emb = store.embedding(e)
+        centroids = np.zeros((k, emb.shape[1]))
+        for sl in _chunks(n, chunk_size):
+            np.add.at(centroids, labels[sl], np.asarray(emb[sl], dtype=np.float64))
+        centroids /= np.maximum(counts, 1)[:, None]
+        c_sq = (centroids**2).sum(axis=1)
+        own = np.empty(n)
+        nearest_other = np.empty(n)
+        for sl in _chunks(n, chunk_size):
+            x = np.asarray(emb[sl], dtype=np.float64)
+            d2 = np.maximum((x**2).sum(axis=1)[:, None] - 2 * x @ centroids.T + c_sq[None, :], 0.0)
+            d = np.sqrt(d2)
+            rows = np.arange(len(x))
+            own[sl] = d[rows, labels[sl]]
+            d[rows, labels[sl]] = np.inf
+            d[:, counts == 0] = np.inf
+            nearest_other[sl] = d.min(axis=1)
+        typical = np.ones(k)
+        for c in np.flatnonzero(counts):
+            typical[c] = max(np.median(own[labels == c]), 1e-12)
+        rel_sum += own / typical[labels]
+        ratio_sum += own / np.maximum(nearest_other, 1e-12)
+    return {"centroid_distance": rel_sum / len(epochs), "centroid_ratio": ratio_sum / len(epochs)}
+
+
+def _canvas_features(store, epochs):
+    """Speed and acceleration of the 2D trajectory, in canvas widths per epoch."""
+    xy_prev = v_prev = None
+    speed = np.zeros(store.n_samples)
+    accel = np.zeros(store.n_samples)
+    scale = 1.0
+    for i, e in enumerate(epochs):
+        xy = np.asarray(store.projection(e), dtype=np.float64)
+        if i == 0:
+            span = np.percentile(xy, 99, axis=0) - np.percentile(xy, 1, axis=0)
+            scale = max(float(span.max()), 1e-12)
+        if xy_prev is not None:
+            v = (xy - xy_prev) / scale
+            speed += np.linalg.norm(v, axis=1)
+            if v_prev is not None:
+                accel += np.linalg.norm(v - v_prev, axis=1)
+            v_prev = v
+        xy_prev = xy
+    return {"canvas_speed": speed / (len(epochs) - 1), "canvas_acceleration": accel / (len(epochs) - 2)}
