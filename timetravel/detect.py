@@ -214,8 +214,10 @@ def _normal_cdf(z: float) -> float:
 
 def _consensus_weights(z: np.ndarray) -> np.ndarray:
     """Non-negative loadings on the first principal component of the feature correlations, summing to 1."""
-    corr = np.corrcoef(z, rowvar=False)
-    corr = np.nan_to_num(corr, nan=0.0)
+    centred = z - z.mean(axis=0)
+    std = centred.std(axis=0)
+    std[std == 0] = np.inf  # a constant feature correlates with nothing
+    corr = (centred.T @ centred) / len(z) / np.outer(std, std)
     np.fill_diagonal(corr, 1.0)
     _, vecs = np.linalg.eigh(corr)
     v = vecs[:, -1]

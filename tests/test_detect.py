@@ -1,0 +1,119 @@
+"""Abnormality detector: finds planted mislabels without true labels, explains itself, saves and loads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from timetravel import RunStore, StoreError
+from timetravel.detect import AbnormalityDetector, DetectorError, detect, load_detection
+from timetravel.features import extract_features
+from timetravel.simulate import simulate_run
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    store = simulate_run(tmp_path_factory.mktemp("d") / "run", n_samples=500, noise_rate=0.1, seed=5)
+    return store, extract_features(store, verbose=False)
+
+
+@pytest.mark.parametrize("method", ["consensus", "mean"])
+def test_finds_planted_mislabels(toy, method):
+    store, table = toy
+    scores = AbnormalityDetector(method).fit(table).score_samples()
+    n_noisy = int(store.noise_mask.sum())
+    top = np.argsort(-scores)[:n_noisy]
+    assert store.noise_mask[top].mean() >= 0.9
+
+
+def test_never_reads_true_labels(toy, tmp_path):
+    store, table = toy
+    # the same features with the truth removed from the store give the same scores
+    scores = AbnormalityDetector().fit(table).score_samples()
+    hidden = simulate_run(tmp_path / "again", n_samples=500, noise_rate=0.1, seed=5)
+    (hidden.path / "true_labels.npy").unlink()
+    (hidden.path / "noise_mask.npy").unlink()
+    manifest = json.loads((hidden.path / "run.json").read_text())
+    manifest["has_true_labels"] = False
+    (hidden.path / "run.json").write_text(json.dumps(manifest))
+    blind = AbnormalityDetector().fit(extract_features(RunStore(hidden.path), verbose=False)).score_samples()
+    np.testing.assert_allclose(scores, blind, rtol=1e-6)
+
+
+def test_weights_and_reasons(toy):
+    store, table = toy
+    det = AbnormalityDetector().fit(table)
+    assert (det.weights_ >= 0).all() and np.isclose(det.weights_.sum(), 1.0)
+    worst = int(np.argmax(det.score_samples()))
+    reasons = det.reasons(worst)
+    assert 1 <= len(reasons) <= 3 and all(isinstance(r, str) and "% of samples" in r for r in reasons)
+    # contributions add up to the score, and the first reason is the largest contribution
+    np.testing.assert_allclose(det.contributions(worst).sum(), det.score_samples()[worst], rtol=1e-5)
+    best = int(np.argmin(det.score_samples()))
+    assert det.reasons(best) == ["nothing unusual in its training dynamics"]
+
+
+def test_reasons_bad_index(toy):
+    _, table = toy
+    det = AbnormalityDetector().fit(table)
+    with pytest.raises(DetectorError, match=r"sample index must be an integer in \[0, 500\), got 500"):
+        det.reasons(500)
+    with pytest.raises(DetectorError, match="got -1"):
+        det.reasons(-1)
+
+
+def test_errors_before_fit_and_bad_params(toy):
+    _, table = toy
+    with pytest.raises(DetectorError, match="not fitted yet"):
+        AbnormalityDetector().score_samples()
+    with pytest.raises(DetectorError, match="method must be 'consensus' or 'mean', got 'magic'"):
+        AbnormalityDetector("magic").fit(table)
+    with pytest.raises(DetectorError, match="must be a FeatureTable"):
+        AbnormalityDetector().fit(np.zeros((10, 3)))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    store = simulate_run(tmp_path / "run", n_samples=200, seed=2)
+    with pytest.raises(StoreError, match=r"has no detection results yet; run `timetravel detect .*run` first"):
+        load_detection(store)
+    made = detect(store, verbose=False)
+    loaded = load_detection(RunStore(store.path))
+    np.testing.assert_array_equal(made.scores, loaded.scores)
+    np.testing.assert_array_equal(made.features.values, loaded.features.values)
+    np.testing.assert_array_equal(made.features.neighbors, loaded.features.neighbors)
+    i = int(made.ranking()[0])
+    assert made.detector.reasons(i) == loaded.detector.reasons(i)
+    np.testing.assert_allclose(loaded.detector.score_samples(), made.scores, rtol=1e-5)
+    assert not list((tmp_path / "run" / "features").glob(".*tmp"))
+
+
+def test_load_refuses_damaged_files(tmp_path):
+    store = simulate_run(tmp_path / "run", n_samples=100, seed=2)
+    detect(store, verbose=False)
+    d = tmp_path / "run" / "features"
+    np.save(d / "scores.npy", np.zeros(99, dtype=np.float32))
+    with pytest.raises(StoreError, match=r"scores.npy: expected shape \(100,\)"):
+        load_detection(store)
+    (d / "scores.npy").unlink()
+    with pytest.raises(StoreError, match="scores.npy: file is missing"):
+        load_detection(store)
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="manifest.json: not valid JSON"):
+        load_detection(store)
+
+
+def test_detect_command(tmp_path, capsys):
+    from timetravel.cli import main
+
+    simulate_run(tmp_path / "run", n_samples=150, seed=4)
+    assert main(["-q", "detect", str(tmp_path / "run"), "--top", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in out["ranking"]] == [1, 2, 3]
+    assert all(r["reasons"] for r in out["ranking"])
+    assert main(["-q", "detect", str(tmp_path / "run"), "--top", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "   1. sample" in text and "maybe" in text
+    assert main(["-q", "detect", str(tmp_path / "missing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""Trajectory features: shapes, documentation, signal on planted mislabels, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from timetravel import RunWriter, StoreError
+from timetravel.features import FEATURES, FeatureTable, extract_features
+from timetravel.simulate import ranking_quality, simulate_run
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    store = simulate_run(tmp_path_factory.mktemp("f") / "run", n_samples=400, noise_rate=0.15, seed=3)
+    return store, extract_features(store, verbose=False)
+
+
+def test_shapes_and_documentation(toy):
+    store, table = toy
+    n = store.n_samples
+    assert isinstance(table, FeatureTable)
+    assert table.values.shape == (n, len(table.names)) and table.values.dtype == np.float32
+    assert np.isfinite(table.values).all()
+    assert len(table.descriptions) == len(table.names)
+    for name, desc in zip(table.names, table.descriptions):
+        assert desc == FEATURES[name].description and "\n" not in desc
+    # the toy run records training margins, so AUM from them is present; no projection -> no canvas features
+    assert "aum_train" in table.names
+    assert not any(n.startswith("canvas") for n in table.names)
+    assert table.neighbors.shape == (n, 10) and table.neighbors.dtype == np.int32
+    assert not (table.neighbors == np.arange(n)[:, None]).any(), "a sample is never its own neighbour"
+    assert table.suggested.shape == (n,) and (table.suggested != table.labels).all()
+
+
+def test_definitions_on_known_values(toy):
+    store, table = toy
+    probs = np.stack([store.probabilities(e) for e in store.epochs])
+    given = probs[:, np.arange(store.n_samples), store.labels]
+    np.testing.assert_allclose(table.column("confidence"), given.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(table.column("variability"), given.std(axis=0), rtol=1e-4, atol=1e-5)
+    correct = probs.argmax(axis=2) == store.labels
+    forgets = (correct[:-1] & ~correct[1:]).sum(axis=0)
+    np.testing.assert_array_equal(table.column("forgetting"), forgets)
+    knn = table.column("knn_disagreement_mid")
+    expect = (store.labels[table.neighbors] != store.labels[:, None]).mean(axis=1)
+    np.testing.assert_allclose(knn, expect, rtol=1e-6)
+
+
+def test_features_separate_planted_mislabels(toy):
+    store, table = toy
+    for name in ("confidence", "aum", "knn_disagreement_mid", "centroid_ratio", "loss_early"):
+        j = table.names.index(name)
+        auroc = ranking_quality(table.values[:, j] * table.directions[j], store.noise_mask)["auroc"]
+        assert auroc > 0.9, f"{name}: AUROC {auroc:.3f}"
+
+
+def test_canvas_features_when_projected(tmp_path):
+    from timetravel._io import write_json_atomic, save_npy_atomic
+
+    store = simulate_run(tmp_path / "run", n_samples=120, n_epochs=5, seed=1)
+    rng = np.random.default_rng(0)
+    entries = {}
+    for e in store.epochs:
+        save_npy_atomic(tmp_path / "run" / "projection" / f"{e:04d}" / "xy.npy",
+                        rng.normal(size=(120, 2)).astype(np.float32))
+        entries[str(e)] = {"extent": [-3, 3, -3, 3], "grid": 4, "metrics": {}}
+    write_json_atomic(tmp_path / "run" / "projection" / "manifest.json",
+                      {"format_version": 1, "method": "test", "params": {}, "epochs": entries})
+    table = extract_features(store.__class__(store.path), verbose=False)
+    assert {"canvas_speed", "canvas_acceleration"} <= set(table.names)
+    assert (table.column("canvas_speed") > 0).all()
+    assert "canvas_speed" not in extract_features(store, use_projection=False, verbose=False).names
+
+
+def test_deterministic(toy, tmp_path):
+    store, table = toy
+    again = extract_features(store, verbose=False)
+    np.testing.assert_array_equal(table.values, again.values)
+    np.testing.assert_array_equal(table.neighbors, again.neighbors)
+
+
+def test_empty_store_is_a_clear_error(tmp_path):
+    RunWriter.create(tmp_path / "empty", labels=np.zeros(30, dtype=int), n_classes=2, embedding_dim=4)
+    from timetravel import RunStore
+
+    with pytest.raises(StoreError, match=r"at least 2 recorded epochs, found 0"):
+        extract_features(RunStore(tmp_path / "empty"), verbose=False)
+
+
+def test_too_few_samples_for_neighbours(tmp_path):
+    store = simulate_run(tmp_path / "run", n_samples=8, n_classes=2, embedding_dim=4, n_epochs=3)
+    with pytest.raises(StoreError, match=r"n_neighbors must be >= 1 and below the number of samples"):
+        extract_features(store, n_neighbors=10, verbose=False)
+
+
+def test_unknown_column_names_the_choices(toy):
+    _, table = toy
+    with pytest.raises(KeyError, match="no feature named 'nope'; available: confidence"):
+        table.column("nope")
