@@ -1,0 +1,241 @@
+"""Helpers shared by the app's browser tests and its benchmark.
+
+* :func:`write_synthetic_run`: a run store with a projection written directly in the
+  ``projection/`` format of ``docs/run-store.md`` (the app only reads it), so tests and
+  benchmarks do not depend on fitting a projector;
+* :func:`serve`: the real ``timetravel serve`` in a subprocess on a free port;
+* :func:`launch_chromium`: Debian's Chromium through Playwright (never a downloaded browser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from timetravel._io import save_npy_atomic, write_json_atomic
+from timetravel.store import RunWriter, epoch_dirname
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def _class_images(rng: np.random.Generator, n_classes: int, size: int) -> np.ndarray:
+    """One smooth random pattern per class (uint8), so thumbnails of a class look alike."""
+    base = rng.random((n_classes, size // 2, size // 2))
+    return np.kron(base, np.ones((2, 2)))
+
+
+def write_synthetic_run(
+    path: str | Path,
+    *,
+    n_samples: int = 600,
+    n_classes: int = 4,
+    n_epochs: int = 5,
+    embedding_dim: int = 16,
+    noise_rate: float = 0.1,
+    grid: int = 64,
+    seed: int = 0,
+    project: bool = True,
+    image_size: int = 8,
+) -> Path:
+    """Write a run whose dots move from a cloud into class clusters over the epochs.
+
+    Mislabelled samples sit with their true class early and get pulled towards
+    their given label late (memorisation), as in real training. Logits come from
+    the stored linear head, and the territories from the same head on the canvas,
+    so predictions, territories and positions agree.
+
+    Parameters
+    ----------
+    path : path-like
+        Run directory to create (replaced if it exists).
+    n_samples, n_classes, n_epochs, embedding_dim : int
+        Size of the run.
+    noise_rate : float
+        Fraction of labels flipped to another class.
+    grid : int
+        Territory grid size G.
+    seed : int
+        Random seed; the run is a deterministic function of the arguments.
+    project : bool
+        Write ``projection/``; without it the app must say to run ``timetravel project``.
+    image_size : int
+        Thumbnail side in pixels.
+
+    Returns
+    -------
+    Path
+    """
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    true = rng.integers(0, n_classes, n_samples)
+    labels = true.copy()
+    flipped = rng.choice(n_samples, int(round(noise_rate * n_samples)), replace=False)
+    labels[flipped] = (labels[flipped] + rng.integers(1, n_classes, len(flipped))) % n_classes
+    angles = 2 * np.pi * np.arange(n_classes) / n_classes
+    centres = 4.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    # An isometric lift of the canvas into the embedding space keeps head and canvas consistent.
+    lift = np.linalg.qr(rng.normal(size=(embedding_dim, 2)))[0].T  # (2, D), orthonormal rows
+    start = rng.normal(scale=2.5, size=(n_samples, 2))
+    offset = rng.normal(scale=0.9, size=(n_samples, 2))
+    patterns = _class_images(rng, n_classes, image_size)
+    noise_img = rng.random((n_samples, image_size, image_size))
+    thumbs = np.clip(255 * (0.75 * patterns[true] + 0.25 * noise_img), 0, 255).astype(np.uint8)
+    writer = RunWriter.create(
+        path,
+        labels=labels,
+        n_classes=n_classes,
+        embedding_dim=embedding_dim,
+        class_names=[f"class {k}" for k in range(n_classes)],
+        dataset=f"synthetic-app-{n_samples}",
+        true_labels=true,
+        noise={"kind": "symmetric", "rate": noise_rate, "seed": seed},
+        thumbs=thumbs,
+        overwrite=True,
+    )
+    scale = 1.5
+    weight = scale * centres @ lift  # (K, D)
+    bias = -scale * 0.5 * (centres**2).sum(axis=1)
+    positions = []
+    for e in range(n_epochs):
+        t = (e + 1) / n_epochs
+        memorise = np.clip((t - 0.6) / 0.4, 0, 1)
+        home = centres[true] + offset
+        home[flipped] = (1 - memorise) * home[flipped] + memorise * (centres[labels[flipped]] + 0.5 * offset[flipped])
+        xy = (1 - t) * start + t * home + rng.normal(scale=0.05, size=(n_samples, 2))
+        emb = xy @ lift + rng.normal(scale=0.02, size=(n_samples, embedding_dim))
+        logits = (emb @ weight.T + bias).astype(np.float32)
+        acc = float(np.mean(logits.argmax(1) == labels))
+        writer.write_epoch(
+            e, emb, logits, head=(weight, bias),
+            metrics={"train_loss": float(1.5 * (1 - t) + 0.1), "train_acc": acc,
+                     "test_acc": float(np.mean(logits.argmax(1) == true))},
+        )  # fmt: skip
+        positions.append(xy.astype(np.float32))
+    if project:
+        write_projection(path, positions, weight, bias, lift, grid=grid)
+    return path
+
+
+def write_projection(
+    path: Path, positions: list[np.ndarray], weight: np.ndarray, bias: np.ndarray, lift: np.ndarray, *, grid: int
+) -> None:
+    """Write ``projection/`` per docs/run-store.md: xy per epoch, territories from the head."""
+    epochs = {}
+    for e, xy in enumerate(positions):
+        x0, y0 = xy.min(axis=0) - 0.5
+        x1, y1 = xy.max(axis=0) + 0.5
+        gx, gy = np.meshgrid(np.linspace(x0, x1, grid), np.linspace(y0, y1, grid))  # row 0 = bottom (y0)
+        cells = np.stack([gx.ravel(), gy.ravel()], axis=1) @ lift
+        logits = cells @ weight.T + bias
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = z / z.sum(axis=1, keepdims=True)
+        d = path / "projection" / epoch_dirname(e)
+        save_npy_atomic(d / "xy.npy", xy)
+        save_npy_atomic(d / "territory_class.npy", probs.argmax(1).reshape(grid, grid).astype(np.uint8))
+        save_npy_atomic(d / "territory_confidence.npy", np.rint(255 * probs.max(1)).reshape(grid, grid).astype(np.uint8))
+        epochs[str(e)] = {"extent": [float(x0), float(x1), float(y0), float(y1)], "grid": grid, "metrics": {}}
+        write_json_atomic(
+            path / "projection" / "manifest.json",
+            {"format_version": 1, "method": "synthetic (test fixture)", "params": {}, "epochs": epochs},
+        )
+
+
+# --------------------------------------------------------------------------- server
+
+
+class AppServer:
+    """A ``timetravel serve`` subprocess; ``url`` is where it listens."""
+
+    def __init__(self, run: str | Path, *, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "timetravel.cli", "serve", str(run), "--port", "0", "--no-browser"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        found: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(found,), daemon=True).start()
+        try:
+            self.url = found.get(timeout=timeout)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError("timetravel serve did not print its URL:\n" + "".join(self.lines)) from None
+
+    def _read(self, found: queue.Queue) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            match = re.search(r"(http://\S+/)", line)
+            if match and "timetravel app" in line:
+                found.put(match.group(1))
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Stop the server (SIGTERM, then SIGKILL) and return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@contextlib.contextmanager
+def serve(run: str | Path, **kwargs) -> Iterator[AppServer]:
+    """Run ``timetravel serve RUN --port 0`` for the duration of the block."""
+    server = AppServer(run, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def launch_chromium(playwright):
+    """Launch Debian's headless Chromium; a clear error when it is not installed."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        raise RuntimeError(
+            "chromium is not installed: the browser tests and the app benchmark need Debian's chromium "
+            "(apt-get install -y --no-install-recommends chromium); .ci/run installs it"
+        )
+    return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll ``predicate()`` until it returns something truthy; raise TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,177 @@
+"""The canvas: every sample as a WebGL scatter over the epoch's territory image.
+
+Positions travel as float32 binary arrays; an epoch change sends only the columns
+that change (``x``, ``y``, ``pred``, ``conf``) and the territory image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from bokeh.core.properties import field
+from bokeh.models import (
+    AllIndices,
+    BooleanFilter,
+    CDSView,
+    ColumnDataSource,
+    CustomJSHover,
+    HoverTool,
+    LinearColorMapper,
+    Range1d,
+)
+from bokeh.plotting import figure
+
+from server_app.data import EpochFrame, RunData
+
+# Overlay styles per mark kind: (marker, colour, size boost, line width).
+MARK_STYLES = {
+    "accepted": ("circle", "#2e7d32", 8, 2.5),
+    "rejected": ("x", "#616161", 6, 2.0),
+    "queue": ("circle", "#ff6f00", 8, 2.0),
+}
+
+
+def point_size(n_samples: int) -> float:
+    """Marker size that keeps dense runs readable (7 px at 1k, 3 px at 200k)."""
+    return float(np.clip(13.0 - 1.9 * np.log10(max(n_samples, 1)), 3.0, 8.0))
+
+
+@dataclass
+class CanvasView:
+    """The canvas figure and the sources the callbacks update."""
+
+    figure: object
+    points: ColumnDataSource
+    points_view: CDSView
+    territory: ColumnDataSource
+    marks: ColumnDataSource
+    focus: ColumnDataSource
+    trails: ColumnDataSource
+    color_mapper: LinearColorMapper
+    scatter: object
+    territory_renderer: object
+
+    def show_frame(self, frame: EpochFrame) -> None:
+        """Swap in one epoch: positions, predictions, confidence and territory."""
+        self.points.data.update(x=frame.x, y=frame.y, pred=frame.pred, conf=frame.confidence)
+        x0, x1, y0, y1 = frame.extent
+        self.territory.data = dict(image=[frame.territory], x=[x0], y=[y0], dw=[x1 - x0], dh=[y1 - y0])
+
+    def color_by(self, column: str) -> None:
+        """Colour the dots by ``"label"`` (given) or ``"pred"`` (the model's prediction)."""
+        self.scatter.glyph.fill_color = field(column, self.color_mapper)
+
+    def set_mask(self, mask: np.ndarray | None) -> None:
+        """Show only the samples where ``mask`` is true (None shows all)."""
+        self.points_view.filter = AllIndices() if mask is None else BooleanFilter(booleans=mask)
+
+    def set_marks(self, frame: EpochFrame, marks: dict[str, np.ndarray]) -> None:
+        """Outline decided and queued samples at their positions in ``frame``."""
+        index = np.concatenate([np.asarray(v, dtype=np.int64) for v in marks.values()] or [np.zeros(0, np.int64)])
+        kinds = [kind for kind, v in marks.items() for _ in range(len(v))]
+        self.marks.data = dict(
+            x=frame.x[index],
+            y=frame.y[index],
+            index=index.astype(np.int32),
+            marker=[MARK_STYLES[k][0] for k in kinds],
+            color=[MARK_STYLES[k][1] for k in kinds],
+            width=np.array([MARK_STYLES[k][3] for k in kinds], dtype=np.float32),
+            size=np.array([MARK_STYLES[k][2] for k in kinds], dtype=np.float32) + self.scatter.glyph.size,
+        )
+
+    def set_focus(self, frame: EpochFrame, sample: int | None) -> None:
+        """Ring the inspected sample."""
+        if sample is None:
+            self.focus.data = dict(x=[], y=[])
+        else:
+            self.focus.data = dict(x=[float(frame.x[sample])], y=[float(frame.y[sample])])
+
+    def set_trails(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+        """Draw the trajectories of the selected samples across epochs."""
+        self.trails.data = dict(xs=xs, ys=ys)
+
+
+def _ranges(data: RunData) -> tuple[Range1d, Range1d]:
+    x0, x1, y0, y1 = data.bounds
+    pad_x, pad_y = 0.02 * (x1 - x0 or 1.0), 0.02 * (y1 - y0 or 1.0)
+    return (
+        Range1d(x0 - pad_x, x1 + pad_x, bounds=(x0 - 10 * pad_x, x1 + 10 * pad_x)),
+        Range1d(y0 - pad_y, y1 + pad_y, bounds=(y0 - 10 * pad_y, y1 + 10 * pad_y)),
+    )
+
+
+def _hover(data: RunData, renderer) -> HoverTool:
+    names = CustomJSHover(args=dict(names=data.class_names), code="return `${value} (${names[value]})`")
+    return HoverTool(
+        renderers=[renderer],
+        tooltips=[
+            ("sample", "$index"),
+            ("given label", "@label{custom}"),
+            ("prediction", "@pred{custom}"),
+            ("confidence", "@conf{0.0%}"),
+        ],
+        formatters={"@label": names, "@pred": names},
+    )
+
+
+def make_canvas(data: RunData, frame: EpochFrame) -> CanvasView:
+    """Build the canvas figure showing ``frame``."""
+    x_range, y_range = _ranges(data)
+    fig = figure(
+        name="canvas",
+        output_backend="webgl",
+        x_range=x_range,
+        y_range=y_range,
+        tools="pan,wheel_zoom,box_select,lasso_select,reset,save",
+        active_scroll="wheel_zoom",
+        active_drag="pan",
+        sizing_mode="stretch_both",
+        min_width=480,
+        min_height=420,
+        toolbar_location="above",
+    )
+    fig.axis.visible = False
+    fig.grid.visible = False
+    fig.outline_line_color = "#cfd8dc"
+    fig.background_fill_color = "#ffffff"
+    territory = ColumnDataSource(dict(image=[], x=[], y=[], dw=[], dh=[]), name="territory_source")
+    territory_renderer = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=territory)
+    trails = ColumnDataSource(dict(xs=[], ys=[]), name="trails_source")
+    fig.multi_line(xs="xs", ys="ys", source=trails, line_color="#37474f", line_alpha=0.6, line_width=1.5)
+    mapper = LinearColorMapper(palette=data.palette, low=-0.5, high=data.n_classes - 0.5)
+    points = ColumnDataSource(
+        dict(x=frame.x, y=frame.y, label=data.labels, pred=frame.pred, conf=frame.confidence),
+        name="points_source",
+    )
+    view = CDSView(filter=AllIndices())
+    scatter = fig.scatter(
+        x="x",
+        y="y",
+        source=points,
+        view=view,
+        size=point_size(data.n_samples),
+        fill_color=field("label", mapper),
+        line_color="white",
+        line_width=0.4 if data.n_samples > 20000 else 0.6,
+        fill_alpha=0.9,
+        selection_fill_alpha=1.0,
+        selection_line_color="black",
+        nonselection_fill_alpha=0.15,
+        nonselection_line_alpha=0.1,
+        name="points",
+    )
+    marks = ColumnDataSource(
+        dict(x=[], y=[], index=[], marker=[], color=[], width=[], size=[]), name="marks_source"
+    )
+    fig.scatter(
+        x="x", y="y", marker="marker", size="size", source=marks, fill_alpha=0.0,
+        line_color="color", line_width="width", name="marks",
+    )  # fmt: skip
+    focus = ColumnDataSource(dict(x=[], y=[]), name="focus_source")
+    fig.scatter(x="x", y="y", source=focus, size=point_size(data.n_samples) + 16, fill_alpha=0.0,
+                line_color="black", line_width=3, name="focus")  # fmt: skip
+    fig.add_tools(_hover(data, scatter))
+    canvas = CanvasView(fig, points, view, territory, marks, focus, trails, mapper, scatter, territory_renderer)
+    canvas.show_frame(frame)
+    return canvas

@@ -1,0 +1,136 @@
+"""Filters (class, disagreement, decision, display toggles) and the selection list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from bokeh.layouts import column
+from bokeh.models import (
+    Checkbox,
+    ColumnDataSource,
+    DataTable,
+    Div,
+    MultiChoice,
+    NumberFormatter,
+    RadioButtonGroup,
+    Select,
+    TableColumn,
+)
+
+from server_app._bokeh import redraw_table_on_new_data
+from server_app.data import RunData
+
+COLOR_BY = ("label", "pred")
+DECISION_FILTERS = (
+    ("all", "all samples"),
+    ("queue", "in the queue"),
+    ("accepted", "accepted"),
+    ("rejected", "rejected"),
+    ("reviewed", "reviewed"),
+    ("unreviewed", "not reviewed"),
+)
+SELECTION_ROWS = 500
+
+
+@dataclass
+class FilterView:
+    """Filter widgets and the selection list."""
+
+    color_by: RadioButtonGroup
+    classes: MultiChoice
+    disagree: Checkbox
+    decision: Select
+    territory: Checkbox
+    trails: Checkbox
+    selection_info: Div
+    selection: ColumnDataSource
+    selection_table: DataTable
+    layout: object
+    selection_layout: object
+
+    def color_column(self) -> str:
+        return COLOR_BY[self.color_by.active]
+
+    def mask(self, labels: np.ndarray, pred: np.ndarray, decisions: dict[int, bool], queue: list[int]) -> np.ndarray | None:
+        """Boolean mask of the samples to show, or None when nothing is filtered."""
+        mask = None
+        if self.classes.value:
+            mask = np.isin(labels, np.array([int(v) for v in self.classes.value]))
+        if self.disagree.active:
+            mask = _and(mask, labels != pred)
+        if self.decision.value != "all":
+            mask = _and(mask, _decision_mask(self.decision.value, len(labels), decisions, queue))
+        return mask
+
+    def show_selection(self, data: RunData, indices: np.ndarray, pred: np.ndarray, decisions: dict[int, bool]) -> None:
+        """List the selected samples (the first SELECTION_ROWS of them)."""
+        shown = np.asarray(indices, dtype=np.int64)[:SELECTION_ROWS]
+        names = data.class_names
+        self.selection.data = dict(
+            index=shown.astype(np.int32),
+            given=[names[int(data.labels[i])] for i in shown],
+            pred=[names[int(pred[i])] for i in shown],
+            decision=[_decision_name(decisions.get(int(i))) for i in shown],
+        )
+        n = len(indices)
+        if n == 0:
+            self.selection_info.text = "<span class='tt-muted'>Box or lasso select dots to list them here.</span>"
+        else:
+            disagree = int(np.count_nonzero(data.labels[indices] != pred[indices]))
+            more = f", showing the first {SELECTION_ROWS}" if n > SELECTION_ROWS else ""
+            self.selection_info.text = f"<b>{n} selected</b> ({disagree} predicted differently from their label{more})"
+
+
+def _and(mask: np.ndarray | None, other: np.ndarray) -> np.ndarray:
+    return other if mask is None else mask & other
+
+
+def _decision_mask(kind: str, n: int, decisions: dict[int, bool], queue: list[int]) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    if kind == "queue":
+        mask[np.asarray(queue, dtype=np.int64)] = True
+        return mask
+    wanted = {"accepted": (True,), "rejected": (False,), "reviewed": (True, False), "unreviewed": (True, False)}[kind]
+    chosen = [i for i, ok in decisions.items() if ok in wanted]
+    mask[np.asarray(chosen, dtype=np.int64)] = True
+    return ~mask if kind == "unreviewed" else mask
+
+
+def _decision_name(decision: bool | None) -> str:
+    return "" if decision is None else ("accepted" if decision else "rejected")
+
+
+def make_filters(data: RunData) -> FilterView:
+    """Build the filter widgets and the (empty) selection list."""
+    color_by = RadioButtonGroup(labels=["Given label", "Prediction"], active=0, name="color_by")
+    options = [(str(k), name) for k, name in enumerate(data.class_names)]
+    classes = MultiChoice(options=options, value=[], placeholder="all classes", title="Given label",
+                          name="class_filter", sizing_mode="stretch_width")  # fmt: skip
+    disagree = Checkbox(label="prediction ≠ given label", name="disagree_filter")
+    decision = Select(title="Decision", value="all", options=list(DECISION_FILTERS), name="decision_filter")
+    territory = Checkbox(label="territories", active=True, name="show_territory")
+    trails = Checkbox(label="trails of selected samples", active=True, name="show_trails")
+    selection = ColumnDataSource(dict(index=[], given=[], pred=[], decision=[]), name="selection_source")
+    table = DataTable(
+        source=selection,
+        columns=[
+            TableColumn(field="index", title="#", formatter=NumberFormatter(format="0"), width=60),
+            TableColumn(field="given", title="given"),
+            TableColumn(field="pred", title="predicted"),
+            TableColumn(field="decision", title="decision"),
+        ],
+        height=180,
+        sizing_mode="stretch_width",
+        index_position=None,
+        name="selection_table",
+        css_classes=["tt-selection-table"],
+    )
+    redraw_table_on_new_data(table)
+    info = Div(text="<span class='tt-muted'>Box or lasso select dots to list them here.</span>", name="selection_info")
+    layout = column(
+        Div(text="<div class='tt-sub'>Colour dots by</div>"), color_by, classes, disagree, decision,
+        Div(text="<div class='tt-sub'>Show</div>"), territory, trails, sizing_mode="stretch_width",
+    )  # fmt: skip
+    selection_layout = column(info, table, sizing_mode="stretch_width")
+    return FilterView(color_by, classes, disagree, decision, territory, trails, info, selection, table, layout, selection_layout)

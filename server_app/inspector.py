@@ -1,0 +1,131 @@
+"""The sample inspector: image, labels, per-epoch curves, nearest neighbours, detector reasons."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import numpy as np
+from bokeh.layouts import column, row
+from bokeh.models import ColumnDataSource, Div, LinearAxis, Range1d, Span
+from bokeh.plotting import figure
+
+from server_app.data import RunData, SampleHistory
+
+EMPTY_TEXT = "<span class='tt-muted'>Click a dot or a queue entry to inspect a sample.</span>"
+
+
+@dataclass
+class InspectorView:
+    """Widgets of the inspector; filled by :meth:`show`."""
+
+    header: Div
+    image: Div
+    curves: object
+    curve_source: ColumnDataSource
+    pred_source: ColumnDataSource
+    margin_range: Range1d
+    cursor: Span
+    neighbours: Div
+    reasons: Div
+    layout: object
+
+    def clear(self) -> None:
+        self.header.text = EMPTY_TEXT
+        self.image.text = ""
+        self.neighbours.text = ""
+        self.reasons.text = ""
+        self.curve_source.data = dict(epoch=[], prob=[], margin=[])
+        self.pred_source.data = dict(epoch=[], pred=[], color=[], name=[])
+
+    def show(self, data: RunData, sample: int, epoch: int, *, pred: int, confidence: float, decision: str) -> None:
+        """Fill the header, image and decision for ``sample`` seen at ``epoch`` (curves come separately)."""
+        names = data.class_names
+        given = int(data.labels[sample])
+        true = data.store.true_labels
+        parts = [
+            f"<div class='tt-title'>Sample #{sample}</div>",
+            f"given label <b>{_swatch(data, given)}{html.escape(names[given])}</b>",
+            f"prediction at epoch {epoch}: <b>{_swatch(data, pred)}{html.escape(names[pred])}</b> ({confidence:.0%})",
+        ]
+        if true is not None:
+            parts.append(f"true label (benchmark run): <b>{html.escape(names[int(true[sample])])}</b>")
+        parts.append(f"decision: <b name='decision'>{decision}</b>")
+        self.header.text = "<br>".join(parts)
+        uri = data.thumbnail_png(sample)
+        self.image.text = (
+            f"<img src='{uri}' alt='sample {sample}' class='tt-thumb-big'>" if uri else "<i>no image in this run</i>"
+        )
+
+    def show_history(self, data: RunData, history: SampleHistory) -> None:
+        """Draw the given-label probability, margin and per-epoch prediction curves."""
+        self.curve_source.data = dict(epoch=history.epochs, prob=history.given_prob, margin=history.margin)
+        lo, hi = float(np.min(history.margin)), float(np.max(history.margin))
+        span = max(hi - lo, 1e-3)
+        self.margin_range.start, self.margin_range.end = lo - 0.05 * span, hi + 0.05 * span
+        self.pred_source.data = dict(
+            epoch=history.epochs,
+            pred=history.pred,
+            color=[data.palette[p] for p in history.pred],
+            name=[data.class_names[p] for p in history.pred],
+        )
+
+    def show_neighbours(self, data: RunData, epoch: int, neighbours: np.ndarray, preds: np.ndarray) -> None:
+        items = []
+        for j, p in zip(neighbours.tolist(), preds.tolist()):
+            uri = data.thumbnail_png(j)
+            img = f"<img src='{uri}' class='tt-thumb'>" if uri else ""
+            given = int(data.labels[j])
+            items.append(
+                f"<div class='tt-nb' title='given {html.escape(data.class_names[given])}, "
+                f"predicted {html.escape(data.class_names[p])}'>{img}<br>#{j}<br>"
+                f"{_swatch(data, given)}{html.escape(data.class_names[given])}</div>"
+            )
+        self.neighbours.text = (
+            f"<div class='tt-sub'>Nearest neighbours (embedding, epoch {epoch})</div>"
+            f"<div class='tt-nbs'>{''.join(items)}</div>"
+        )
+
+    def show_reasons(self, reasons: list[str] | None, message: str | None = None) -> None:
+        if reasons is None:
+            self.reasons.text = f"<span class='tt-muted'>{html.escape(message or '')}</span>"
+            return
+        items = "".join(f"<li>{html.escape(r)}</li>" for r in reasons) or "<li>nothing unusual</li>"
+        self.reasons.text = f"<div class='tt-sub'>Why the detector flags it</div><ul class='tt-reasons'>{items}</ul>"
+
+
+def _swatch(data: RunData, k: int) -> str:
+    return f"<span class='tt-swatch' style='background:{data.palette[k]}'></span>"
+
+
+def make_inspector(data: RunData) -> InspectorView:
+    """Build an empty inspector."""
+    header = Div(text=EMPTY_TEXT, name="inspector_header", sizing_mode="stretch_width")
+    image = Div(text="", name="inspector_image", width=110)
+    curve_source = ColumnDataSource(dict(epoch=[], prob=[], margin=[]))
+    pred_source = ColumnDataSource(dict(epoch=[], pred=[], color=[], name=[]))
+    fig = figure(
+        height=170, sizing_mode="stretch_width", toolbar_location=None, y_range=(-0.14, 1.02), name="curves",
+        tools="hover", tooltips=[("epoch", "@epoch"), ("value", "$y{0.00}")],
+    )  # fmt: skip
+    fig.min_border_left = 40
+    margin_range = Range1d(-1, 1)
+    fig.extra_y_ranges = {"margin": margin_range}
+    fig.add_layout(LinearAxis(y_range_name="margin", axis_label="margin"), "right")
+    fig.yaxis[0].axis_label = "P(given)"
+    fig.line("epoch", "prob", source=curve_source, line_width=2, color="#1565c0", legend_label="P(given label)")
+    fig.line("epoch", "margin", source=curve_source, line_width=2, color="#c62828", line_dash="dashed",
+             y_range_name="margin", legend_label="margin")  # fmt: skip
+    fig.rect("epoch", -0.08, width=1.0, height=0.09, source=pred_source, fill_color="color", line_color=None)
+    fig.legend.location = "top_left"
+    fig.legend.label_text_font_size = "8pt"
+    fig.legend.background_fill_alpha = 0.5
+    fig.legend.padding = 2
+    fig.legend.spacing = 0
+    fig.xaxis.axis_label = "epoch (strip: predicted class)"
+    cursor = Span(location=0, dimension="height", line_color="#ff6f00", line_width=2)
+    fig.add_layout(cursor)
+    neighbours = Div(text="", name="inspector_neighbours", sizing_mode="stretch_width")
+    reasons = Div(text="", name="inspector_reasons", sizing_mode="stretch_width")
+    layout = column(row(image, header, sizing_mode="stretch_width"), fig, reasons, neighbours, sizing_mode="stretch_width")
+    return InspectorView(header, image, fig, curve_source, pred_source, margin_range, cursor, neighbours, reasons, layout)

@@ -1,0 +1,140 @@
+"""The recommendation queue: next recommendations with reasons, accept / reject / undo, counters, export."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from bokeh.layouts import column, row
+from bokeh.models import (
+    Button,
+    ColumnDataSource,
+    CustomJS,
+    DataTable,
+    Div,
+    HTMLTemplateFormatter,
+    NumberFormatter,
+    Select,
+    TableColumn,
+)
+
+from server_app._bokeh import redraw_table_on_new_data
+from server_app.data import RunData
+from server_app.review import ReviewSnapshot
+
+QUEUE_SIZES = ("5", "10", "20")
+
+# Runs in the browser when the server fills export_source: hands the text to the user as a download.
+_DOWNLOAD_JS = """
+const text = source.data.text[0];
+if (!text) { return; }
+const blob = new Blob([text], {type: source.data.mime[0]});
+const link = document.createElement("a");
+link.href = URL.createObjectURL(blob);
+link.download = source.data.filename[0];
+document.body.appendChild(link);
+link.click();
+link.remove();
+setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+"""
+
+
+@dataclass
+class QueueView:
+    """Queue table, decision buttons, counters and export controls."""
+
+    status: Div
+    table_source: ColumnDataSource
+    table: DataTable
+    size: Select
+    accept: Button
+    reject: Button
+    undo: Button
+    counters: Div
+    export_csv: Button
+    export_json: Button
+    export_source: ColumnDataSource
+    export_note: Div
+    layout: object
+
+    def k(self) -> int:
+        return int(self.size.value)
+
+    def show(self, data: RunData, snap: ReviewSnapshot, current_pred, target: int | None) -> None:
+        """Render a review snapshot: status line, queue rows, counters and button states."""
+        ready = snap.status == "ready"
+        self.status.text = "" if ready else f"<div class='tt-note'>{html.escape(snap.message)}</div>"
+        queue = snap.queue[: self.k()]
+        names = data.class_names
+        self.table_source.data = dict(
+            rank=list(range(1, len(queue) + 1)),
+            index=queue,
+            given=[names[int(data.labels[i])] for i in queue],
+            pred=[names[int(current_pred[i])] for i in queue],
+            score=[snap.scores.get(i, float("nan")) for i in queue],
+            reason=[html.escape((snap.reasons.get(i) or [""])[0]) for i in queue],
+        )
+        self.table_source.selected.indices = [queue.index(target)] if target in queue else []
+        decided = snap.decisions.get(target) if target is not None else None
+        self.accept.disabled = self.reject.disabled = target is None
+        label = f" #{target}" if target is not None else ""
+        self.accept.label = f"✓ Accept{label} (a)" + (" ✔" if decided is True else "")
+        self.reject.label = f"✗ Reject{label} (r)" + (" ✔" if decided is False else "")
+        self.undo.disabled = not snap.decisions
+        self.export_csv.disabled = self.export_json.disabled = not any(snap.decisions.values())
+        self.counters.text = _counters(snap)
+
+
+def _counters(snap: ReviewSnapshot) -> str:
+    reviewed = len(snap.decisions)
+    accepted = sum(snap.decisions.values())
+    parts = [f"reviewed <b name='reviewed'>{reviewed}</b>", f"accepted <b name='accepted'>{accepted}</b>"]
+    if snap.hits is not None and reviewed:
+        parts.append(f"hit rate <b>{snap.hits / reviewed:.0%}</b> <span class='tt-muted'>(truly mislabelled)</span>")
+    return " · ".join(parts)
+
+
+def make_queue(data: RunData) -> QueueView:
+    """Build the queue panel (filled later from review snapshots)."""
+    status = Div(text="", name="queue_status", sizing_mode="stretch_width")
+    source = ColumnDataSource(dict(rank=[], index=[], given=[], pred=[], score=[], reason=[]), name="queue_source")
+    table = DataTable(
+        source=source,
+        columns=[
+            TableColumn(field="rank", title="", width=24),
+            TableColumn(field="index", title="#", formatter=NumberFormatter(format="0"), width=55),
+            TableColumn(field="given", title="given", width=70),
+            TableColumn(field="pred", title="predicted", width=70),
+            TableColumn(field="score", title="score", formatter=NumberFormatter(format="0.00"), width=45),
+            TableColumn(field="reason", title="why", width=260,
+                        formatter=HTMLTemplateFormatter(template="<span title='<%= value %>'><%= value %></span>")),
+        ],  # fmt: skip
+        height=250,
+        sizing_mode="stretch_width",
+        index_position=None,
+        selectable=True,
+        name="queue_table",
+        css_classes=["tt-queue-table"],
+    )
+    redraw_table_on_new_data(table)
+    size = Select(value="10", options=list(QUEUE_SIZES), width=60, name="queue_size")
+    accept = Button(label="✓ Accept (a)", button_type="success", name="accept", disabled=True)
+    reject = Button(label="✗ Reject (r)", button_type="danger", name="reject", disabled=True)
+    undo = Button(label="↶ Undo (u)", name="undo", disabled=True)
+    counters = Div(text="", name="counters")
+    export_csv = Button(label="Export CSV", name="export_csv", disabled=True, width=100)
+    export_json = Button(label="Export JSON", name="export_json", disabled=True, width=100)
+    export_source = ColumnDataSource(dict(text=[], filename=[], mime=[]), name="export_source")
+    export_source.js_on_change("data", CustomJS(args=dict(source=export_source), code=_DOWNLOAD_JS))
+    export_note = Div(text="", name="export_note")
+    layout = column(
+        row(Div(text="<div class='tt-h'>Recommendations</div>"), Div(text="show"), size, sizing_mode="stretch_width"),
+        status,
+        table,
+        row(accept, reject, undo, sizing_mode="stretch_width"),
+        counters,
+        row(export_csv, export_json, export_note, sizing_mode="stretch_width"),
+        sizing_mode="stretch_width",
+    )
+    return QueueView(status, source, table, size, accept, reject, undo, counters, export_csv, export_json,
+                     export_source, export_note, layout)  # fmt: skip

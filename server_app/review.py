@@ -1,0 +1,313 @@
+"""The review of one run, shared by every session of the server process.
+
+Holds the feedback log, the detection (features, suspicion scores, reasons) and the
+feedback recommender. Every decision is appended to ``feedback.jsonl`` and fsynced
+before anything else happens, then the recommender re-ranks and every open session
+is told. Decisions are serialised by one lock, so two tabs never interleave a half
+update; a log changed by another process is noticed and replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from server_app.data import RunData
+from timetravel.errors import TimetravelError
+from timetravel.feedback import FeedbackEvent, FeedbackLog, FeedbackState
+
+logger = logging.getLogger(__name__)
+
+QUEUE_DEPTH = 20  # recommendations kept per update; sessions show the first k of them
+
+
+@dataclass(frozen=True)
+class ReviewSnapshot:
+    """What every session shows about the review at one moment.
+
+    ``status`` is ``"loading"``, ``"ready"``, ``"missing"`` (no detection yet) or
+    ``"failed"``; ``message`` says what to do when it is not ready.
+    """
+
+    version: int
+    status: str
+    message: str
+    decisions: dict[int, bool]
+    queue: list[int]
+    scores: dict[int, float]
+    reasons: dict[int, list[str]]
+    log_errors: list[str]
+    hits: int | None
+    last_event: FeedbackEvent | None = None
+    order: list[int] = field(default_factory=list)
+
+
+class _Ranking:
+    """Detection (``RUN/features/``) plus feedback recommender, behind the few calls the app makes."""
+
+    def __init__(self, data: RunData) -> None:
+        from timetravel.detect import load_detection
+
+        self.detection = load_detection(data.store)
+        self.recommender = self.detection.recommender(random_state=0)
+
+    def restore(self, decisions: dict[int, bool]) -> None:
+        """Forget all decisions and replay the standing ones (after an undo or another process's edits)."""
+        self.recommender.restore(decisions)
+
+    def update(self, sample: int, accepted: bool) -> None:
+        self.recommender.partial_fit([sample], [accepted])
+
+    def recommend(self, k: int) -> tuple[list[int], dict[int, float]]:
+        """The next ``k`` samples and the model's probability that the user accepts each."""
+        queue = self.recommender.recommend(k)
+        p_accept = 1.0 / (1.0 + np.exp(-self.recommender.score_samples()[queue].astype(np.float64)))
+        return queue.tolist(), dict(zip(queue.tolist(), p_accept.tolist()))
+
+    def reasons(self, sample: int) -> list[str]:
+        return list(self.detection.detector.reasons(sample))
+
+    def suggestions(self) -> np.ndarray:
+        """The detector's suggested label per sample (the most likely other class)."""
+        return self.detection.features.suggested
+
+
+class Review:
+    """Shared review state of one run; see the module docstring.
+
+    Parameters
+    ----------
+    data : RunData
+        The run.
+    """
+
+    def __init__(self, data: RunData) -> None:
+        self.data = data
+        self.log = FeedbackLog(data.path, data.n_samples)
+        self._lock = threading.RLock()
+        self._listeners: set[Callable[[ReviewSnapshot], None]] = set()
+        self._ranking: _Ranking | None = None
+        self._status, self._message = "loading", "Ranking the samples..."
+        self._started = False
+        self._version = 0
+        self._state = FeedbackState()
+        self._order: list[int] = []
+        self._log_stamp: tuple[int, float] = (-1, -1.0)
+        self._queue: list[int] = []
+        self._scores: dict[int, float] = {}
+        self._last_event: FeedbackEvent | None = None
+        self._reload_log()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the detection and fit the recommender in the background (once)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.data.executor.submit(self._load_ranking)
+
+    def _load_ranking(self) -> None:
+        try:
+            ranking = _Ranking(self.data)
+        except TimetravelError as exc:
+            if not (self.data.store.derived_dir("features") / "manifest.json").exists():
+                self._set_status("missing", self._missing_message())
+            else:
+                self._set_status("failed", f"The detection results cannot be used: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - shown in the app instead of a dead queue
+            logger.exception("loading the detection failed")
+            self._set_status("failed", f"Loading the detection failed: {type(exc).__name__}: {exc}")
+            return
+        with self._lock:
+            self._ranking = ranking
+            ranking.restore(self._state.decisions)
+            self._status, self._message = "ready", ""
+            self._rerank()
+        self._publish()
+
+    def _missing_message(self) -> str:
+        return (
+            f"No detection for this run yet: run `timetravel detect {self.data.path}` "
+            "and reload this page to get the recommendation queue."
+        )
+
+    def _set_status(self, status: str, message: str) -> None:
+        with self._lock:
+            self._status, self._message = status, message
+            self._version += 1
+        logger.warning("review of %s: %s", self.data.path, message)
+        self._publish()
+
+    # -- listeners ---------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[ReviewSnapshot], None]) -> None:
+        """Call ``listener(snapshot)`` after every change (from whichever thread made it)."""
+        with self._lock:
+            self._listeners.add(listener)
+
+    def unsubscribe(self, listener: Callable[[ReviewSnapshot], None]) -> None:
+        with self._lock:
+            self._listeners.discard(listener)
+
+    def _publish(self) -> ReviewSnapshot:
+        snap = self.snapshot()
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(snap)
+            except Exception:  # noqa: BLE001 - one closed session must not stop the others
+                logger.exception("a session failed to receive a review update")
+        return snap
+
+    def snapshot(self) -> ReviewSnapshot:
+        """The current state, safe to hand to any session."""
+        with self._lock:
+            decisions = dict(self._state.decisions)
+            reasons = {}
+            if self._ranking is not None:
+                reasons = {i: self._ranking.reasons(i) for i in self._queue}
+            return ReviewSnapshot(
+                version=self._version,
+                status=self._status,
+                message=self._message,
+                decisions=decisions,
+                queue=list(self._queue),
+                scores=dict(self._scores),
+                reasons=reasons,
+                log_errors=list(self._state.errors),
+                hits=self._hits(decisions),
+                last_event=self._last_event,
+                order=list(self._order),
+            )
+
+    def _hits(self, decisions: dict[int, bool]) -> int | None:
+        mask = self.data.store.noise_mask
+        if mask is None:
+            return None
+        return int(np.count_nonzero(mask[list(decisions)])) if decisions else 0
+
+    def suggestions(self) -> dict[int, int] | None:
+        """The detector's suggested label of every accepted sample, or None without a detection."""
+        with self._lock:
+            if self._ranking is None:
+                return None
+            suggested = self._ranking.suggestions()
+            return {i: int(suggested[i]) for i, ok in self._state.decisions.items() if ok}
+
+    def reasons(self, sample: int) -> list[str] | None:
+        """The detector's reasons for ``sample``, or None while there is no detection."""
+        with self._lock:
+            return None if self._ranking is None else self._ranking.reasons(self.data.check_index(sample))
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def decide(self, sample: int, decision: str, session: str = "") -> ReviewSnapshot:
+        """Record ``decision`` on ``sample`` (fsynced first), re-rank, notify every session.
+
+        Raises
+        ------
+        FeedbackLogError
+            Bad decision or sample; nothing is written.
+        """
+        with self._lock:
+            external = self._log_changed()
+            event = self.log.append(int(sample), decision, session)
+            if external:
+                self._reload_log()
+            else:
+                self._apply(event)
+                self._log_stamp = self._stamp()
+            if self._ranking is not None:
+                if external or decision == "undo":
+                    self._ranking.restore(self._state.decisions)
+                elif event.sample in self._state.decisions:
+                    self._ranking.update(event.sample, self._state.decisions[event.sample])
+            self._last_event = event
+            self._rerank()
+        return self._publish()
+
+    def undo(self, session: str = "") -> ReviewSnapshot | None:
+        """Withdraw the most recent standing decision; None when there is none."""
+        with self._lock:
+            if not self._order:
+                return None
+            sample = self._order[-1]
+        return self.decide(sample, "undo", session)
+
+    def sync_with_disk(self) -> bool:
+        """Replay the log if another process changed it; returns whether it had."""
+        with self._lock:
+            if not self._log_changed():
+                return False
+            self._reload_log()
+            if self._ranking is not None:
+                self._ranking.restore(self._state.decisions)
+            self._rerank()
+        self._publish()
+        return True
+
+    def _stamp(self) -> tuple[int, float]:
+        try:
+            st = os.stat(self.log.path)
+        except FileNotFoundError:
+            return (0, 0.0)
+        return (st.st_size, st.st_mtime)
+
+    def _log_changed(self) -> bool:
+        return self._stamp() != self._log_stamp
+
+    def _reload_log(self) -> None:
+        """Replay the whole log (corrupt lines are reported in the snapshot and skipped)."""
+        self._log_stamp = self._stamp()
+        read = self.log.read()
+        self._state = FeedbackState(errors=read.errors)
+        self._stacks: dict[int, list[bool]] = {}
+        self._order = []
+        for event in read.events:
+            self._apply(event)
+
+    def _apply(self, event: FeedbackEvent) -> None:
+        """Apply one event with FeedbackLog's replay rules, keeping the order for undo."""
+        self._state.events.append(event)
+        stack = self._stacks.setdefault(event.sample, [])
+        if event.decision == "undo":
+            if stack:
+                stack.pop()
+                del self._order[len(self._order) - 1 - self._order[::-1].index(event.sample)]
+        else:
+            stack.append(event.decision == "accept")
+            self._order.append(event.sample)
+        self._state.decisions.pop(event.sample, None)
+        if stack:
+            self._state.decisions[event.sample] = stack[-1]
+        self._version += 1
+
+    def _rerank(self) -> None:
+        if self._ranking is None:
+            self._queue, self._scores = [], {}
+            return
+        self._queue, self._scores = self._ranking.recommend(QUEUE_DEPTH)
+        self._version += 1
+
+
+_REVIEWS: dict[object, Review] = {}
+_REVIEWS_LOCK = threading.Lock()
+
+
+def open_review(data: RunData) -> Review:
+    """The process-wide :class:`Review` of a run, started on first use."""
+    with _REVIEWS_LOCK:
+        review = _REVIEWS.get(data.path)
+        if review is None:
+            review = _REVIEWS[data.path] = Review(data)
+    review.start()
+    return review

@@ -1,0 +1,102 @@
+"""Time travel: the epoch slider, step and play controls, and the training curves with a cursor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bokeh.layouts import column, row
+from bokeh.models import (
+    Button,
+    ColumnDataSource,
+    CustomJSTickFormatter,
+    Div,
+    Select,
+    Slider,
+    Span,
+    Toggle,
+)
+from bokeh.plotting import figure
+
+from server_app.data import RunData
+
+# Frames per second offered by the play control.
+SPEEDS = ("1", "2", "4", "8")
+METRICS = (("train_acc", "train accuracy", "#1565c0"), ("test_acc", "test accuracy", "#2e7d32"))
+
+
+@dataclass
+class TimelineView:
+    """Epoch controls; the slider's value is a position in ``epochs``, not an epoch number."""
+
+    epochs: list[int]
+    slider: Slider
+    back: Button
+    forward: Button
+    play: Toggle
+    speed: Select
+    label: Div
+    cursor: Span
+    layout: object
+
+    def position(self) -> int:
+        return int(self.slider.value)
+
+    def epoch(self) -> int:
+        return self.epochs[self.position()]
+
+    def show_epoch(self, epoch: int, metrics: dict) -> None:
+        """Move the cursor and the label to ``epoch`` (the slider is moved by the user or the player)."""
+        self.cursor.location = epoch
+        shown = ", ".join(f"{name} {metrics[key]:.1%}" for key, name, _ in METRICS if key in metrics)
+        self.label.text = (
+            f"<b>epoch {epoch}</b> <span class='tt-muted'>({self.epochs.index(epoch) + 1} of {len(self.epochs)})"
+            f"{'; ' + shown if shown else ''}</span>"
+        )
+
+
+def _history_figure(data: RunData, epoch: int) -> tuple[object, Span]:
+    history = [h for h in data.store.history if any(k in h for k, _, _ in METRICS)]
+    fig = figure(height=110, sizing_mode="stretch_width", toolbar_location=None, y_range=(0, 1.02), name="history")
+    fig.xaxis.axis_label = None
+    fig.yaxis.ticker.desired_num_ticks = 3
+    fig.min_border_left = 40
+    for key, name, colour in METRICS:
+        points = [(h["epoch"], h[key]) for h in history if key in h]
+        if points:
+            xs, ys = zip(*points)
+            src = ColumnDataSource(dict(epoch=list(xs), value=list(ys)))
+            fig.line("epoch", "value", source=src, line_color=colour, line_width=2, legend_label=name)
+    if fig.legend:
+        fig.legend.location = "bottom_right"
+        fig.legend.label_text_font_size = "9pt"
+        fig.legend.background_fill_alpha = 0.6
+        fig.legend.padding = 2
+        fig.legend.spacing = 0
+    cursor = Span(location=epoch, dimension="height", line_color="#ff6f00", line_width=2)
+    fig.add_layout(cursor)
+    return fig, cursor
+
+
+def make_timeline(data: RunData, epoch: int) -> TimelineView:
+    """Build the slider, the player and the training curves, positioned at ``epoch``."""
+    epochs = list(data.epochs)
+    slider = Slider(
+        start=0,
+        end=max(len(epochs) - 1, 1),
+        value=epochs.index(epoch),
+        step=1,
+        title="Epoch",
+        format=CustomJSTickFormatter(args=dict(epochs=epochs), code="return String(epochs[Math.round(tick)])"),
+        disabled=len(epochs) < 2,
+        sizing_mode="stretch_width",
+        name="epoch_slider",
+    )
+    back = Button(label="◀", width=40, name="step_back", html_attributes={"title": "previous epoch (←)"})
+    forward = Button(label="▶", width=40, name="step_forward", html_attributes={"title": "next epoch (→)"})
+    play = Toggle(label="▶ Play", width=80, name="play", html_attributes={"title": "play / pause (space)"})
+    speed = Select(value="2", options=[(s, f"{s} fps") for s in SPEEDS], width=80, name="speed")
+    label = Div(text="", name="epoch_label", styles={"white-space": "nowrap"})
+    history, cursor = _history_figure(data, epoch)
+    controls = row(back, play, forward, speed, slider, sizing_mode="stretch_width")
+    layout = column(row(label, sizing_mode="stretch_width"), controls, history, sizing_mode="stretch_width")
+    return TimelineView(epochs, slider, back, forward, play, speed, label, cursor, layout)

@@ -1,0 +1,113 @@
+"""``timetravel serve RUN``: the debugger app (a Bokeh server) for one run, on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve the debugger app for a run (Bokeh server, bound to 127.0.0.1 unless --host says otherwise)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="the run directory (holding run.json)")
+    parser.add_argument("--port", type=int, default=5006, help="port to listen on; 0 picks a free one (default 5006)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only; the app has no authentication)",
+    )
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+
+
+def app_directory():
+    """The ``server_app`` directory (the Bokeh directory app), wherever the package is installed."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("server_app")
+    if spec is None or not spec.submodule_search_locations:
+        from timetravel.errors import TimetravelError
+
+        raise TimetravelError("the server_app package is not installed; reinstall timetravel (pip install -e .)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1"):
+    """A started-but-not-running Bokeh ``Server`` serving the app for ``run_dir`` at ``/``.
+
+    Parameters
+    ----------
+    run_dir : str
+        The run directory; it must open as a run store.
+    port : int
+        Port to listen on; 0 picks a free one.
+    host : str
+        Address to bind.
+
+    Returns
+    -------
+    bokeh.server.server.Server
+
+    Raises
+    ------
+    StoreError
+        ``run_dir`` is not a readable run store.
+    """
+    from bokeh.application import Application
+    from bokeh.application.handlers import DirectoryHandler
+    from bokeh.server.server import Server
+
+    from timetravel.store import RunStore
+
+    store = RunStore(run_dir, verify="headers")
+    if port == 0:
+        port = _free_port(host)
+    origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"})
+    handler = DirectoryHandler(filename=str(app_directory()), argv=[str(store.path)])
+    server = Server(
+        {"/": Application(handler)},
+        port=port,
+        address=host,
+        allow_websocket_origin=origins,
+        websocket_max_message_size=512 * 2**20,
+    )
+    server.start()
+    return server
+
+
+def url_of(server) -> str:
+    """The URL a browser opens for ``server``."""
+    host = server.address or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{server.port}/"
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+
+    server = make_server(args.run, port=args.port, host=args.host)
+    url = url_of(server)
+    print(f"timetravel app for {args.run} at {url}  (Ctrl+C stops it)", flush=True)
+    if not args.no_browser:
+        server.io_loop.add_callback(server.show, "/")
+
+    def _stop(*_):
+        server.io_loop.add_callback_from_signal(server.io_loop.stop)
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    print("timetravel app stopped", flush=True)
+    return 0
