@@ -155,7 +155,10 @@ class DeepDebuggerRanker(Ranker):
     uncertainty is one minus its last-epoch top probability. The first round
     ranks by their mean; after feedback a kernel ridge regression on
     ``[uncertainty, cluster score]`` with targets accepted=1 / rejected=0
-    re-ranks every unreviewed sample.
+    re-ranks every unreviewed sample. DeepDebugger's regression uses
+    scikit-learn's ``KernelRidge(alpha=1.0)``, whose default kernel is linear;
+    it is solved here in primal form, which gives the same predictions in
+    O(n) instead of O(n^3) in the number of reviewed samples.
 
     The trajectories are the 2D canvas positions when the run has a
     projection; otherwise each epoch's embedding is mapped with one PCA fitted
@@ -193,11 +196,11 @@ class DeepDebuggerRanker(Ranker):
         return self._x.mean(axis=1)
 
     def _update(self) -> None:
-        from sklearn.kernel_ridge import KernelRidge
-
         idx = np.fromiter(self._accepted, dtype=np.int64)
         y = np.fromiter(self._accepted.values(), dtype=float)
-        self._scores = KernelRidge(alpha=1.0).fit(self._x[idx], y).predict(self._x)
+        x = self._x[idx]
+        coef = np.linalg.solve(x.T @ x + 1.0 * np.eye(x.shape[1]), x.T @ y)  # linear KernelRidge, alpha=1
+        self._scores = self._x @ coef
 
 
 def _trajectories(store, period: float, pca_dim: int, seed: int) -> tuple[np.ndarray, str]:

@@ -72,8 +72,8 @@ class FeedbackRecommender:
         Assumed share of mistaken clicks; each decision is used as a soft
         target of ``1 - mistake_rate`` (accept) or ``mistake_rate`` (reject).
     prior_strength : float
-        Prior mean of the coefficient on the detector's score (in normal-score
-        units); larger keeps the ranking closer to the detector's.
+        Prior mean of the coefficient on the detector's score (standardised);
+        larger keeps the ranking closer to the detector's.
     feature_scale : float
         Prior standard deviation of the feature coefficients.
     pair_smoothing : float
@@ -101,9 +101,9 @@ class FeedbackRecommender:
         self,
         random_state: int = 0,
         *,
-        exploration: float = 0.3,
-        mistake_rate: float = 0.05,
-        prior_strength: float = 1.0,
+        exploration: float = 0.15,
+        mistake_rate: float = 0.1,
+        prior_strength: float = 2.0,
         feature_scale: float = 0.3,
         pair_smoothing: float = 2.0,
         max_iter: int = 6,
@@ -167,7 +167,9 @@ class FeedbackRecommender:
         n_feat = values.shape[1]
         self._design = np.empty((n, 2 + n_feat + 3), dtype=np.float32, order="F")
         self._design[:, 0] = 1.0
-        self._design[:, 1] = rank_normal_scores(prior_scores)
+        # the prior keeps its own shape (standardised, not rank-transformed): a gap between a
+        # suspicious mode and the rest is information that small learned corrections must not cross
+        self._design[:, 1] = (prior_scores - prior_scores.mean()) / max(prior_scores.std(), 1e-12)
         self._design[:, 2 : 2 + n_feat] = rank_normal_scores(values) if n_feat else 0.0
         self._col_same, self._col_any, self._col_pair = 2 + n_feat, 3 + n_feat, 4 + n_feat
         self._design[:, self._col_same :] = 0.0
@@ -319,26 +321,42 @@ class FeedbackRecommender:
         target = np.where(y, 1.0 - self.mistake_rate, self.mistake_rate)
         return x, target
 
+    def _objective(self, x: np.ndarray, t: np.ndarray, theta: np.ndarray) -> float:
+        z = x @ theta
+        return float(np.logaddexp(0.0, z).sum() - t @ z + 0.5 * self._prior_prec @ (theta - self._prior_mean) ** 2)
+
     def _refit(self) -> None:
+        """MAP of the logistic model by damped Newton steps (halved until the objective drops)."""
         self._pair_column()
-        if self.decisions_:
-            x, t = self._training_rows()
-            theta = self.coef_.copy()
-            for _ in range(int(self.max_iter)):
-                p = 1.0 / (1.0 + np.exp(-np.clip(x @ theta, -30, 30)))
-                grad = x.T @ (p - t) + self._prior_prec * (theta - self._prior_mean)
-                hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(self._prior_prec)
-                step = np.linalg.solve(hess, grad)
-                theta -= step
-                if np.abs(step).max() < 1e-4:
-                    break
-            p = 1.0 / (1.0 + np.exp(-np.clip(x @ theta, -30, 30)))
-            hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(self._prior_prec)
-            self.coef_ = theta
-            self._chol = np.linalg.cholesky(hess)
-        else:
+        if not self.decisions_:
             self.coef_ = self._prior_mean.copy()
             self._chol = self._prior_chol
+            self._rerank()
+            return
+        x, t = self._training_rows()
+        theta = self.coef_.copy()
+        current = self._objective(x, t, theta)
+        for _ in range(int(self.max_iter)):
+            p = _sigmoid(x @ theta)
+            grad = x.T @ (p - t) + self._prior_prec * (theta - self._prior_mean)
+            hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(self._prior_prec)
+            step = np.linalg.solve(hess, grad)
+            scale = 1.0
+            while scale > 1e-3:
+                candidate = theta - scale * step
+                value = self._objective(x, t, candidate)
+                if value <= current:
+                    break
+                scale /= 2
+            else:
+                break
+            theta, current = candidate, value
+            if np.abs(scale * step).max() < 1e-4:
+                break
+        p = _sigmoid(x @ theta)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(self._prior_prec)
+        self.coef_ = theta
+        self._chol = np.linalg.cholesky(hess)
         self._rerank()
 
     def _rerank(self) -> None:
@@ -367,6 +385,10 @@ class FeedbackRecommender:
         if bad.size:
             raise RecommenderError(f"sample index {bad[0]} is out of range for {self.n_samples_} samples")
         return idx.astype(np.int64)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
 def _check_vector(values, n: int, name: str) -> np.ndarray:

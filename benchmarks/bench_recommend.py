@@ -1,0 +1,511 @@
+"""Recommendation accuracy of timetravel against baselines, with simulated users; and update latency.
+
+``timetravel bench recommend [--quick]``. For every dataset x noise kind x rate x
+seed, a run is trained with :func:`timetravel.train.train_run` (cached under
+``runs/bench/``), its features and detector are computed, and every ranker in
+:data:`timetravel.rankers.RANKERS` meets the same simulated user: 10 rounds of
+k recommendations (k = 50 on runs of 20,000 samples or more, else
+ceil(n_noisy / 20)), answered correctly except for a mistake rate. Static
+rankers ignore feedback, so their results do not depend on the mistake rate
+and they are run once. Sessions continue past the 10 rounds (up to 2 x n_noisy
+reviews) only to measure the reviews needed for 50% / 80% recall.
+
+Confident learning with out-of-sample probabilities (``cleanlab_cv``) trains
+the same subject model on K folds; that costs K trainings per run, so it is
+done for the datasets in ``--cv-datasets`` (digits by default).
+
+Latency: one ``partial_fit`` + ``recommend`` of the FeedbackRecommender,
+measured inside every real session, and at 50,000 and 200,000 samples on
+feature matrices of the same width (random values: the cost does not depend on
+them).
+
+Results: ``benchmarks/results/recommend.json`` (everything, per round),
+``recommend.md`` (tables) and ``recommend_<dataset>_<noise>_<rate>.png``
+(recall against reviews, perfect user, mean over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+STATIC_MISTAKE = 0.0
+FEEDBACK_RANKERS = ("timetravel", "deepdebugger")
+
+logger = logging.getLogger("bench_recommend")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _run_dir(cache: Path, dataset: str, kind: str, rate: float, seed: int, n: int | None) -> Path:
+    size = f"-n{n}" if n else ""
+    return cache / f"{dataset}{size}-{kind}-{int(round(rate * 100)):02d}-s{seed}"
+
+
+def _train(path: Path, dataset: str, kind: str, rate: float, seed: int, epochs: int, n: int | None):
+    from timetravel.errors import StoreError
+    from timetravel.store import RunStore
+    from timetravel.train import train_run
+
+    try:
+        store = RunStore(path, verify="headers")
+        if len(store.epochs) == epochs and store.noise_mask is not None:
+            return store
+    except StoreError:
+        pass
+    logger.info("training %s", path.name)
+    return train_run(dataset, f"{kind}:{rate}", epochs, path, seed=seed, n_samples=n, overwrite=True,
+                     verbose=False)
+
+
+def _cv_probabilities(store, path: Path, folds: int) -> np.ndarray:
+    """Out-of-sample probabilities from K-fold cross-validation of the run's own subject model and settings."""
+    cached = path / "bench_cv_probabilities.npy"
+    if cached.exists():
+        probs = np.load(cached, allow_pickle=False)
+        if probs.shape == (store.n_samples, store.n_classes):
+            return probs
+    import torch
+
+    from timetravel.capture import tensor_loader
+    from timetravel.data import load_dataset
+    from timetravel.models import make_model
+    from timetravel.noise import inject_noise, parse_noise_spec
+    from timetravel.train import train_epoch
+
+    cfg = store.manifest["train"]
+    kind, rate = parse_noise_spec(cfg["noise"])
+    splits = load_dataset(cfg["dataset"], root=cfg["root"], seed=cfg["seed"], n_samples=cfg["n_samples"])
+    noisy = inject_noise(splits.train.y, splits.train.n_classes, kind, rate, seed=cfg["seed"])
+    if not np.array_equal(noisy.labels, store.labels):
+        raise RuntimeError(f"{path}: cannot rebuild the run's noisy labels for cross-validation")
+    x = torch.from_numpy(splits.train.x)
+    y = torch.from_numpy(noisy.labels)
+    n = len(y)
+    order = np.random.default_rng(cfg["seed"]).permutation(n)
+    probs = np.zeros((n, store.n_classes), dtype=np.float32)
+    for f in range(folds):
+        held = np.sort(order[f::folds])
+        keep = np.setdiff1d(np.arange(n), held)
+        torch.manual_seed(cfg["seed"] * 100 + f)
+        net = make_model(cfg["model"], splits.train.x.shape[1:], store.n_classes, cfg["embedding_dim"])
+        opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+        gen = torch.Generator().manual_seed(cfg["seed"] * 100 + f)
+        xi, yi = x[keep], y[keep]
+        loader = tensor_loader(xi, yi, batch_size=cfg["batch_size"], shuffle=True, generator=gen, with_index=True)
+        for _ in range(cfg["epochs"]):
+            train_epoch(net, opt, loader)
+        net.eval()
+        with torch.no_grad():
+            probs[held] = torch.softmax(net(x[held]), dim=1).numpy()
+    np.save(cached, probs, allow_pickle=False)
+    return probs
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _session(ranker, mask: np.ndarray, k: int, mistake: float, seed: int, rounds: int, timed: bool) -> dict:
+    from timetravel.simulate import SimulatedUser, reviews_for_recall, run_session, session_metrics
+
+    n_target = int(mask.sum())
+    cap_rounds = max(rounds, math.ceil(2 * n_target / k))
+    user = SimulatedUser(mask, mistake, random_state=seed)
+    head = run_session(ranker, user, k=k, rounds=rounds, update="per_decision" if timed else "per_round")
+    metrics = session_metrics(head, mask)
+    order = list(head.rounds)
+    found = int(mask[np.concatenate(order)].sum()) if order else 0
+    if found < math.ceil(0.8 * n_target) and cap_rounds > rounds:
+        tail = run_session(ranker, user, k=k, rounds=cap_rounds - rounds, update="per_round")
+        order += tail.rounds
+    reviewed = np.concatenate(order) if order else np.empty(0, dtype=np.int64)
+    metrics["reviews_for_50"] = reviews_for_recall(reviewed, mask, 0.5)
+    metrics["reviews_for_80"] = reviews_for_recall(reviewed, mask, 0.8)
+    metrics["recall_curve"] = (np.cumsum(mask[reviewed]) / max(n_target, 1)).astype(np.float32)
+    return metrics
+
+
+def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: int, rounds: int) -> dict:
+    from timetravel.rankers import make_ranker
+    from timetravel.simulate import ranking_quality, review_k
+
+    mask = np.asarray(store.noise_mask)
+    k = review_k(store.n_samples, int(mask.sum()), rounds=rounds)
+    out = {"k": k, "n_samples": store.n_samples, "n_noisy": int(mask.sum()), "rankers": {}}
+    for name in rankers:
+        if name == "cleanlab_cv" and data.cv_probabilities is None:
+            continue
+        per_mistake = {}
+        for mistake in mistakes if name in FEEDBACK_RANKERS else [STATIC_MISTAKE]:
+            t0 = time.perf_counter()
+            ranker = make_ranker(name).fit(data)
+            fit_s = time.perf_counter() - t0
+            metrics = _session(ranker, mask, k, mistake, seed, rounds, timed=name == "timetravel")
+            metrics["fit_seconds"] = fit_s
+            metrics.update(ranking_quality(ranker.initial_scores_, mask))
+            per_mistake[str(mistake)] = metrics
+        out["rankers"][name] = per_mistake
+    out["notes"] = dict(data.notes)
+    return out
+
+
+# --------------------------------------------------------------------------- latency at scale
+
+
+def _latency(sizes: list[int], n_features: int, updates: int, seed: int = 0) -> list[dict]:
+    from timetravel.recommend import FeedbackRecommender
+
+    rows = []
+    rng = np.random.default_rng(seed)
+    for n in sizes:
+        x = rng.normal(size=(n, n_features)).astype(np.float32)
+        target = rng.random(n) < 0.2
+        x[target, :3] += 1.0
+        prior = x[:, :3].sum(axis=1) + rng.normal(size=n)
+        labels = rng.integers(0, 10, n)
+        groups = labels * 10 + rng.integers(0, 10, n)
+        neighbors = rng.integers(0, n, (n, 10)).astype(np.int32)
+        t0 = time.perf_counter()
+        rec = FeedbackRecommender(random_state=seed).fit(x, prior, neighbors=neighbors, groups=groups, labels=labels)
+        fit_s = time.perf_counter() - t0
+        lat = []
+        for _ in range(updates):
+            i = int(rec.recommend(1)[0])
+            t = time.perf_counter()
+            rec.partial_fit([i], [bool(target[i])])
+            rec.recommend(50)
+            lat.append((time.perf_counter() - t) * 1e3)
+        lat = np.asarray(lat)
+        rows.append({"n_samples": n, "n_features": n_features, "updates": updates, "fit_seconds": fit_s,
+                     "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+                     "max_ms": float(lat.max())})
+        logger.info("latency at %d samples: p50 %.2f ms, p95 %.2f ms", n, rows[-1]["p50_ms"], rows[-1]["p95_ms"])
+    return rows
+
+
+# --------------------------------------------------------------------------- aggregation and output
+
+
+def _mean(values):
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    """Mean over seeds per (dataset, noise, rate, ranker, mistake)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["noise"], r["rate"]), []).append(r)
+    table = {}
+    for (dataset, noise, rate), items in groups.items():
+        key = f"{dataset}/{noise}/{rate}"
+        entry = {"dataset": dataset, "noise": noise, "rate": rate, "k": sorted({i["k"] for i in items}),
+                 "n_samples": items[0]["n_samples"], "seeds": [i["seed"] for i in items], "rankers": {}}
+        for name in items[0]["rankers"]:
+            entry["rankers"][name] = {}
+            for mistake in items[0]["rankers"][name]:
+                ms = [i["rankers"][name][mistake] for i in items if name in i["rankers"]]
+                agg = {m: _mean([x[m] for x in ms]) for m in
+                       ("precision", "auroc", "auprc", "reviews_for_50", "reviews_for_80", "latency_p50_ms",
+                        "latency_p95_ms")}
+                agg["precision_sd"] = float(np.std([x["precision"] for x in ms]))
+                agg["never_reached_80"] = sum(x["reviews_for_80"] is None for x in ms)
+                agg["recall_per_round"] = np.mean([x["recall"] for x in ms], axis=0).tolist()
+                agg["hit_rate_per_round"] = np.mean([x["hit_rate"] for x in ms], axis=0).tolist()
+                entry["rankers"][name][mistake] = agg
+        table[key] = entry
+    return table
+
+
+def _targets(table: dict) -> list[dict]:
+    checks = []
+    for key, e in table.items():
+        r = e["rankers"]
+        perfect = {name: v[str(STATIC_MISTAKE)]["precision"] for name, v in r.items()}
+        ours = perfect.get("timetravel")
+        if ours is None:
+            continue
+        baselines = {n: p for n, p in perfect.items() if n not in ("timetravel", "timetravel_static")}
+        best_name = max(baselines, key=baselines.get)
+        row = {"setting": key, "k": e["k"], "timetravel": ours, "best_baseline": best_name,
+               "best_baseline_precision": baselines[best_name], "margin": ours - baselines[best_name],
+               "feedback_gain": ours - perfect["timetravel_static"]}
+        if e["rate"] in (0.1, 0.2):
+            row["target_margin_0.05"] = row["margin"] >= 0.05
+        if e["dataset"] == "digits" and e["noise"] == "symmetric" and e["rate"] == 0.2:
+            row["target_0.90"] = ours >= 0.90
+        if e["rate"] == 0.05:
+            row["x_random"] = ours / max(perfect["random"], 1e-9)
+            row["target_5x_random"] = row["x_random"] >= 5
+        mist = r["timetravel"].get("0.1")
+        if mist is not None:
+            row["drop_at_10pct_mistakes"] = ours - mist["precision"]
+            row["target_drop_le_0.05"] = row["drop_at_10pct_mistakes"] <= 0.05
+        checks.append(row)
+    return checks
+
+
+def _fmt(v, digits=3):
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _markdown(result: dict) -> str:
+    table, checks, meta = result["table"], result["targets"], result["meta"]
+    rankers = [n for n in meta["rankers"] if any(n in e["rankers"] for e in table.values())]
+    lines = [
+        "# Recommendation accuracy (simulated users)",
+        "",
+        f"Commit `{meta['commit']}`, {meta['date']}, {meta['cpus']} CPU cores ({meta['machine']}); "
+        f"{meta['elapsed_minutes']:.1f} min in all (other jobs shared the CPU). "
+        f"Settings: datasets {meta['datasets']}, noise {meta['noise']}, rates {meta['rates']}, seeds {meta['seeds']}, "
+        f"{meta['epochs']} epochs, {meta['rounds']} rounds of k (k = 50 for runs of 20,000+ samples, else "
+        f"ceil(n_noisy / 20)). Values are means over seeds.",
+        "",
+        "DeepDebugger trajectories: " + ", ".join(sorted({s for e in result["runs"] for s in
+                                                          [e["notes"].get("deepdebugger_space", "?")]})) +
+        " (`canvas` = 2D projection; `embedding-pca` = no projection in the run, so each epoch's embedding "
+        "under one PCA fitted over all epochs).",
+        "",
+        "## Cumulative precision after 10 rounds, perfect user",
+        "",
+        "| setting | k | " + " | ".join(rankers) + " |",
+        "|---|---|" + "---|" * len(rankers),
+    ]
+    for key, e in table.items():
+        cells = [_fmt(e["rankers"].get(n, {}).get(str(STATIC_MISTAKE), {}).get("precision")) for n in rankers]
+        lines.append(f"| {key} | {','.join(map(str, e['k']))} | " + " | ".join(cells) + " |")
+    lines += ["", "## Targets", "",
+              "| setting | k | timetravel | best baseline | margin | feedback gain | ≥ +0.05 | ≥ 0.90 | × random "
+              "| drop at 10% mistakes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(
+            f"| {c['setting']} | {','.join(map(str, c['k']))} | {_fmt(c['timetravel'])} | {c['best_baseline']} "
+            f"{_fmt(c['best_baseline_precision'])} | {_fmt(c['margin'], 3)} | {_fmt(c['feedback_gain'])} | "
+            f"{_fmt(c.get('target_margin_0.05'))} | {_fmt(c.get('target_0.90'))} | "
+            f"{_fmt(c.get('x_random'), 1)} | {_fmt(c.get('drop_at_10pct_mistakes'))} |")
+    mistakes = meta["mistakes"]
+    for name in FEEDBACK_RANKERS:
+        lines += ["", f"## {name}: cumulative precision by user mistake rate", "",
+                  "| setting | " + " | ".join(f"{m:.0%}" for m in mistakes) + " |", "|---|" + "---|" * len(mistakes)]
+        for key, e in table.items():
+            if name in e["rankers"]:
+                cells = [_fmt(e["rankers"][name].get(str(m), {}).get("precision")) for m in mistakes]
+                lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "## Initial ranking quality: AUROC / AUPRC", "",
+              "| setting | " + " | ".join(rankers) + " |", "|---|" + "---|" * len(rankers)]
+    for key, e in table.items():
+        cells = []
+        for n in rankers:
+            v = e["rankers"].get(n, {}).get(str(STATIC_MISTAKE))
+            cells.append("–" if v is None else f"{_fmt(v['auroc'], 2)} / {_fmt(v['auprc'], 2)}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "## Reviews needed for 50% / 80% recall (perfect user; – = not within 2 × n_noisy reviews)", "",
+              "| setting | " + " | ".join(rankers) + " |", "|---|" + "---|" * len(rankers)]
+    for key, e in table.items():
+        cells = []
+        for n in rankers:
+            v = e["rankers"].get(n, {}).get(str(STATIC_MISTAKE))
+            cells.append("–" if v is None else f"{_fmt(v['reviews_for_50'], 0)} / {_fmt(v['reviews_for_80'], 0)}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "## Update latency of the FeedbackRecommender (one partial_fit + recommend)", "",
+              "| where | samples | p50 ms | p95 ms |", "|---|---|---|---|"]
+    for key, e in table.items():
+        v = e["rankers"].get("timetravel", {}).get(str(STATIC_MISTAKE))
+        if v and v["latency_p50_ms"] is not None:
+            lines.append(f"| sessions {key} | {e['n_samples']} | {_fmt(v['latency_p50_ms'], 2)} | "
+                         f"{_fmt(v['latency_p95_ms'], 2)} |")
+    for row in result["latency"]:
+        lines.append(f"| {row['updates']} updates, {row['n_features']} features | {row['n_samples']} | "
+                     f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _plot(path: Path, title: str, curves: dict[str, np.ndarray], n_noisy: int) -> None:
+    """Recall against reviews, one line per ranker (PIL only: no plotting library is a dependency)."""
+    from PIL import Image, ImageDraw
+
+    w, h, left, right, top, bottom = 900, 560, 70, 190, 40, 50
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    max_x = max((len(c) for c in curves.values()), default=1)
+    px = lambda x: left + (w - left - right) * x / max(max_x, 1)  # noqa: E731
+    py = lambda y: h - bottom - (h - top - bottom) * y  # noqa: E731
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for frac in (0.25, 0.5, 0.75, 1.0):
+        d.line([left, py(frac), w - right, py(frac)], fill=(225, 225, 225))
+        d.text((left - 40, py(frac) - 6), f"{frac:.2f}", fill="black")
+    for x in np.linspace(0, max_x, 5):
+        d.text((px(x) - 10, h - bottom + 8), f"{int(x)}", fill="black")
+    d.line([px(0), py(0), px(n_noisy), py(1)], fill=(200, 200, 200))  # a perfect ranker
+    d.text((left, 12), title, fill="black")
+    d.text((w // 2 - 60, h - 22), "reviews", fill="black")
+    d.text((8, top - 20), "recall", fill="black")
+    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = palette[i % len(palette)]
+        pts = [(px(j + 1), py(float(v))) for j, v in enumerate(curve)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=3 if name == "timetravel" else 1)
+        d.line([w - right + 10, top + 18 * i + 6, w - right + 30, top + 18 * i + 6], fill=colour, width=3)
+        d.text((w - right + 35, top + 18 * i), name, fill="black")
+    img.save(path)
+
+
+def _plots(runs: list[dict], out: Path, prefix: str) -> list[str]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["noise"], r["rate"]), []).append(r)
+    written = []
+    for (dataset, noise, rate), items in groups.items():
+        curves = {}
+        for name in items[0]["rankers"]:
+            cs = [np.asarray(i["rankers"][name][str(STATIC_MISTAKE)]["recall_curve"]) for i in items]
+            length = min(len(c) for c in cs)
+            curves[name] = np.mean([c[:length] for c in cs], axis=0)
+        path = out / f"{prefix}_{dataset}_{noise}_{int(round(rate * 100)):02d}.png"
+        _plot(path, f"{dataset}, {noise} noise {rate:.0%}: recall vs reviews (perfect user, "
+                    f"mean of {len(items)} seeds)", curves, items[0]["n_noisy"])
+        written.append(path.name)
+    return written
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [round(float(v), 5) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="timetravel bench recommend", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="a small subset for development and CI smoke tests (digits, symmetric 20%%, one seed, "
+                        "10 epochs, mistake rates 0 and 10%%, latency at 50k only)")
+    p.add_argument("--datasets", default="digits,synthetic")
+    p.add_argument("--noise", default="symmetric,pairflip,classconditional")
+    p.add_argument("--rates", default="0.05,0.1,0.2,0.4")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--mistakes", default="0,0.03,0.05,0.1,0.2")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--synthetic-samples", type=int, default=20000)
+    p.add_argument("--cv-datasets", default="digits", help="datasets whose runs get K-fold cleanlab_cv")
+    p.add_argument("--cv-folds", type=int, default=5)
+    p.add_argument("--rankers", default=",".join(
+        ["random", "loss", "aum", "confidence", "forgetting", "cleanlab", "cleanlab_cv", "deepdebugger",
+         "timetravel_static", "timetravel"]))
+    p.add_argument("--latency-sizes", default="50000,200000")
+    p.add_argument("--latency-updates", type=int, default=500)
+    p.add_argument("--cache", default=str(ROOT / "runs" / "bench"), help="where trained runs are cached")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--name", default="recommend", help="basename of the result files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.datasets, args.noise, args.rates, args.seeds = "digits", "symmetric", "0.2", "0"
+        args.mistakes, args.epochs, args.latency_sizes, args.latency_updates = "0,0.1", 10, "50000", 200
+        args.name = "recommend_quick" if args.name == "recommend" else args.name
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from timetravel._io import write_bytes_atomic
+    from timetravel.detect import AbnormalityDetector
+    from timetravel.features import extract_features
+    from timetravel.rankers import RankingInput
+
+    datasets = args.datasets.split(",")
+    kinds = args.noise.split(",")
+    rates = [float(r) for r in args.rates.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    mistakes = [float(m) for m in args.mistakes.split(",")]
+    rankers = args.rankers.split(",")
+    cv_datasets = set(args.cv_datasets.split(",")) if args.cv_datasets else set()
+    cache, out = Path(args.cache), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    runs = []
+    for dataset in datasets:
+        n = args.synthetic_samples if dataset == "synthetic" else None
+        for kind in kinds:
+            for rate in rates:
+                for seed in seeds:
+                    path = _run_dir(cache, dataset, kind, rate, seed, n)
+                    t0 = time.perf_counter()
+                    store = _train(path, dataset, kind, rate, seed, args.epochs, n)
+                    t_train = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    table = extract_features(store, verbose=False)
+                    scores = AbnormalityDetector().fit(table).score_samples()
+                    n_features = table.values.shape[1]
+                    t_detect = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    cv = _cv_probabilities(store, path, args.cv_folds) if dataset in cv_datasets else None
+                    t_cv = time.perf_counter() - t0
+                    data = RankingInput(store, table, scores, cv_probabilities=cv, random_state=seed)
+                    t0 = time.perf_counter()
+                    result = _evaluate_run(store, data, rankers, mistakes, seed, args.rounds)
+                    result.update(dataset=dataset, noise=kind, rate=rate, seed=seed, run=path.name,
+                                  seconds={"train_or_cache": t_train, "features_and_detector": t_detect,
+                                           "cross_validation": t_cv, "sessions": time.perf_counter() - t0})
+                    runs.append(result)
+                    tt = result["rankers"].get("timetravel", {}).get(str(STATIC_MISTAKE), {})
+                    logger.info("%s k=%d timetravel precision %s (%.0f s)", path.name, result["k"],
+                                _fmt(tt.get("precision")), sum(result["seconds"].values()))
+    latency = _latency([int(s) for s in args.latency_sizes.split(",") if s], n_features, args.latency_updates)
+    table = _aggregate(runs)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    result = {
+        "meta": {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+                 "machine": platform.platform(), "python": sys.version.split()[0],
+                 "elapsed_minutes": (time.time() - started) / 60, "datasets": datasets, "noise": kinds,
+                 "rates": rates, "seeds": seeds, "mistakes": mistakes, "epochs": args.epochs, "rounds": args.rounds,
+                 "rankers": rankers, "synthetic_samples": args.synthetic_samples, "cv_datasets": sorted(cv_datasets),
+                 "cv_folds": args.cv_folds, "quick": args.quick},
+        "table": table,
+        "latency": latency,
+        "runs": runs,
+    }
+    result["targets"] = _targets(table)
+    result["meta"]["elapsed_minutes"] = (time.time() - started) / 60
+    result["plots"] = _plots(runs, out, args.name)
+    write_bytes_atomic(out / f"{args.name}.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode())
+    write_bytes_atomic(out / f"{args.name}.md", _markdown(result).encode())
+    print(_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
