@@ -39,6 +39,8 @@ from timetravel.errors import TimetravelError
 
 logger = logging.getLogger(__name__)
 
+_TOP_CACHE = 512  # recommendations kept sorted after each update
+
 
 class RecommenderError(TimetravelError, ValueError):
     """The recommender was given unusable input or used before fitting."""
@@ -184,7 +186,6 @@ class FeedbackRecommender:
         self._prior_chol = np.diag(1.0 / sd)
         self._pair_acc = np.zeros(int(self._groups.max()) + 1)
         self._pair_rej = np.zeros_like(self._pair_acc)
-        self._reviewed = np.zeros(n, dtype=bool)
         self.decisions_: dict[int, bool] = {}
         self._rng = np.random.default_rng(self.random_state)
         self.coef_ = self._prior_mean.copy()
@@ -269,12 +270,10 @@ class FeedbackRecommender:
         self._check_fitted()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise RecommenderError(f"k must be a positive integer, got {k!r}")
-        scores = self._ranking
         k = min(int(k), self.n_samples_ - len(self.decisions_))
-        if k <= 0:
-            return np.empty(0, dtype=np.int64)
-        top = np.argpartition(-scores, k - 1)[:k]
-        return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
+        if k <= len(self._top):
+            return self._top[:k].copy()
+        return _top_k(self._ranking, k)
 
     def score_samples(self) -> np.ndarray:
         """Posterior-mean log-odds that the user accepts each sample (higher = recommend sooner)."""
@@ -285,7 +284,6 @@ class FeedbackRecommender:
 
     def _apply(self, i: int, accepted: bool, sign: float) -> None:
         """Add (sign=+1) or remove (-1) one decision's contribution to the incremental state."""
-        self._reviewed[i] = sign > 0
         g = self._groups[i]
         (self._pair_acc if accepted else self._pair_rej)[g] += sign
         if self._adjacency is None:
@@ -370,8 +368,11 @@ class FeedbackRecommender:
         # einsum over a column-major matrix: single-threaded and steady, unlike a
         # multi-threaded BLAS gemv that stalls when the cores are busy
         ranking = np.einsum("ij,j->i", self._design, theta)
-        ranking[self._reviewed] = -np.inf
+        if self.decisions_:
+            ranking[np.fromiter(self.decisions_, dtype=np.int64, count=len(self.decisions_))] = -np.inf
         self._ranking = ranking
+        # the best few hundred, sorted once per update, so recommend(k) costs nothing
+        self._top = _top_k(ranking, min(_TOP_CACHE, self.n_samples_ - len(self.decisions_)))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_samples_"):
@@ -385,6 +386,14 @@ class FeedbackRecommender:
         if bad.size:
             raise RecommenderError(f"sample index {bad[0]} is out of range for {self.n_samples_} samples")
         return idx.astype(np.int64)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores, largest first."""
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    top = np.argpartition(scores, len(scores) - k)[len(scores) - k :]
+    return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
