@@ -47,11 +47,11 @@ def _writer(path, y, yh=None, **kw) -> RunWriter:
                             **kw)
 
 
-def _recorder(tmp_path, data, model=None, *, heldout=True, **kw) -> Recorder:
+def _recorder(path, data, model=None, *, heldout=True, **kw) -> Recorder:
     torch.manual_seed(0)
     x, y, xh, yh = data
     model = model or _Net()
-    writer = _writer(tmp_path / "run", y, yh if heldout else None)
+    writer = _writer(path / "run", y, yh if heldout else None)
     kw.setdefault("head", "head")
     return Recorder(model, kw.pop("layer", "body"), writer, kw.pop("loader", tensor_loader(x, y, batch_size=16)),
                     tensor_loader(xh, yh, batch_size=16) if heldout else None, **kw)
@@ -278,8 +278,8 @@ def test_shuffled_loader_without_indices_is_refused(tmp_path, data):
     ("loader", "message"),
     [
         (lambda x, y: tensor_loader(x[:-3], y[:-3]), "covered 47 of the 50 train samples"),
-        (lambda x, y: [(x, y, torch.zeros(N, dtype=torch.long))], "yielded sample .* twice"),
-        (lambda x, y: [(x, y, torch.arange(N) + 1)], "yielded sample index 50 but the train set has 50"),
+        (lambda x, y: [(x, y, torch.zeros(N, dtype=torch.long))], "train_loader yielded sample 0 twice in one pass"),
+        (lambda x, y: [(x, y, torch.arange(N) + 1)], "train_loader yielded sample index 50 but the store has 50 samples"),
         (lambda x, y: tensor_loader(x.flip(0), y.flip(0)), "yields labels that differ from the store's labels"),
         (lambda x, y: [{"x": x}], "a loader batch must be x, .x,., .x, y. or .x, y, index., got dict"),
     ],
@@ -323,3 +323,41 @@ def test_margin_argument_errors(tmp_path, data):
         rec.record_train_margins(np.array([0, 50]), np.zeros((2, K)), np.zeros(2, dtype=int))
     with pytest.raises(CaptureError, match="one entry per logits row"):
         rec.record_train_margins(np.arange(3), np.zeros((2, K)), np.zeros(2, dtype=int))
+
+
+# --------------------------------------------------------------------------- background capture
+
+
+def test_background_capture_records_the_weights_at_capture_time(tmp_path, data):
+    x, y, xh, yh = data
+    sync = _recorder(tmp_path / "sync", data)
+    expected_emb, expected_logits = _expected(sync.model, x)
+    committed = []
+    rec = Recorder(sync.model, "body", _writer(tmp_path / "bg", y, yh), tensor_loader(x, y, batch_size=16),
+                   tensor_loader(xh, yh), head="head", background=True)
+    rec.model.train()
+    weight = rec.model.head.weight.detach().clone()
+    assert rec.capture(0, on_commit=lambda: committed.append(RunStore(tmp_path / "bg").epochs)) is None
+    with torch.no_grad():  # the training goes on while epoch 0 is recorded
+        for p in rec.model.parameters():
+            p.add_(1.0)
+    metrics = rec.wait()
+    assert committed == [[0]]  # on_commit ran once the epoch was committed
+    assert rec.model.training and "test_acc" in metrics
+    store = RunStore(tmp_path / "bg")
+    np.testing.assert_allclose(store.embedding(0), expected_emb, atol=1e-6)
+    np.testing.assert_allclose(store.logits(0), expected_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(store.head(0)[0], weight.numpy())
+    rec.capture(1)  # the next capture sees the updated weights
+    rec.close()
+    np.testing.assert_array_equal(RunStore(tmp_path / "bg").head(1)[0], rec.model.head.weight.detach().numpy())
+
+
+def test_background_error_surfaces_on_wait(tmp_path, data):
+    x, y, _, _ = data
+    rec = Recorder(_Net(), "body", _writer(tmp_path / "run", y), tensor_loader(x[:-1], y[:-1]), head="head",
+                   background=True)
+    rec.capture(0)
+    with pytest.raises(CaptureError, match="covered 49 of the 50 train samples"):
+        rec.close()
+    assert RunStore(tmp_path / "run").epochs == []

@@ -33,11 +33,14 @@ builds a fast loader of either kind from in-memory tensors.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -252,6 +255,14 @@ class _LeastSquares:
 # --------------------------------------------------------------------------- recorder
 
 
+class _Target(NamedTuple):
+    """The modules one capture pass runs: the model (or its background copy), its layer and head."""
+
+    model: nn.Module
+    layer: nn.Module
+    head: nn.Module | None
+
+
 class Recorder:
     """Records embeddings, logits and the head of a model, epoch by epoch.
 
@@ -282,6 +293,12 @@ class Recorder:
         Device the capture pass runs on (inputs are moved there).
     store_kwargs : dict, optional
         Keyword arguments for :meth:`RunWriter.create` when ``store`` is a path.
+    background : bool, default=False
+        Run each capture pass in a worker thread on a copy of the model taken
+        when :meth:`capture` is called, so training continues meanwhile (on a
+        spare core or accelerator). :meth:`capture` then returns None; call
+        :meth:`wait` (or :meth:`close`) before reading the store. Forward
+        hooks the user put on the model also run on the copy.
     verbose : bool, default=False
         Show a progress bar during each capture pass.
 
@@ -292,7 +309,7 @@ class Recorder:
     layer_name, head_name : str
         Resolved dotted names (``head_name`` is None without a head).
     last_capture_ : dict
-        Metrics of the latest capture, including the computed accuracies.
+        Metrics of the latest finished capture, including computed accuracies.
 
     Examples
     --------
@@ -301,7 +318,7 @@ class Recorder:
     >>> x, y = torch.randn(30, 1, 4, 4), torch.arange(30) % 3
     >>> rec = Recorder(model, model.embedding_layer, "/tmp/tt-doc-run", tensor_loader(x, y), head=model.head,
     ...                store_kwargs=dict(labels=y.numpy(), n_classes=3, embedding_dim=8, overwrite=True))
-    >>> sorted(rec.capture(0))  # doctest: +NORMALIZE_WHITESPACE
+    >>> sorted(rec.capture(0))
     ['capture_seconds', 'eval_train_acc']
     """
 
@@ -316,13 +333,15 @@ class Recorder:
         device: str | torch.device = "cpu",
         *,
         store_kwargs: Mapping[str, Any] | None = None,
+        background: bool = False,
         verbose: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.layer_name, self._layer = resolve_module(model, layer, "layer")
-        self.head_name, self._head = resolve_module(model, head, "head") if head is not None else (None, None)
+        self.layer_name, layer_module = resolve_module(model, layer, "layer")
+        self.head_name, head_module = resolve_module(model, head, "head") if head is not None else (None, None)
+        self._target = _Target(model, layer_module, head_module)
         self.writer = self._open_store(store, store_kwargs)
         self.train_loader = train_loader
         self.heldout_loader = heldout_loader
@@ -332,6 +351,7 @@ class Recorder:
                 "create it with heldout_labels=..."
             )
         self.device = torch.device(device)
+        self.background = bool(background)
         self.verbose = verbose
         path = self.writer.path
         self._labels = {"train": np.load(path / "labels.npy", allow_pickle=False)}
@@ -342,8 +362,10 @@ class Recorder:
         n = self.writer.n_samples
         self._margin_sum = np.zeros(n)
         self._margin_count = np.zeros(n, dtype=np.int64)
-        self._captured: list[torch.Tensor] = []
         self._head_warned = False
+        self._shadow: _Target | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
         self.last_capture_: dict[str, float] = {}
 
     @staticmethod
@@ -396,13 +418,19 @@ class Recorder:
         self._margin_sum += np.bincount(index, weights=margin, minlength=n)
         self._margin_count += np.bincount(index, minlength=n)
 
-    # -- the capture pass ---------------------------------------------------------------
+    # -- capturing ----------------------------------------------------------------------
 
-    def capture(self, epoch: int, metrics: Mapping[str, float] | None = None) -> dict[str, float]:
+    def capture(
+        self,
+        epoch: int,
+        metrics: Mapping[str, float] | None = None,
+        *,
+        on_commit: Callable[[], None] | None = None,
+    ) -> dict[str, float] | None:
         """Record one epoch: an eval-mode pass over the loaders, then commit.
 
-        The model is put in eval mode under ``torch.no_grad()`` and returned to
-        its previous mode afterwards; the hook is only attached during the pass.
+        The pass runs under ``torch.no_grad()`` with the model in eval mode and
+        returns it to its previous mode; the hook is only attached during it.
 
         Parameters
         ----------
@@ -415,55 +443,130 @@ class Recorder:
             the store has them), ``test_acc`` (held-out accuracy), ``head_r2``
             (surrogate heads only) and ``capture_seconds``; a key given in
             ``metrics`` wins.
+        on_commit : callable, optional
+            Called without arguments once the epoch is committed (e.g. to save
+            a training checkpoint only after the epoch it belongs to is safe).
 
         Returns
         -------
-        dict
-            The metrics recorded for the epoch.
+        dict or None
+            The metrics recorded for the epoch; None with ``background=True``
+            (see :meth:`wait`).
 
         Raises
         ------
         CaptureError
             A loader broke the contract, the layer output has the wrong width,
-            or the head does not fit the embedding and logits.
+            or the head does not fit the embedding and logits. With
+            ``background=True`` an error of a capture is raised by the next
+            call to :meth:`capture`, :meth:`wait` or :meth:`close`.
         """
+        margins = (self._margin_sum, self._margin_count)
+        self._margin_sum = np.zeros_like(self._margin_sum)
+        self._margin_count = np.zeros_like(self._margin_count)
+        args = (int(epoch), dict(metrics or {}), margins, on_commit)
+        if not self.background:
+            return self._capture(self._target, *args)
+        self.wait()
+        shadow = self._snapshot()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timetravel-capture")
+        self._pending = self._executor.submit(self._capture, shadow, *args)
+        return None
+
+    def wait(self) -> dict[str, float]:
+        """Wait for a background capture to finish; returns the latest capture's metrics.
+
+        Raises the capture's error, if it failed.
+        """
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+        return dict(self.last_capture_)
+
+    def close(self) -> None:
+        """Finish any background capture and stop the worker thread."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._executor is not None:  # keep the original error; still do not leave the thread running
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _snapshot(self) -> _Target:
+        """A copy of the model with the current weights, for a background pass."""
+        if self._shadow is None:
+            model = copy.deepcopy(self.model)
+            named = dict(model.named_modules())
+            self._shadow = _Target(model, named[self.layer_name], named.get(self.head_name) if self.head_name else None)
+        with torch.no_grad():
+            for dst, src in zip(self._shadow.model.state_dict().values(), self.model.state_dict().values()):
+                dst.copy_(src)
+        return self._shadow
+
+    def _capture(
+        self,
+        target: _Target,
+        epoch: int,
+        metrics: dict[str, float],
+        margins: tuple[np.ndarray, np.ndarray],
+        on_commit: Callable[[], None] | None,
+    ) -> dict[str, float]:
         started = time.perf_counter()
-        was_training = self.model.training
-        handle = self._layer.register_forward_hook(self._hook)
-        self.model.eval()
+        was_training = target.model.training
+        captured: list[torch.Tensor] = []
+        handle = target.layer.register_forward_hook(partial(self._hook, captured))
+        target.model.eval()
         try:
             with torch.no_grad(), self.writer.begin_epoch(epoch) as ew:
-                computed = self._record(ew)
-                ew.set_metrics(**{**computed, "capture_seconds": time.perf_counter() - started, **(metrics or {})})
+                computed = self._record(target, captured, ew, margins)
+                ew.set_metrics(**{**computed, "capture_seconds": time.perf_counter() - started, **metrics})
                 ew.commit()
         finally:
             handle.remove()
-            self._captured.clear()
-            self.model.train(was_training)
-        self._margin_sum[:] = 0.0
-        self._margin_count[:] = 0
+            target.model.train(was_training)
+        if on_commit is not None:
+            on_commit()
         entry = next(h for h in self.writer.manifest["history"] if h["epoch"] == epoch)
         self.last_capture_ = {k: v for k, v in entry.items() if k != "epoch"}
         return dict(self.last_capture_)
 
-    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+    def _hook(self, captured: list[torch.Tensor], module: nn.Module, inputs: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
             raise CaptureError(
                 f"layer {self.layer_name!r} returns {type(output).__name__}, not a tensor; hook a layer whose output "
                 "is the embedding tensor"
             )
-        self._captured.append(output)
+        captured.append(output)
 
-    def _record(self, ew: EpochWriter) -> dict[str, float]:
-        surrogate = None if self._linear_head() is not None else self._new_surrogate()
-        train = self._pass(self.train_loader, ew, "train", surrogate)
+    def _record(
+        self,
+        target: _Target,
+        captured: list[torch.Tensor],
+        ew: EpochWriter,
+        margins: tuple[np.ndarray, np.ndarray],
+    ) -> dict[str, float]:
+        linear = self._linear_head(target.head)
+        surrogate = None if linear is not None else self._new_surrogate()
+        run = partial(self._pass, target, captured)
+        train = run(self.train_loader, ew, "train", surrogate, linear)
         computed = {"eval_train_acc": float(np.mean(train["pred"] == self._labels["train"]))}
         if self._true_labels is not None:
             computed["clean_train_acc"] = float(np.mean(train["pred"] == self._true_labels))
         if self.heldout_loader is not None:
-            held = self._pass(self.heldout_loader, ew, "heldout", None)
+            held = run(self.heldout_loader, ew, "heldout", None, None)
             computed["test_acc"] = float(np.mean(held["pred"] == self._labels["heldout"]))
-        if surrogate is None and not train["head_matches"]:
+        if linear is not None and not train["head_matches"]:
             logger.warning(
                 "head %r does not reproduce the model's logits from the embedding of layer %r; "
                 "recording a least-squares surrogate head instead",
@@ -471,20 +574,19 @@ class Recorder:
                 self.layer_name,
             )
             surrogate = self._new_surrogate()
-            self._pass(self.train_loader, None, "train", surrogate)
+            run(self.train_loader, None, "train", surrogate, None)
         if surrogate is None:
-            weight, bias = self._linear_head()
+            weight, bias = linear
         else:
             weight, bias = surrogate.solve()
             computed["head_r2"] = r2 = surrogate.r2(weight, bias)
             self._warn_surrogate(ew.epoch, r2)
         ew.set_head(weight, bias)
-        if self._margin_count.any():
-            ew.set_train_margin(self._mean_margins(train["margin"]))
+        if margins[1].any():
+            ew.set_train_margin(self._mean_margins(*margins, train["margin"]))
         return computed
 
-    def _linear_head(self) -> tuple[np.ndarray, np.ndarray] | None:
-        head = self._head
+    def _linear_head(self, head: nn.Module | None) -> tuple[np.ndarray, np.ndarray] | None:
         if not isinstance(head, nn.Linear):
             return None
         d, k = self.writer.embedding_dim, self.writer.n_classes
@@ -493,8 +595,8 @@ class Recorder:
                 f"head {self.head_name!r} is Linear({head.in_features}, {head.out_features}) but the store expects "
                 f"embedding_dim={d} and n_classes={k}"
             )
-        weight = head.weight.detach().to("cpu", torch.float32).numpy()
-        bias = head.bias.detach().to("cpu", torch.float32).numpy() if head.bias is not None else np.zeros(k, np.float32)
+        weight = head.weight.detach().to("cpu", torch.float32).numpy().copy()
+        bias = head.bias.detach().to("cpu", torch.float32).numpy().copy() if head.bias is not None else np.zeros(k, np.float32)
         return weight, bias
 
     def _new_surrogate(self) -> _LeastSquares:
@@ -512,10 +614,10 @@ class Recorder:
             )
             self._head_warned = True
 
-    def _mean_margins(self, eval_margin: np.ndarray) -> np.ndarray:
-        count = self._margin_count
+    @staticmethod
+    def _mean_margins(total: np.ndarray, count: np.ndarray, eval_margin: np.ndarray) -> np.ndarray:
         missing = count == 0
-        mean = self._margin_sum / np.maximum(count, 1)
+        mean = total / np.maximum(count, 1)
         if missing.any():
             logger.warning(
                 "%d of %d samples had no training forward pass recorded this epoch; their train margin is the "
@@ -526,19 +628,19 @@ class Recorder:
             mean[missing] = eval_margin[missing]
         return mean
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._captured.clear()
-        logits = self.model(x.to(self.device, non_blocking=True))
-        if len(self._captured) != 1:
+    def _forward(self, target: _Target, captured: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured.clear()
+        logits = target.model(x.to(self.device, non_blocking=True))
+        if len(captured) != 1:
             raise CaptureError(
-                f"layer {self.layer_name!r} ran {len(self._captured)} times in one forward pass; hook a layer "
+                f"layer {self.layer_name!r} ran {len(captured)} times in one forward pass; hook a layer "
                 "that runs exactly once"
             )
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise CaptureError(
                 f"the model must return a (B, K) logits tensor, got {getattr(logits, 'shape', type(logits).__name__)}"
             )
-        emb = self._captured[0].flatten(1)
+        emb = captured[0].flatten(1)
         d, k = self.writer.embedding_dim, self.writer.n_classes
         if emb.shape[1] != d:
             raise CaptureError(f"layer {self.layer_name!r} outputs {emb.shape[1]} features per sample, the store expects {d}")
@@ -546,22 +648,43 @@ class Recorder:
             raise CaptureError(f"the model returns {logits.shape[1]} logits per sample, the store expects {k}")
         return emb.to("cpu", torch.float32), logits.to("cpu", torch.float32)
 
+    @staticmethod
+    def _batch_index(loader: Iterable, index: Any, position: int, size: int, n: int, name: str) -> np.ndarray:
+        if index is None:
+            if position == 0 and _is_shuffled(loader):
+                raise CaptureError(
+                    f"{name} shuffles its samples (random sampler) but its batches carry no indices; "
+                    "use shuffle=False or yield (x, y, index) batches"
+                )
+            if position + size > n:
+                raise CaptureError(f"{name} yielded more than the {n} samples of the store")
+            return np.arange(position, position + size)
+        index = torch.as_tensor(index).cpu().numpy().astype(np.int64, copy=False)
+        if index.shape != (size,):
+            raise CaptureError(f"{name} yielded {index.shape} indices for a batch of {size} samples")
+        if size and (index.min() < 0 or index.max() >= n):
+            raise CaptureError(f"{name} yielded sample index {index.max()} but the store has {n} samples")
+        return index
+
     def _pass(
         self,
+        target: _Target,
+        captured: list[torch.Tensor],
         loader: Iterable,
         ew: EpochWriter | None,
         split: str,
         surrogate: _LeastSquares | None,
+        head: tuple[np.ndarray, np.ndarray] | None,
     ) -> dict[str, Any]:
-        """One eval pass over a loader: write rows, predictions, eval margins, head fidelity."""
+        """One eval pass over a loader: write rows; return predictions, eval margins, head fidelity."""
         labels = self._labels[split]
         n = len(labels)
         name = f"{split}_loader"
-        seen = np.zeros(n, dtype=bool)
+        seen = np.zeros(n, dtype=np.int64)
         pred = np.zeros(n, dtype=np.int64)
         margin = np.zeros(n, dtype=np.float32)
-        head = self._linear_head() if surrogate is None else None
         head_matches = True
+        store_dtype = torch.float16 if self.writer.embedding_dtype == "float16" else torch.float32
         position = 0
         batches = loader
         if self.verbose:
@@ -569,38 +692,31 @@ class Recorder:
 
             batches = tqdm(loader, desc=f"capture {split}", leave=False, unit="batch")
         for batch in batches:
-            x, y, index = _split_batch(batch)
-            if index is None:
-                if position == 0 and _is_shuffled(loader):
-                    raise CaptureError(
-                        f"{name} shuffles its samples (random sampler) but its batches carry no indices; "
-                        "use shuffle=False or yield (x, y, index) batches"
-                    )
-                index = np.arange(position, position + len(x))
-            else:
-                index = torch.as_tensor(index).cpu().numpy().astype(np.int64, copy=False)
+            x, y, given_index = _split_batch(batch)
+            index = self._batch_index(loader, given_index, position, len(x), n, name)
             position += len(x)
-            if len(index) and (index.min() < 0 or index.max() >= n):
-                raise CaptureError(f"{name} yielded sample index {index.max()} but the {split} set has {n} samples")
-            if seen[index].any() or len(np.unique(index)) != len(index):
-                raise CaptureError(f"{name} yielded sample {index[seen[index]][:1]} twice in one pass")
-            seen[index] = True
+            if given_index is None:
+                seen[index] += 1  # a fresh range: no repeats inside the batch
+            else:
+                np.add.at(seen, index, 1)
+            if seen[index].max(initial=0) > 1:
+                raise CaptureError(f"{name} yielded sample {int(index[np.argmax(seen[index] > 1)])} twice in one pass")
             self._check_labels(y, labels[index], name)
-            emb_t, logits_t = self._forward(x)
-            emb, logits = emb_t.numpy(), logits_t.numpy()
-            if head is not None and head_matches:
-                expected = emb @ head[0].T + head[1]
-                head_matches = bool(np.allclose(expected, logits, rtol=_HEAD_RTOL, atol=_HEAD_RTOL * (1 + np.abs(logits).max())))
+            emb, logits = self._forward(target, captured, x)
+            if head is not None and position == len(x):  # a property of the model: check the first batch
+                expected = emb @ torch.from_numpy(head[0]).T + torch.from_numpy(head[1])
+                tol = _HEAD_RTOL * (1 + float(logits.abs().max()))
+                head_matches = bool(torch.allclose(expected, logits, rtol=_HEAD_RTOL, atol=tol))
             if surrogate is not None:
-                surrogate.add(emb, logits)
-            pred[index] = logits.argmax(axis=1)
-            margin[index] = label_margins(logits_t, labels[index])
+                surrogate.add(emb.numpy(), logits.numpy())
+            pred[index] = logits.argmax(dim=1).numpy()
+            margin[index] = label_margins(logits, labels[index])
             if ew is not None:
-                self._write_rows(ew, index, emb, logits, split)
+                self._write_rows(ew, index, emb.to(store_dtype).numpy(), logits.numpy(), split)
         if not seen.all():
             raise CaptureError(
-                f"{name} covered {int(seen.sum())} of the {n} {split} samples; it must yield every sample once per "
-                "pass (no drop_last, no subset)"
+                f"{name} covered {int((seen > 0).sum())} of the {n} {split} samples; it must yield every sample once "
+                "per pass (no drop_last, no subset)"
             )
         return {"pred": pred, "margin": margin, "head_matches": head_matches}
 
@@ -627,4 +743,5 @@ class Recorder:
             ew.write(int(index[a]), emb[a:b], logits[a:b], split=split)
 
     def __repr__(self) -> str:
-        return f"Recorder(layer={self.layer_name!r}, head={self.head_name!r}, store={str(self.writer.path)!r})"
+        mode = ", background=True" if self.background else ""
+        return f"Recorder(layer={self.layer_name!r}, head={self.head_name!r}, store={str(self.writer.path)!r}{mode})"

@@ -126,7 +126,7 @@ def _resnet_features(in_shape: Sequence[int], embedding_dim: int, width: int) ->
     return nn.Sequential(*layers)
 
 
-_BUILDERS = {"mlp": (_mlp_features, 256), "cnn": (_cnn_features, 32), "resnet": (_resnet_features, 32)}
+_BUILDERS = {"mlp": (_mlp_features, 512), "cnn": (_cnn_features, 32), "resnet": (_resnet_features, 32)}
 
 
 def auto_model_name(in_shape: Sequence[int]) -> str:
@@ -173,7 +173,7 @@ def make_model(
         Width D of the penultimate embedding (use 512 for scale tests).
     width : int, optional
         Hidden width (MLP units, or base channel count of the CNN/ResNet);
-        defaults to 256 for the MLP and 32 otherwise.
+        defaults to 512 for the MLP and 32 otherwise.
 
     Returns
     -------

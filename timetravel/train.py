@@ -1,0 +1,423 @@
+"""Train a bundled subject model on a dataset with injected label noise, recording every epoch.
+
+:func:`train_run` is what ``timetravel train`` runs: load the dataset, corrupt
+a fraction of the training labels, train deterministically under a seed, and
+record every epoch (embeddings, logits, head, training-mode margins, the
+held-out set and per-epoch metrics) with :class:`timetravel.capture.Recorder`.
+
+After every committed epoch the model and optimizer state are saved to
+``RUN/checkpoint/state.pt`` (atomically), so ``resume=True`` continues a killed
+run from the last finished epoch and reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timetravel._io import write_bytes_atomic
+from timetravel.capture import Recorder, tensor_loader
+from timetravel.errors import TimetravelError
+from timetravel.models import MODEL_NAMES, make_model
+from timetravel.store import EMBEDDING_DTYPES, MANIFEST, RunStore, RunWriter
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = Path("checkpoint") / "state.pt"
+EVAL_BATCH_SIZE = 2048  # inference only: large batches keep the capture pass cheap
+
+
+class TrainError(TimetravelError, ValueError):
+    """Training was asked for with bad settings, or a run cannot be resumed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run; stored in the manifest under ``"train"``.
+
+    See :func:`train_run` for the meaning of each field.
+    """
+
+    dataset: str = "digits"
+    noise: str = "symmetric:0.2"
+    epochs: int = 30
+    seed: int = 0
+    model: str = "auto"
+    embedding_dim: int = 64
+    batch_size: int | None = None
+    lr: float = 3e-3
+    root: str | None = None
+    n_samples: int | None = None
+    heldout: bool = True
+    embedding_dtype: str = "float16"
+
+    def validate(self) -> None:
+        """Raise :class:`TrainError` naming the first bad field."""
+        for name in ("epochs", "embedding_dim", "batch_size"):
+            value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TrainError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise TrainError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise TrainError(f"lr must be a positive number, got {self.lr!r}")
+        if self.model not in ("auto", *MODEL_NAMES):
+            raise TrainError(f"model must be 'auto' or one of {MODEL_NAMES}, got {self.model!r}")
+        if self.embedding_dtype not in EMBEDDING_DTYPES:
+            raise TrainError(f"embedding_dtype must be one of {EMBEDDING_DTYPES}, got {self.embedding_dtype!r}")
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    *,
+    recorder: Recorder | None = None,
+) -> dict[str, float]:
+    """One pass of minibatch training with cross-entropy.
+
+    Parameters
+    ----------
+    model : nn.Module
+    optimizer : torch.optim.Optimizer
+    loader : iterable of (x, y, index) batches
+        The training set, e.g. :func:`timetravel.capture.tensor_loader` with
+        ``shuffle=True, with_index=True``.
+    recorder : Recorder, optional
+        Given, the training-mode margins of every batch are recorded (AUM).
+
+    Returns
+    -------
+    dict
+        ``train_loss`` (mean cross-entropy) and ``train_acc`` (training-mode
+        accuracy on the labels trained on), averaged over the epoch's batches.
+    """
+    model.train()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y, index in loader:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if recorder is not None:
+            recorder.record_train_margins(index, logits, y)
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(dim=1) == y).sum())
+        count += len(y)
+    return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1)}
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Eval-mode accuracy of ``model`` on ``(x, y)``, in batches, restoring the model's mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for xb, yb in tensor_loader(x, y, batch_size=EVAL_BATCH_SIZE):
+                correct += int((model(xb).argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return correct / max(len(y), 1)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_bytes(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      generator: torch.Generator) -> bytes:
+    """The training state after ``epoch``, serialised now (training goes on while the epoch is recorded)."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "shuffle_rng": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise TrainError(f"{path}: checkpoint cannot be read ({exc}); start again with overwrite=True") from None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def auto_batch_size(n_samples: int) -> int:
+    """Default minibatch size: a power of two giving about 200 steps per epoch, within [32, 512]."""
+    return int(min(512, max(32, 2 ** round(math.log2(max(n_samples, 1) / 200)))))
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise TrainError(f"threads must be a positive integer, got {threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _prepare_data(config: TrainConfig) -> tuple[Any, Any, Any]:
+    from timetravel.data import load_dataset
+    from timetravel.noise import class_similarity, inject_noise, parse_noise_spec
+
+    kind, rate = parse_noise_spec(config.noise)
+    splits = load_dataset(config.dataset, root=config.root, seed=config.seed, n_samples=config.n_samples)
+    train = splits.train
+    # class-conditional noise flips labels towards the classes that look alike, as annotators do
+    similarity = class_similarity(train.x, train.y, train.n_classes) if kind == "matrix" else None
+    noisy = inject_noise(train.y, train.n_classes, kind, rate, seed=config.seed, similarity=similarity)
+    return splits, noisy, kind
+
+
+def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: str, model: nn.Module, *,
+                resume: bool, overwrite: bool) -> RunWriter:
+    exists = (out / MANIFEST).exists()
+    if resume:
+        if not exists:
+            raise TrainError(f"{out}: there is no run to resume; start one without resume")
+        writer = RunWriter.resume(out)
+        stored = writer.manifest.get("train", {})
+        changed = {k: (stored.get(k), v) for k, v in config.to_manifest().items() if k != "epochs" and stored.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in changed.items())
+            raise TrainError(f"{out}: cannot resume with different settings ({detail})")
+        if not np.array_equal(np.load(out / "labels.npy", allow_pickle=False), noisy.labels):
+            raise TrainError(f"{out}: the stored labels differ from those the settings produce; cannot resume")
+        writer.update_manifest(train=config.to_manifest())
+        return writer
+    if exists and not overwrite:
+        raise TrainError(f"{out}: a run already exists here; pass overwrite (--overwrite) or resume (--resume)")
+    train, test = splits.train, splits.test
+    return RunWriter.create(
+        out,
+        labels=noisy.labels,
+        n_classes=train.n_classes,
+        embedding_dim=config.embedding_dim,
+        class_names=train.class_names,
+        dataset=train.name,
+        true_labels=noisy.true_labels if kind != "none" else None,
+        noise=noisy.info if kind != "none" else None,
+        thumbs=train.images,
+        heldout_labels=test.y if config.heldout else None,
+        embedding_dtype=config.embedding_dtype,
+        extra={
+            "train": config.to_manifest(),
+            "seed": config.seed,
+            "model": {
+                "name": getattr(model, "name", type(model).__name__),
+                "embedding_layer": model.embedding_layer,
+                "n_parameters": int(sum(p.numel() for p in model.parameters())),
+            },
+        },
+        overwrite=overwrite,
+    )
+
+
+def train_run(
+    dataset: str = "digits",
+    noise: str = "symmetric:0.2",
+    epochs: int = 30,
+    out: str | os.PathLike = "runs/digits",
+    *,
+    seed: int = 0,
+    model: str = "auto",
+    embedding_dim: int = 64,
+    batch_size: int | None = None,
+    lr: float = 3e-3,
+    root: str | os.PathLike | None = None,
+    n_samples: int | None = None,
+    heldout: bool = True,
+    embedding_dtype: str = "float16",
+    overwrite: bool = False,
+    resume: bool = False,
+    threads: int | None = None,
+    background_capture: bool = True,
+    verbose: bool = True,
+) -> RunStore:
+    """Train a bundled model with injected label noise and record every epoch.
+
+    Parameters
+    ----------
+    dataset : str, default="digits"
+        A name accepted by :func:`timetravel.data.load_dataset`.
+    noise : str, default="symmetric:0.2"
+        Noise spec for :func:`timetravel.noise.parse_noise_spec` (``"none"`` for clean labels).
+    epochs : int, default=30
+        Epochs to train; epochs ``0 .. epochs-1`` are recorded (epoch ``e`` is
+        the state after ``e + 1`` passes). With ``resume`` it may exceed the
+        original count, extending the run.
+    out : path-like
+        Run store directory.
+    seed : int, default=0
+        Seeds the data split, the noise, the initial weights and the batch order.
+    model : {"auto", "mlp", "cnn", "resnet"}, default="auto"
+        Subject model (:func:`timetravel.models.make_model`).
+    embedding_dim : int, default=64
+        Width of the recorded penultimate embedding.
+    batch_size : int, optional
+        Training minibatch size; default: about 200 steps per epoch, between
+        32 and 512 (32 for digits, 256 for 50,000 samples).
+    lr : float, default=3e-3
+        Adam learning rate (constant, no weight decay, so the noisy labels are
+        memorised late in training, as in real runs).
+    root : path-like, optional
+        Folder of file-based datasets.
+    n_samples : int, optional
+        Training-set size (subsample, or number of synthetic samples).
+    heldout : bool, default=True
+        Record the test split as the held-out set (its accuracy is the clean
+        test accuracy in the history either way).
+    embedding_dtype : {"float16", "float32"}, default="float16"
+        Storage type of the embeddings.
+    overwrite : bool, default=False
+        Replace an existing run at ``out``.
+    resume : bool, default=False
+        Continue the run at ``out`` from its last checkpoint; the settings
+        (except ``epochs``) must match the stored ones.
+    threads : int, optional
+        Torch threads while training; default: the available cores minus one
+        (left to the background capture), at least 1. Small models train
+        fastest on few threads, and too many threads on a busy machine are
+        far slower than one.
+    background_capture : bool, default=True
+        Record each epoch in a worker thread on a copy of the model while the
+        next epoch trains (:class:`~timetravel.capture.Recorder` ``background``).
+    verbose : bool, default=True
+        Show a progress bar over epochs.
+
+    Returns
+    -------
+    RunStore
+        The finished run.
+
+    Raises
+    ------
+    TrainError
+        Bad settings, an existing run without ``overwrite``/``resume``, or a
+        resume with different settings.
+    DatasetError
+        The dataset or noise spec is invalid.
+
+    Examples
+    --------
+    >>> store = train_run("digits", "symmetric:0.2", epochs=2, out="/tmp/tt-doc-train",
+    ...                   n_samples=200, overwrite=True, verbose=False)
+    >>> store.epochs
+    [0, 1]
+    """
+    config = TrainConfig(
+        dataset=dataset, noise=noise, epochs=epochs, seed=seed, model=model, embedding_dim=embedding_dim,
+        batch_size=batch_size, lr=float(lr), root=None if root is None else str(root), n_samples=n_samples,
+        heldout=heldout, embedding_dtype=embedding_dtype,
+    )
+    config.validate()
+    out = Path(out)
+    with _torch_threads(threads):
+        splits, noisy, kind = _prepare_data(config)
+        train, test = splits.train, splits.test
+        if config.batch_size is None:
+            config = dataclasses.replace(config, batch_size=auto_batch_size(len(train)))
+        torch.manual_seed(config.seed)
+        net = make_model(config.model, train.x.shape[1:], train.n_classes, config.embedding_dim)
+        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+        generator = torch.Generator().manual_seed(config.seed)
+        writer = _open_store(out, config, splits, noisy, kind, net, resume=resume, overwrite=overwrite)
+        start = _restore(out / CHECKPOINT, net, optimizer, generator) if resume else 0
+        x, y = torch.from_numpy(train.x), torch.from_numpy(noisy.labels)
+        x_test, y_test = torch.from_numpy(test.x), torch.from_numpy(test.y)
+        recorder = Recorder(
+            net, net.embedding_layer, writer, tensor_loader(x, y, batch_size=EVAL_BATCH_SIZE),
+            tensor_loader(x_test, y_test, batch_size=EVAL_BATCH_SIZE) if config.heldout else None, head=net.head,
+            background=background_capture,
+        )
+        loader = tensor_loader(x, y, batch_size=config.batch_size, shuffle=True, generator=generator, with_index=True)
+        logger.info(
+            "training %s on %s (%d samples, %d classes, noise %s, %.1f%% labels changed) for epochs %d..%d -> %s",
+            net.name, train.name, len(train), train.n_classes, config.noise, 100 * float(noisy.mask.mean()),
+            start, config.epochs - 1, out,
+        )
+        _fit(net, optimizer, loader, recorder, generator, range(start, config.epochs), out,
+             test=None if config.heldout else (x_test, y_test), verbose=verbose)
+    store = RunStore(out)
+    _log_summary(store)
+    return store
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
+    if not path.exists():
+        logger.warning("%s: no checkpoint yet; starting the run from epoch 0", path)
+        return 0
+    state = _load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["shuffle_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    logger.info("resuming after epoch %d from %s", state["epoch"], path)
+    return int(state["epoch"]) + 1
+
+
+def _fit(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, recorder: Recorder,
+         generator: torch.Generator, epochs: range, out: Path, *, test: tuple[torch.Tensor, torch.Tensor] | None,
+         verbose: bool) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(epochs, desc="train", unit="epoch", disable=not verbose)
+    with recorder:  # on an error or interrupt, the epoch being recorded still completes
+        for epoch in bar:
+            started = time.perf_counter()
+            metrics = train_epoch(model, optimizer, loader, recorder=recorder)
+            metrics["train_seconds"] = time.perf_counter() - started
+            if test is not None:
+                metrics["test_acc"] = accuracy(model, *test)
+            # saved once the epoch is committed: a kill in between re-runs this epoch on resume, deterministically
+            checkpoint = _checkpoint_bytes(epoch, model, optimizer, generator)
+            recorder.capture(epoch, metrics=metrics, on_commit=partial(write_bytes_atomic, out / CHECKPOINT, checkpoint))
+            shown = {**metrics, **{k: v for k, v in recorder.last_capture_.items() if k == "test_acc"}}
+            bar.set_postfix({k: f"{shown[k]:.3f}" for k in ("train_loss", "train_acc", "test_acc") if k in shown})
+            logger.debug("epoch %d: %s", epoch, metrics)
+
+
+def _log_summary(store: RunStore) -> None:
+    history = [h for h in store.history if "test_acc" in h]
+    if not history:
+        return
+    best = max(history, key=lambda h: h["test_acc"])
+    last = history[-1]
+    logger.info(
+        "clean test accuracy: best %.4f (epoch %d), last %.4f (epoch %d); train accuracy on noisy labels %.4f",
+        best["test_acc"], best["epoch"], last["test_acc"], last["epoch"], last.get("train_acc", float("nan")),
+    )
