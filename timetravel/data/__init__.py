@@ -1,0 +1,117 @@
+"""Datasets for timetravel: bundled, synthetic, and user-provided image files.
+
+``load_dataset(name, ...)`` returns a :class:`DatasetSplits` of two
+:class:`Dataset` objects. Available names:
+
+- ``"digits"`` (default): scikit-learn's bundled 1,797 real 8x8 digits, offline.
+- ``"synthetic"``: generated Gaussian class clusters rendered as small images,
+  any size up to a million samples and beyond.
+- ``"mnist"``, ``"fashion-mnist"``: the IDX files, plain or gzip.
+- ``"cifar10"``: the binary version (``cifar-10-batches-bin``).
+
+File-based datasets are read from ``root`` (default: the checkout's
+``datasets/`` folder; see ``datasets/README.md``). Nothing is ever
+downloaded: missing files raise :class:`~timetravel.errors.DatasetError`
+naming each file and where to put it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from timetravel.data._base import Dataset, DatasetSplits
+from timetravel.data._cifar import load_cifar10
+from timetravel.data._digits import load_digits
+from timetravel.data._files import datasets_dir
+from timetravel.data._idx import load_fashion_mnist, load_mnist
+from timetravel.data._synthetic import load_synthetic
+from timetravel.errors import DatasetError
+
+__all__ = ["DATASETS", "Dataset", "DatasetError", "DatasetSplits", "datasets_dir", "load_dataset"]
+
+_LOADERS: dict[str, Callable[..., DatasetSplits]] = {
+    "digits": load_digits,
+    "synthetic": load_synthetic,
+    "mnist": load_mnist,
+    "fashion-mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+}
+DATASETS: tuple[str, ...] = tuple(_LOADERS)
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar_10": "cifar10"}
+_COMMON = ("root", "seed", "n_samples")
+
+
+def _extra_params(loader: Callable[..., DatasetSplits]) -> list[str]:
+    return [p for p in inspect.signature(loader).parameters if p not in _COMMON]
+
+
+def load_dataset(
+    name: str = "digits",
+    *,
+    root: str | os.PathLike | None = None,
+    seed: int = 0,
+    n_samples: int | None = None,
+    **kw: Any,
+) -> DatasetSplits:
+    """Load a dataset as train and test splits.
+
+    Parameters
+    ----------
+    name : {"digits", "synthetic", "mnist", "fashion-mnist", "cifar10"}
+        Dataset name (case-insensitive; ``"cifar-10"`` and ``"fashion_mnist"``
+        are accepted too).
+    root : path-like, optional
+        Folder holding the files of ``"mnist"``, ``"fashion-mnist"`` and
+        ``"cifar10"``; ``root`` itself and ``root/<name>`` (``root/cifar-10-batches-bin``)
+        are searched. Default: ``datasets/<name>`` of the checkout
+        (:func:`datasets_dir`). Ignored by ``"digits"`` and ``"synthetic"``.
+    seed : int, default=0
+        Seed of every random choice: the digits train/test split, the
+        synthetic data, and subsampling.
+    n_samples : int, optional
+        Size of the training split. For file-based and bundled datasets a
+        stratified random subset (the test split is subsampled in the same
+        proportion); for ``"synthetic"`` the number generated (default 2,000).
+    **kw
+        Dataset-specific options: ``test_fraction`` (``"digits"``, default 0.2;
+        ``"synthetic"``), and for ``"synthetic"`` also ``n_classes`` (10),
+        ``image_size`` (8) and ``class_sep`` (1.6, smaller = more overlap).
+
+    Returns
+    -------
+    DatasetSplits
+        ``train`` and ``test`` :class:`Dataset` objects; ``x`` of both is
+        normalised with the training split's per-channel statistics.
+
+    Raises
+    ------
+    DatasetError
+        Unknown name or option, bad parameter values, missing files (each
+        named, with where to put it), or malformed files (named, with the problem).
+
+    Examples
+    --------
+    >>> from timetravel.data import load_dataset
+    >>> splits = load_dataset("digits", seed=0)
+    >>> splits.train.x.shape, splits.test.x.shape, splits.train.n_classes
+    ((1437, 1, 8, 8), (360, 1, 8, 8), 10)
+    """
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    loader = _LOADERS.get(key)
+    if loader is None:
+        raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DatasetError(f"seed must be a non-negative integer, got {seed!r}")
+    accepted = _extra_params(loader)
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise DatasetError(
+            f"dataset {key!r} does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(accepted) if accepted else 'no extra options'}"
+        )
+    return loader(root=root, seed=int(seed), n_samples=n_samples, **kw)
