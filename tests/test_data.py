@@ -220,7 +220,8 @@ def test_dataset_validates_its_arrays(change, message):
 
 
 def test_dataset_accepts_rgb():
-    ds = Dataset("rgb", np.zeros((2, 3, 4, 4), np.float32), np.zeros(2, np.int64), np.zeros((2, 4, 4, 3), np.uint8), ["a"])
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    ds = Dataset("rgb", x, np.zeros(2, np.int64), np.zeros((2, 4, 4, 3), np.uint8), ["a"])
     assert ds.n_classes == 1 and len(ds) == 2
 
 

@@ -20,5 +20,9 @@ class DatasetError(TimetravelError, ValueError):
     """A dataset is missing, malformed or asked for with bad parameters."""
 
 
+class NoiseError(TimetravelError, ValueError):
+    """A label-noise specification or transition matrix is invalid."""
+
+
 class FeedbackLogError(TimetravelError, ValueError):
     """The feedback log cannot be read or written."""

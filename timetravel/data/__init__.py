@@ -18,6 +18,7 @@ naming each file and where to put it.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from typing import Any, Callable
 
@@ -31,6 +32,8 @@ from timetravel.data._idx import load_fashion_mnist, load_mnist
 from timetravel.data._synthetic import load_synthetic
 from timetravel.errors import DatasetError
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["DATASETS", "Dataset", "DatasetError", "DatasetSplits", "datasets_dir", "load_dataset"]
 
 _LOADERS: dict[str, Callable[..., DatasetSplits]] = {
@@ -41,7 +44,12 @@ _LOADERS: dict[str, Callable[..., DatasetSplits]] = {
     "cifar10": load_cifar10,
 }
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
-_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar_10": "cifar10"}
+_ALIASES = {
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+}
 _COMMON = ("root", "seed", "n_samples")
 
 
@@ -114,4 +122,9 @@ def load_dataset(
             f"dataset {key!r} does not take option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(accepted) if accepted else 'no extra options'}"
         )
-    return loader(root=root, seed=int(seed), n_samples=n_samples, **kw)
+    splits = loader(root=root, seed=int(seed), n_samples=n_samples, **kw)
+    logger.info(
+        "loaded %s: %d training and %d test images of shape %s, %d classes",
+        key, len(splits.train), len(splits.test), splits.train.x.shape[1:], splits.train.n_classes,
+    )
+    return splits

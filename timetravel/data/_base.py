@@ -20,7 +20,7 @@ from timetravel.errors import DatasetError
 _CHUNK = 65536
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays would be ambiguous
 class Dataset:
     """One split of a labelled image dataset.
 
@@ -88,7 +88,7 @@ class Dataset:
         return len(self.y)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatasetSplits:
     """The train and test splits returned by :func:`timetravel.data.load_dataset`."""
 
@@ -152,7 +152,8 @@ def build_splits(
 
     def make(images: np.ndarray, labels: np.ndarray) -> Dataset:
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        return Dataset(name, normalise(images, mean, std), np.asarray(labels, dtype=np.int64), images, list(class_names))
+        labels = np.asarray(labels, dtype=np.int64)
+        return Dataset(name, normalise(images, mean, std), labels, images, list(class_names))
 
     return DatasetSplits(train=make(*train), test=make(*test))
 

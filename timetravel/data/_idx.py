@@ -58,7 +58,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             f"{path}: {problem}: the header promises {size} data bytes for shape {shape}, "
             f"found {len(data) - header}"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    # copied so the arrays handed out are ordinary writable arrays, not views of a bytes object
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 def _read_split(paths: dict[str, Path], split: str) -> tuple[np.ndarray, np.ndarray]:
