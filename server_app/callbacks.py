@@ -130,7 +130,10 @@ class Controller:
         self.doc.on_session_destroyed(self._on_destroyed)
         self.doc.add_periodic_callback(self._poll_log, LOG_POLL_MS)
         self._apply_frame(self.frame)
-        self._show_review()
+        if self.snap.queue:
+            self.inspect(self.snap.queue[0])
+        else:
+            self._show_review()
 
     def _on_destroyed(self, _context: Any) -> None:
         self._alive = False
@@ -187,16 +190,18 @@ class Controller:
     def _apply_frame(self, frame: EpochFrame) -> None:
         self.frame = frame
         v = self.v
-        v.canvas.show_frame(frame)
+        with v.canvas.one_paint():
+            v.canvas.show_frame(frame)
+            self._update_marks()
+            if v.filters.disagree.active:
+                self._update_mask()
+            if self.target is not None:
+                v.canvas.set_focus(frame, self.target)
         metrics = next((h for h in self.data.store.history if h.get("epoch") == frame.epoch), {})
         v.timeline.show_epoch(frame.epoch, metrics)
         v.inspector.cursor.location = frame.epoch
-        self._update_marks()
-        if v.filters.disagree.active:
-            self._update_mask()
         if self.target is not None:
             self._show_target_header()
-            v.canvas.set_focus(frame, self.target)
         self.data.prefetch(frame.epoch)
 
     def _on_play(self, _attr: str, _old: bool, active: bool) -> None:

@@ -6,7 +6,9 @@ that change (``x``, ``y``, ``pred``, ``conf``) and the territory image.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from bokeh.core.properties import field
@@ -24,11 +26,11 @@ from bokeh.plotting import figure
 
 from server_app.data import EpochFrame, RunData
 
-# Overlay styles per mark kind: (marker, colour, size boost, line width).
+# Overlay rings per mark kind: (colour, extra diameter in px, line width).
 MARK_STYLES = {
-    "accepted": ("circle", "#2e7d32", 8, 2.5),
-    "rejected": ("x", "#616161", 6, 2.0),
-    "queue": ("circle", "#ff6f00", 8, 2.0),
+    "accepted": ("#2e7d32", 8, 2.5),
+    "rejected": ("#616161", 6, 2.0),
+    "queue": ("#ff6f00", 8, 2.0),
 }
 
 
@@ -52,6 +54,20 @@ class CanvasView:
     scatter: object
     territory_renderer: object
 
+    @contextmanager
+    def one_paint(self) -> Iterator[None]:
+        """Apply several updates with a single repaint in the browser.
+
+        Bokeh sends each change as its own message; the browser would paint after the
+        positions arrive and again after the territory does. Holding the render until the
+        last change arrives paints the new frame once.
+        """
+        self.figure.hold_render = True
+        try:
+            yield
+        finally:
+            self.figure.hold_render = False
+
     def show_frame(self, frame: EpochFrame) -> None:
         """Swap in one epoch: positions, predictions, confidence and territory."""
         self.points.data.update(x=frame.x, y=frame.y, pred=frame.pred, conf=frame.confidence)
@@ -74,10 +90,9 @@ class CanvasView:
             x=frame.x[index],
             y=frame.y[index],
             index=index.astype(np.int32),
-            marker=[MARK_STYLES[k][0] for k in kinds],
-            color=[MARK_STYLES[k][1] for k in kinds],
-            width=np.array([MARK_STYLES[k][3] for k in kinds], dtype=np.float32),
-            size=np.array([MARK_STYLES[k][2] for k in kinds], dtype=np.float32) + self.scatter.glyph.size,
+            color=[MARK_STYLES[k][0] for k in kinds],
+            size=np.array([MARK_STYLES[k][1] for k in kinds], dtype=np.float32) + self.scatter.glyph.size,
+            width=np.array([MARK_STYLES[k][2] for k in kinds], dtype=np.float32),
         )
 
     def set_focus(self, frame: EpochFrame, sample: int | None) -> None:
@@ -88,8 +103,14 @@ class CanvasView:
             self.focus.data = dict(x=[float(frame.x[sample])], y=[float(frame.y[sample])])
 
     def set_trails(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
-        """Draw the trajectories of the selected samples across epochs."""
-        self.trails.data = dict(xs=xs, ys=ys)
+        """Draw the trajectories of the selected samples across epochs (as segments, see make_canvas)."""
+        if not xs:
+            self.trails.data = dict(x0=[], y0=[], x1=[], y1=[])
+            return
+        self.trails.data = dict(
+            x0=np.concatenate([x[:-1] for x in xs]), y0=np.concatenate([y[:-1] for y in ys]),
+            x1=np.concatenate([x[1:] for x in xs]), y1=np.concatenate([y[1:] for y in ys]),
+        )  # fmt: skip
 
 
 def _ranges(data: RunData) -> tuple[Range1d, Range1d]:
@@ -116,7 +137,14 @@ def _hover(data: RunData, renderer) -> HoverTool:
 
 
 def make_canvas(data: RunData, frame: EpochFrame) -> CanvasView:
-    """Build the canvas figure showing ``frame``."""
+    """Build the canvas figure showing ``frame``.
+
+    The territory image and the dots are WebGL glyphs on the primary layer. The decision
+    rings, the focus ring and the trails are plain canvas glyphs on Bokeh's overlay layer:
+    changing them (an accept, a click) repaints only that layer, never the dots, which
+    matters when the browser renders WebGL in software (a full repaint of 50k dots then
+    takes about a second).
+    """
     x_range, y_range = _ranges(data)
     fig = figure(
         name="canvas",
@@ -136,21 +164,21 @@ def make_canvas(data: RunData, frame: EpochFrame) -> CanvasView:
     fig.outline_line_color = "#cfd8dc"
     fig.background_fill_color = "#ffffff"
     territory = ColumnDataSource(dict(image=[], x=[], y=[], dw=[], dh=[]), name="territory_source")
-    territory_renderer = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=territory)
-    trails = ColumnDataSource(dict(xs=[], ys=[]), name="trails_source")
-    fig.multi_line(xs="xs", ys="ys", source=trails, line_color="#37474f", line_alpha=0.6, line_width=1.5)
+    territory_renderer = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=territory,
+                                        name="territory")  # fmt: skip
     mapper = LinearColorMapper(palette=data.palette, low=-0.5, high=data.n_classes - 0.5)
     points = ColumnDataSource(
         dict(x=frame.x, y=frame.y, label=data.labels, pred=frame.pred, conf=frame.confidence),
         name="points_source",
     )
     view = CDSView(filter=AllIndices())
+    size = point_size(data.n_samples)
     scatter = fig.scatter(
         x="x",
         y="y",
         source=points,
         view=view,
-        size=point_size(data.n_samples),
+        size=size,
         fill_color=field("label", mapper),
         line_color="white",
         line_width=0.4 if data.n_samples > 20000 else 0.6,
@@ -161,16 +189,17 @@ def make_canvas(data: RunData, frame: EpochFrame) -> CanvasView:
         nonselection_line_alpha=0.1,
         name="points",
     )
-    marks = ColumnDataSource(
-        dict(x=[], y=[], index=[], marker=[], color=[], width=[], size=[]), name="marks_source"
-    )
-    fig.scatter(
-        x="x", y="y", marker="marker", size="size", source=marks, fill_alpha=0.0,
-        line_color="color", line_width="width", name="marks",
-    )  # fmt: skip
+    trails = ColumnDataSource(dict(x0=[], y0=[], x1=[], y1=[]), name="trails_source")
+    fig.segment(x0="x0", y0="y0", x1="x1", y1="y1", source=trails, line_color="#37474f", line_alpha=0.7,
+                line_width=1.5, level="overlay", name="trails")  # fmt: skip
+    marks = ColumnDataSource(dict(x=[], y=[], index=[], color=[], size=[], width=[]), name="marks_source")
+    fig.ellipse(x="x", y="y", width="size", height="size", width_units="screen", height_units="screen",
+                source=marks, fill_alpha=0.0, line_color="color", line_width="width", level="overlay",
+                name="marks")  # fmt: skip
     focus = ColumnDataSource(dict(x=[], y=[]), name="focus_source")
-    fig.scatter(x="x", y="y", source=focus, size=point_size(data.n_samples) + 16, fill_alpha=0.0,
-                line_color="black", line_width=3, name="focus")  # fmt: skip
+    fig.ellipse(x="x", y="y", width=size + 16, height=size + 16, width_units="screen", height_units="screen",
+                source=focus, fill_alpha=0.0, line_color="black", line_width=3, level="overlay",
+                name="focus")  # fmt: skip
     fig.add_tools(_hover(data, scatter))
     canvas = CanvasView(fig, points, view, territory, marks, focus, trails, mapper, scatter, territory_renderer)
     canvas.show_frame(frame)

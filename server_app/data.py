@@ -45,7 +45,7 @@ class EpochFrame:
     confidence : ndarray of shape (N,), float32
         Softmax probability of the predicted class.
     territory : ndarray of shape (G, G), uint32
-        RGBA territory image, row 0 at the bottom.
+        RGBA territory image (class colour, confidence as lightness), row 0 at the bottom.
     extent : tuple of float
         ``(x0, x1, y0, y1)`` of the territory image.
     """
@@ -292,12 +292,16 @@ class RunData:
         thumbs = self.store.thumbs
         if thumbs is None:
             return None
-        from PIL import Image  # bokeh depends on pillow; imported only when images are shown
+        return _png_uri(np.asarray(thumbs[self.check_index(sample)]))
 
-        image = np.asarray(thumbs[self.check_index(sample)])
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+def _png_uri(image: np.ndarray) -> str:
+    """A ``data:image/png;base64`` URI of a uint8 image (H, W) or (H, W, 3)."""
+    from PIL import Image  # a dependency of bokeh
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 _RUNS: dict[Path, RunData] = {}

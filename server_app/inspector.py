@@ -99,13 +99,14 @@ def _swatch(data: RunData, k: int) -> str:
 
 
 def make_inspector(data: RunData) -> InspectorView:
-    """Build an empty inspector."""
+    """Build an empty inspector (the curves span every recorded epoch)."""
     header = Div(text=EMPTY_TEXT, name="inspector_header", sizing_mode="stretch_width")
     image = Div(text="", name="inspector_image", width=110)
     curve_source = ColumnDataSource(dict(epoch=[], prob=[], margin=[]))
     pred_source = ColumnDataSource(dict(epoch=[], pred=[], color=[], name=[]))
     fig = figure(
         height=170, sizing_mode="stretch_width", toolbar_location=None, y_range=(-0.14, 1.02), name="curves",
+        x_range=(data.store.epochs[0] - 0.5, data.store.epochs[-1] + 0.5),
         tools="hover", tooltips=[("epoch", "@epoch"), ("value", "$y{0.00}")],
     )  # fmt: skip
     fig.min_border_left = 40

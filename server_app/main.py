@@ -99,7 +99,8 @@ def layout(data: RunData, v: Views):
     """Filters and selection on the left, canvas and timeline in the middle, queue and inspector on the right."""
     left = column(v.filters.layout, v.filters.selection_layout, width=250, sizing_mode="stretch_height")
     middle = column(v.canvas.figure, v.timeline.layout, sizing_mode="stretch_both")
-    right = column(v.queue.layout, v.inspector.layout, width=480, sizing_mode="stretch_height")
+    right = column(v.queue.layout, v.inspector.layout, width=480, sizing_mode="stretch_height",
+                   styles={"overflow-y": "auto"})  # fmt: skip
     return column(
         row(_header(data), v.status, sizing_mode="stretch_width"),
         v.notice,

@@ -311,3 +311,21 @@ def open_review(data: RunData) -> Review:
             review = _REVIEWS[data.path] = Review(data)
     review.start()
     return review
+
+
+def warm_up(path) -> None:
+    """Open a run, load its last projected epoch and start ranking, before the first page is requested.
+
+    Problems are left for the app to show (it explains them on the page), so this never raises
+    for a bad run.
+    """
+    from server_app.data import open_run
+
+    try:
+        data = open_run(path)
+        if data.epochs:
+            data.frame(data.epochs[-1])
+    except TimetravelError as exc:
+        logger.warning("%s", exc)
+        return
+    open_review(data)

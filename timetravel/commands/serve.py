@@ -93,7 +93,10 @@ def url_of(server) -> str:
 def run(args: argparse.Namespace) -> int:
     import signal
 
+    from server_app.review import warm_up
+
     server = make_server(args.run, port=args.port, host=args.host)
+    warm_up(args.run)
     url = url_of(server)
     print(f"timetravel app for {args.run} at {url}  (Ctrl+C stops it)", flush=True)
     if not args.no_browser:

@@ -1,0 +1,96 @@
+"""Building a session's document in-process (no browser): the views, their wiring, message pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bokeh.document import Document
+from bokeh.events import ButtonClick, Tap
+from bokeh.models import Div
+
+from server_app import main as app
+from server_app._testing import write_synthetic_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return write_synthetic_run(tmp_path_factory.mktemp("doc") / "run", n_samples=200, n_epochs=4, grid=8)
+
+
+def _build(path) -> Document:
+    doc = Document()
+    app.main(doc, [str(path)])
+    return doc
+
+
+def _text(doc: Document) -> str:
+    return " ".join(d.text for d in doc.select({"type": Div}))
+
+
+def test_document_has_every_view(run):
+    doc = _build(run)
+    for name in ("canvas", "epoch_slider", "queue_table", "accept", "reject", "undo", "inspector_header",
+                 "class_filter", "selection_table", "export_csv", "history", "curves"):  # fmt: skip
+        assert doc.select_one({"name": name}) is not None, name
+    points = doc.select_one({"name": "points_source"})
+    assert points.data["x"].dtype == np.float32 and len(points.data["x"]) == 200
+    assert doc.select_one({"name": "canvas"}).output_backend == "webgl"
+
+
+def test_slider_and_step_buttons_swap_in_the_epoch(run):
+    from server_app.data import open_run
+    from timetravel.store import RunStore
+
+    data = open_run(run)
+    for e in data.epochs:  # cached frames are applied synchronously, without the server's event loop
+        data.frame(e)
+    doc = _build(run)
+    slider = doc.select_one({"name": "epoch_slider"})
+    points = doc.select_one({"name": "points_source"})
+    assert slider.value == 3
+    slider.value = 0
+    np.testing.assert_array_equal(points.data["x"], np.asarray(RunStore(run).projection(0))[:, 0])
+    assert "epoch 0" in doc.select_one({"name": "epoch_label"}).text
+    forward = doc.select_one({"name": "step_forward"})
+    forward._trigger_event(ButtonClick(forward))
+    assert slider.value == 1
+    np.testing.assert_array_equal(points.data["x"], np.asarray(RunStore(run).projection(1))[:, 0])
+
+
+def test_filters_hide_samples(run):
+    doc = _build(run)
+    view = doc.select_one({"name": "points"}).view
+    classes = doc.select_one({"name": "class_filter"})
+    classes.value = ["1"]
+    labels = doc.select_one({"name": "points_source"}).data["label"]
+    np.testing.assert_array_equal(np.asarray(view.filter.booleans), labels == 1)
+    classes.value = []
+    assert type(view.filter).__name__ == "AllIndices"
+
+
+def test_tap_inspects_the_nearest_dot(run):
+    doc = _build(run)
+    points = doc.select_one({"name": "points_source"}).data
+    canvas = doc.select_one({"name": "canvas"})
+    canvas._trigger_event(Tap(canvas, x=float(points["x"][17]), y=float(points["y"][17])))
+    assert "Sample #17" in doc.select_one({"name": "inspector_header"}).text
+    focus = doc.select_one({"name": "focus_source"}).data
+    assert focus["x"] == [pytest.approx(float(points["x"][17]))]
+
+
+def test_missing_projection_page_names_the_command(tmp_path):
+    path = write_synthetic_run(tmp_path / "run", n_samples=40, n_epochs=2, project=False)
+    text = _text(_build(path))
+    assert "No projection yet" in text
+    assert f"timetravel project {path}" in text
+
+
+def test_not_a_run_page_says_why(tmp_path):
+    text = _text(_build(tmp_path))
+    assert "This run cannot be opened" in text and "run.json" in text
+
+
+def test_no_run_argument_page():
+    doc = Document()
+    app.main(doc, [])
+    assert "timetravel serve RUN" in _text(doc)
