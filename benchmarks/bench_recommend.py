@@ -27,6 +27,7 @@ Results: ``benchmarks/results/recommend.json`` (everything, per round),
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -55,7 +56,8 @@ def _run_dir(cache: Path, dataset: str, kind: str, rate: float, seed: int, n: in
     return cache / f"{dataset}{size}-{kind}-{int(round(rate * 100)):02d}-s{seed}"
 
 
-def _train(path: Path, dataset: str, kind: str, rate: float, seed: int, epochs: int, n: int | None):
+def _train(path: Path, dataset: str, kind: str, rate: float, seed: int, epochs: int, n: int | None,
+           threads: int | None):
     from timetravel.errors import StoreError
     from timetravel.store import RunStore
     from timetravel.train import train_run
@@ -68,7 +70,7 @@ def _train(path: Path, dataset: str, kind: str, rate: float, seed: int, epochs: 
         pass
     logger.info("training %s", path.name)
     return train_run(dataset, f"{kind}:{rate}", epochs, path, seed=seed, n_samples=n, overwrite=True,
-                     verbose=False)
+                     threads=threads, verbose=False)
 
 
 def _cv_probabilities(store, path: Path, folds: int) -> np.ndarray:
@@ -83,17 +85,14 @@ def _cv_probabilities(store, path: Path, folds: int) -> np.ndarray:
     from timetravel.capture import tensor_loader
     from timetravel.data import load_dataset
     from timetravel.models import make_model
-    from timetravel.noise import inject_noise, parse_noise_spec
     from timetravel.train import train_epoch
 
     cfg = store.manifest["train"]
-    kind, rate = parse_noise_spec(cfg["noise"])
     splits = load_dataset(cfg["dataset"], root=cfg["root"], seed=cfg["seed"], n_samples=cfg["n_samples"])
-    noisy = inject_noise(splits.train.y, splits.train.n_classes, kind, rate, seed=cfg["seed"])
-    if not np.array_equal(noisy.labels, store.labels):
-        raise RuntimeError(f"{path}: cannot rebuild the run's noisy labels for cross-validation")
+    if store.true_labels is None or not np.array_equal(splits.train.y, store.true_labels):
+        raise RuntimeError(f"{path}: cannot rebuild the run's training set for cross-validation")
     x = torch.from_numpy(splits.train.x)
-    y = torch.from_numpy(noisy.labels)
+    y = torch.from_numpy(np.asarray(store.labels))
     n = len(y)
     order = np.random.default_rng(cfg["seed"]).permutation(n)
     probs = np.zeros((n, store.n_classes), dtype=np.float32)
@@ -149,10 +148,11 @@ def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: 
         if name == "cleanlab_cv" and data.cv_probabilities is None:
             continue
         per_mistake = {}
+        t0 = time.perf_counter()
+        fitted = make_ranker(name).fit(data)
+        fit_s = time.perf_counter() - t0
         for mistake in mistakes if name in FEEDBACK_RANKERS else [STATIC_MISTAKE]:
-            t0 = time.perf_counter()
-            ranker = make_ranker(name).fit(data)
-            fit_s = time.perf_counter() - t0
+            ranker = copy.deepcopy(fitted)  # every user meets the same freshly fitted ranker
             metrics = _session(ranker, mask, k, mistake, seed, rounds, timed=name == "timetravel")
             metrics["fit_seconds"] = fit_s
             metrics.update(ranking_quality(ranker.initial_scores_, mask))
@@ -275,7 +275,8 @@ def _markdown(result: dict) -> str:
         "# Recommendation accuracy (simulated users)",
         "",
         f"Commit `{meta['commit']}`, {meta['date']}, {meta['cpus']} CPU cores ({meta['machine']}); "
-        f"{meta['elapsed_minutes']:.1f} min in all (other jobs shared the CPU). "
+        f"{meta['elapsed_minutes']:.1f} min in all; other jobs shared the CPU (load average "
+        f"{meta['load_average_start'][0]:.1f} at the start, {meta['load_average_end'][0]:.1f} at the end). "
         f"Settings: datasets {meta['datasets']}, noise {meta['noise']}, rates {meta['rates']}, seeds {meta['seeds']}, "
         f"{meta['epochs']} epochs, {meta['rounds']} rounds of k (k = 50 for runs of 20,000+ samples, else "
         f"ceil(n_noisy / 20)). Values are means over seeds.",
@@ -340,7 +341,7 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: Path, title: str, curves: dict[str, np.ndarray], n_noisy: int) -> None:
+def _plot(path: Path, title: str, curves: dict[str, np.ndarray], n_noisy: int, ten_rounds: int) -> None:
     """Recall against reviews, one line per ranker (PIL only: no plotting library is a dependency)."""
     from PIL import Image, ImageDraw
 
@@ -357,6 +358,9 @@ def _plot(path: Path, title: str, curves: dict[str, np.ndarray], n_noisy: int) -
     for x in np.linspace(0, max_x, 5):
         d.text((px(x) - 10, h - bottom + 8), f"{int(x)}", fill="black")
     d.line([px(0), py(0), px(n_noisy), py(1)], fill=(200, 200, 200))  # a perfect ranker
+    for y in range(top, h - bottom, 8):  # the 10 rounds the precision targets are measured on
+        d.line([px(ten_rounds), y, px(ten_rounds), y + 4], fill=(120, 120, 120))
+    d.text((px(ten_rounds) + 4, top + 4), "10 rounds", fill=(90, 90, 90))
     d.text((left, 12), title, fill="black")
     d.text((w // 2 - 60, h - 22), "reviews", fill="black")
     d.text((8, top - 20), "recall", fill="black")
@@ -385,7 +389,7 @@ def _plots(runs: list[dict], out: Path, prefix: str) -> list[str]:
             curves[name] = np.mean([c[:length] for c in cs], axis=0)
         path = out / f"{prefix}_{dataset}_{noise}_{int(round(rate * 100)):02d}.png"
         _plot(path, f"{dataset}, {noise} noise {rate:.0%}: recall vs reviews (perfect user, "
-                    f"mean of {len(items)} seeds)", curves, items[0]["n_noisy"])
+                    f"mean of {len(items)} seeds)", curves, items[0]["n_noisy"], 10 * items[0]["k"])
         written.append(path.name)
     return written
 
@@ -413,7 +417,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="a small subset for development and CI smoke tests (digits, symmetric 20%%, one seed, "
                         "10 epochs, mistake rates 0 and 10%%, latency at 50k only)")
     p.add_argument("--datasets", default="digits,synthetic")
-    p.add_argument("--noise", default="symmetric,pairflip,classconditional")
+    p.add_argument("--noise", default="symmetric,pairflip,class-conditional")
     p.add_argument("--rates", default="0.05,0.1,0.2,0.4")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--mistakes", default="0,0.03,0.05,0.1,0.2")
@@ -430,6 +434,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench"), help="where trained runs are cached")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="recommend", help="basename of the result files")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: all cores)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only combine result files of partial runs (e.g. one per dataset, run side by side) "
+                        "into --name's tables and plots")
     return p
 
 
@@ -441,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         args.name = "recommend_quick" if args.name == "recommend" else args.name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    from timetravel._io import write_bytes_atomic
+    if args.merge:
+        return _merge([Path(p) for p in args.merge], Path(args.out), args.name)
     from timetravel.detect import AbnormalityDetector
     from timetravel.features import extract_features
     from timetravel.rankers import RankingInput
@@ -456,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     cache, out = Path(args.cache), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    load_start = list(os.getloadavg())
     runs = []
     for dataset in datasets:
         n = args.synthetic_samples if dataset == "synthetic" else None
@@ -464,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in seeds:
                     path = _run_dir(cache, dataset, kind, rate, seed, n)
                     t0 = time.perf_counter()
-                    store = _train(path, dataset, kind, rate, seed, args.epochs, n)
+                    store = _train(path, dataset, kind, rate, seed, args.epochs, n, args.threads)
                     t_train = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     table = extract_features(store, verbose=False)
@@ -485,25 +495,49 @@ def main(argv: list[str] | None = None) -> int:
                     logger.info("%s k=%d timetravel precision %s (%.0f s)", path.name, result["k"],
                                 _fmt(tt.get("precision")), sum(result["seconds"].values()))
     latency = _latency([int(s) for s in args.latency_sizes.split(",") if s], n_features, args.latency_updates)
-    table = _aggregate(runs)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
         "meta": {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+                 "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
                  "machine": platform.platform(), "python": sys.version.split()[0],
                  "elapsed_minutes": (time.time() - started) / 60, "datasets": datasets, "noise": kinds,
                  "rates": rates, "seeds": seeds, "mistakes": mistakes, "epochs": args.epochs, "rounds": args.rounds,
                  "rankers": rankers, "synthetic_samples": args.synthetic_samples, "cv_datasets": sorted(cv_datasets),
                  "cv_folds": args.cv_folds, "quick": args.quick},
-        "table": table,
+        "table": _aggregate(runs),
         "latency": latency,
         "runs": runs,
     }
-    result["targets"] = _targets(table)
     result["meta"]["elapsed_minutes"] = (time.time() - started) / 60
-    result["plots"] = _plots(runs, out, args.name)
-    write_bytes_atomic(out / f"{args.name}.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode())
-    write_bytes_atomic(out / f"{args.name}.md", _markdown(result).encode())
+    _write(result, out, args.name)
+    return 0
+
+
+def _write(result: dict, out: Path, name: str) -> None:
+    from timetravel._io import write_bytes_atomic
+
+    result["targets"] = _targets(result["table"])
+    result["plots"] = _plots(result["runs"], out, name)
+    write_bytes_atomic(out / f"{name}.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode())
+    write_bytes_atomic(out / f"{name}.md", _markdown(result).encode())
     print(_markdown(result))
+
+
+def _merge(paths: list[Path], out: Path, name: str) -> int:
+    """Combine partial results (same commit and settings apart from the datasets) into one report."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    commits = {p["meta"]["commit"] for p in parts}
+    if len(commits) != 1:
+        raise SystemExit(f"refusing to merge results of different commits: {sorted(commits)}")
+    meta = dict(parts[0]["meta"])
+    meta["datasets"] = [d for p in parts for d in p["meta"]["datasets"]]
+    meta["elapsed_minutes"] = max(p["meta"]["elapsed_minutes"] for p in parts)
+    meta["merged_from"] = [p.name for p in paths]
+    meta["load_average_end"] = max((p["meta"]["load_average_end"] for p in parts), key=lambda v: v[0])
+    runs = [r for p in parts for r in p["runs"]]
+    result = {"meta": meta, "table": _aggregate(runs), "latency": [r for p in parts for r in p["latency"]],
+              "runs": runs}
+    _write(result, out, name)
     return 0
 
 

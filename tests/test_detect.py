@@ -49,8 +49,10 @@ def test_weights_and_reasons(toy):
     worst = int(np.argmax(det.score_samples()))
     reasons = det.reasons(worst)
     assert 1 <= len(reasons) <= 3 and all(isinstance(r, str) and "% of samples" in r for r in reasons)
-    # contributions add up to the score, and the first reason is the largest contribution
-    np.testing.assert_allclose(det.contributions(worst).sum(), det.score_samples()[worst], rtol=1e-5)
+    # contributions add up to the weighted mean; the score subtracts the disagreement penalty from it
+    contrib = det.contributions(worst)
+    spread = np.sqrt(det.weights_ @ (det.transform(table.values[worst : worst + 1])[0] - contrib.sum()) ** 2)
+    np.testing.assert_allclose(contrib.sum() - 0.5 * spread, det.score_samples()[worst], rtol=1e-5)
     best = int(np.argmin(det.score_samples()))
     assert det.reasons(best) == ["nothing unusual in its training dynamics"]
 
@@ -70,6 +72,8 @@ def test_errors_before_fit_and_bad_params(toy):
         AbnormalityDetector().score_samples()
     with pytest.raises(DetectorError, match="method must be 'consensus' or 'mean', got 'magic'"):
         AbnormalityDetector("magic").fit(table)
+    with pytest.raises(DetectorError, match="agreement must be >= 0, got -1"):
+        AbnormalityDetector(agreement=-1).fit(table)
     with pytest.raises(DetectorError, match="must be a FeatureTable"):
         AbnormalityDetector().fit(np.zeros((10, 3)))
 

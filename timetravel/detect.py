@@ -7,9 +7,13 @@ by its (non-negative) loading on the first principal component of the
 features' correlation matrix, so signals that agree with the others count and
 a feature that measures something unrelated gets (near) zero weight.
 
-The score is linear in the normal scores, so each feature's contribution to a
-sample's score is exact and :meth:`AbnormalityDetector.reasons` can say in
-words which features made it suspicious. True labels are never used.
+The score is the weighted mean of the oriented normal scores minus a penalty
+for disagreement (their weighted standard deviation): a mislabelled sample is
+abnormal in almost every view at once, while a hard but correctly labelled one
+is extreme in a few (high loss, many forgetting events) and ordinary in the
+others. Each feature's share of the weighted mean is its contribution, from
+which :meth:`AbnormalityDetector.reasons` says in words which features made a
+sample suspicious. True labels are never used.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class AbnormalityDetector:
     method : {"consensus", "mean"}
         How the oriented feature scores are weighted: by agreement with the
         other features (see the module docstring) or equally.
+    agreement : float
+        Weight of the disagreement penalty (0 = the plain weighted mean).
     random_state : int
         Seed of the subsample used for the correlation and the rank reference.
 
@@ -66,8 +72,9 @@ class AbnormalityDetector:
     ['5 of its 10 nearest neighbours carry another label mid-training', ...]
     """
 
-    def __init__(self, method: str = "consensus", *, random_state: int = 0) -> None:
+    def __init__(self, method: str = "consensus", *, agreement: float = 0.5, random_state: int = 0) -> None:
         self.method = method
+        self.agreement = agreement
         self.random_state = random_state
 
     # -- fitting -----------------------------------------------------------------------
@@ -76,6 +83,8 @@ class AbnormalityDetector:
         """Learn the rank transform and the feature weights; returns self."""
         if self.method not in ("consensus", "mean"):
             raise DetectorError(f"method must be 'consensus' or 'mean', got {self.method!r}")
+        if not self.agreement >= 0:
+            raise DetectorError(f"agreement must be >= 0, got {self.agreement!r}")
         if not isinstance(features, FeatureTable):
             raise DetectorError(f"features must be a FeatureTable (from extract_features), got {type(features).__name__}")
         x = features.values
@@ -95,8 +104,8 @@ class AbnormalityDetector:
             self.weights_ = np.full(z.shape[1], 1.0 / z.shape[1])
         else:
             self.weights_ = _consensus_weights(z[fit_rows])
-        self.scores_ = (z @ self.weights_).astype(np.float32)
         self._z = z
+        self.scores_ = self._score(z)
         return self
 
     def transform(self, values: np.ndarray) -> np.ndarray:
@@ -133,10 +142,15 @@ class AbnormalityDetector:
         self._check_fitted()
         if values is None:
             return self.scores_
-        return (self.transform(values) @ self.weights_).astype(np.float32)
+        return self._score(self.transform(values))
+
+    def _score(self, z: np.ndarray) -> np.ndarray:
+        mean = z @ self.weights_
+        spread = np.sqrt(np.maximum(((z - mean[:, None]) ** 2) @ self.weights_, 0.0))
+        return (mean - self.agreement * spread).astype(np.float32)
 
     def contributions(self, i: int) -> np.ndarray:
-        """Each feature's share of sample ``i``'s score (weights times oriented normal scores)."""
+        """Each feature's share of sample ``i``'s weighted mean (weight times oriented normal score)."""
         self._check_fitted()
         i = self._check_index(i)
         return self._z[i] * self.weights_
@@ -169,6 +183,7 @@ class AbnormalityDetector:
         self._check_fitted()
         return {
             "method": self.method,
+            "agreement": self.agreement,
             "random_state": self.random_state,
             "names": self.names_,
             "directions": self.directions_.astype(int).tolist(),
@@ -178,7 +193,7 @@ class AbnormalityDetector:
     @classmethod
     def from_saved(cls, params: dict[str, Any], reference: np.ndarray, values: np.ndarray) -> AbnormalityDetector:
         """Rebuild a fitted detector from :meth:`to_dict`, its ``reference_`` and the raw feature values."""
-        det = cls(params["method"], random_state=params["random_state"])
+        det = cls(params["method"], agreement=params["agreement"], random_state=params["random_state"])
         det.names_ = list(params["names"])
         det.directions_ = np.asarray(params["directions"], dtype=np.float64)
         det.weights_ = np.asarray(params["weights"], dtype=np.float64)
@@ -190,7 +205,7 @@ class AbnormalityDetector:
             )
         det.raw_ = values
         det._z = det.transform(values)
-        det.scores_ = (det._z @ det.weights_).astype(np.float32)
+        det.scores_ = det._score(det._z)
         return det
 
     # -- helpers -----------------------------------------------------------------------

@@ -188,7 +188,10 @@ class DeepDebuggerRanker(Ranker):
         traj, self.space_ = _trajectories(data.store, self.period, self.pca_dim, data.random_state)
         data.notes["deepdebugger_space"] = self.space_
         accel = np.diff(traj, n=2, axis=1).reshape(len(traj), -1)
-        labels = Birch(n_clusters=self.n_clusters).fit_predict(accel)
+        # scikit-learn's default threshold (0.5) suits DeepDebugger's canvas units only; scaled to the
+        # data, BIRCH keeps a few thousand subclusters instead of one per sample
+        radius = float(np.median(np.linalg.norm(accel - accel.mean(axis=0), axis=1)))
+        labels = Birch(n_clusters=self.n_clusters, threshold=max(0.5 * radius, 1e-12)).fit_predict(accel)
         cluster_score = 1.0 - np.bincount(labels)[labels] / len(labels)
         store = data.store
         uncertainty = 1.0 - store.probabilities(store.epochs[-1]).max(axis=1)

@@ -349,7 +349,7 @@ class FeedbackRecommender:
             else:
                 break
             theta, current = candidate, value
-            if np.abs(scale * step).max() < 1e-4:
+            if np.abs(scale * step).max() < 1e-3:
                 break
         p = _sigmoid(x @ theta)
         hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(self._prior_prec)
