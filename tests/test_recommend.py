@@ -119,22 +119,26 @@ def test_undo_and_restore_from_the_feedback_log(toy, tmp_path):
     store, table, scores = toy
     log = FeedbackLog(tmp_path, n_samples=store.n_samples)
     live = FeedbackRecommender(random_state=0).fit(table, scores)
-    for i, decision in [(5, "accept"), (9, "reject"), (5, "reject"), (12, "accept"), (12, "undo"), (40, "accept")]:
+    events = [(5, "accept"), (9, "reject"), (5, "reject"), (12, "accept"), (12, "undo"), (40, "accept"),
+              (41, "accept"), (41, "reject"), (41, "undo")]
+    for i, decision in events:
         log.append(i, decision)
         if decision == "undo":
             live.undo(i)
         else:
             live.partial_fit([i], [decision == "accept"])
     state = log.read()
-    assert state.decisions == {9: False, 5: False, 40: True}
+    assert state.decisions == {9: False, 5: False, 40: True, 41: True}
     assert live.decisions_ == state.decisions
     restored = FeedbackRecommender.from_feedback(state, table, scores, random_state=0)
     np.testing.assert_allclose(restored.coef_, live.coef_, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(restored.score_samples(), live.score_samples(), rtol=1e-5, atol=1e-5)
-    # undo everything: back to the prior exactly (incremental state fully reversed)
+    # undo everything (5 had two decisions, so it needs two undos): back to the prior exactly
     fresh = FeedbackRecommender(random_state=0).fit(table, scores)
-    for i in list(live.decisions_):
-        live.undo(i)
+    live.undo(5)
+    assert live.decisions_[5] is True, "undoing the reject brings back the earlier accept, as in the log"
+    while live.decisions_:
+        live.undo(next(iter(live.decisions_)))
     np.testing.assert_allclose(live.score_samples(), fresh.score_samples(), atol=1e-5)
     np.testing.assert_array_equal(live.recommend(10), fresh.recommend(10))
 

@@ -187,6 +187,7 @@ class FeedbackRecommender:
         self._pair_acc = np.zeros(int(self._groups.max()) + 1)
         self._pair_rej = np.zeros_like(self._pair_acc)
         self.decisions_: dict[int, bool] = {}
+        self._history: dict[int, list[bool]] = {}  # every decision per sample, for undo
         self._rng = np.random.default_rng(self.random_state)
         self.coef_ = self._prior_mean.copy()
         self._chol = self._prior_chol
@@ -222,22 +223,34 @@ class FeedbackRecommender:
         if acc.shape != idx.shape or acc.dtype.kind not in "bui":
             raise RecommenderError(f"accepted must be {len(idx)} booleans matching indices, got {acc!r}")
         for i, a in zip(idx.tolist(), acc.astype(bool).tolist()):
-            if i in self.decisions_:
-                self._apply(i, self.decisions_.pop(i), -1.0)
-            self.decisions_[i] = a
-            self._apply(i, a, 1.0)
+            self._history.setdefault(i, []).append(a)
+            self._set(i, a)
         self._refit()
         return self
 
     def undo(self, index: int) -> FeedbackRecommender:
-        """Withdraw the decision on ``index`` (the sample becomes unreviewed again) and re-rank."""
+        """Withdraw the latest decision on ``index`` and re-rank.
+
+        As in the feedback log, an earlier decision on the same sample then
+        stands again; without one the sample is unreviewed again.
+        """
         self._check_fitted()
         i = int(self._check_indices(index)[0])
         if i not in self.decisions_:
             raise RecommenderError(f"sample {i} has no decision to undo")
-        self._apply(i, self.decisions_.pop(i), -1.0)
+        stack = self._history[i]
+        stack.pop()
+        self._set(i, stack[-1] if stack else None)
         self._refit()
         return self
+
+    def _set(self, i: int, accepted: bool | None) -> None:
+        """Replace the standing decision on ``i`` (None: no decision), moving it to the end of the order."""
+        if i in self.decisions_:
+            self._apply(i, self.decisions_.pop(i), -1.0)
+        if accepted is not None:
+            self.decisions_[i] = accepted
+            self._apply(i, accepted, 1.0)
 
     def restore(self, state) -> FeedbackRecommender:
         """Forget all decisions and apply the standing ones of a feedback log.
@@ -250,7 +263,8 @@ class FeedbackRecommender:
         self._check_fitted()
         decisions = getattr(state, "decisions", state)
         for i in list(self.decisions_):
-            self._apply(i, self.decisions_.pop(i), -1.0)
+            self._set(i, None)
+        self._history = {}
         self._rng = np.random.default_rng(self.random_state)
         if decisions:
             return self.partial_fit(list(decisions), list(decisions.values()))
