@@ -61,6 +61,17 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Run ``fn()`` once; return ``(wall seconds, process CPU seconds of all threads, result)``.
+
+    CPU time counts the work done, so it is far less sensitive than wall time
+    to other jobs sharing the machine.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
 def median(values: Iterable[float]) -> float:
     """Median of the values (the robust summary used for repeated timings)."""
     return float(statistics.median(list(values)))

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, timed, write_results  # noqa: E402
+from _common import median, timed, timed_cpu, write_results  # noqa: E402
 
 logger = logging.getLogger("bench_recorder")
 
@@ -95,8 +95,9 @@ def _train(data: dict[str, Any], mode: str, epochs: int, store: Path, dtype: str
         if recorder is not None:
             flush.append(timed(recorder.close)[0])
 
-    seconds, _ = timed(loop)
-    result: dict[str, Any] = {"mode": mode, "seconds": seconds, "final_flush_seconds": sum(flush)}
+    seconds, cpu_seconds, _ = timed_cpu(loop)
+    result: dict[str, Any] = {"mode": mode, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                              "final_flush_seconds": sum(flush)}
     if recorder is not None:
         result["blocking_seconds_per_epoch"] = sum(blocking) / epochs
         run = RunStore(store, verify="headers")
@@ -133,11 +134,14 @@ def _bench_scenario(name: str, epochs: int, repeats: int, tmp: Path) -> dict[str
         sizes[dtype] = _train(data, "sync", 1, tmp / f"{name}-{dtype}", dtype)["epoch_bytes"]
         shutil.rmtree(tmp / f"{name}-{dtype}", ignore_errors=True)
     base = median(r["seconds"] for r in runs["none"])
+    base_cpu = median(r["cpu_seconds"] for r in runs["none"])
     summary = {
         mode: {
             "seconds_median": median(r["seconds"] for r in runs[mode]),
             "seconds_all": [r["seconds"] for r in runs[mode]],
             "final_flush_seconds_all": [r["final_flush_seconds"] for r in runs[mode]],
+            "cpu_seconds_all": [r["cpu_seconds"] for r in runs[mode]],
+            "cpu_overhead_percent": 100.0 * (median(r["cpu_seconds"] for r in runs[mode]) - base_cpu) / base_cpu,
             "overhead_percent": 100.0 * (median(r["seconds"] for r in runs[mode]) - base) / base,
             # per-epoch (steady-state) cost: what a long run pays, without waiting for the last epoch's capture
             "overhead_percent_excluding_final_flush": 100.0 * (
@@ -180,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": r["epochs"], "recorder": mode, "train s/epoch": m["seconds_median"] / r["epochs"],
                 "overhead %": m["overhead_percent"] if mode != "none" else 0.0,
                 "overhead % w/o final flush": m["overhead_percent_excluding_final_flush"] if mode != "none" else 0.0,
+                "CPU-time overhead %": m["cpu_overhead_percent"] if mode != "none" else 0.0,
                 "capture pass s/epoch": m.get("capture_seconds_per_epoch", ""),
                 "training thread blocked s/epoch": m.get("blocking_seconds_per_epoch", ""),
             })
@@ -199,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         "label noise. The machine is shared with other jobs, so absolute times vary between runs.",
         "`w/o final flush`: the same without the wait for the last epoch's capture at the end of training "
         "(paid once per run, not per epoch), i.e. the steady-state cost per epoch of a long run.",
+        "`CPU-time overhead`: extra process CPU time (all threads) over training alone: the work the recorder "
+        "adds, which is what the wall-clock overhead approaches on a machine with no other jobs (sync mode) and "
+        "an upper bound for the background mode when a core is free.",
         "`capture pass`: the eval pass measured inside capture() up to the commit; `training thread blocked`: "
         "time spent in capture() (incl. the commit's fsyncs; for background, the weight snapshot and waiting for "
         "the previous epoch) and the final close().",

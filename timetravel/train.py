@@ -13,6 +13,7 @@ run from the last finished epoch and reproduces the uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import logging
 import math
@@ -52,18 +53,24 @@ class TrainConfig:
     See :func:`train_run` for the meaning of each field.
     """
 
-    dataset: str = "digits"
-    noise: str = "symmetric:0.2"
-    epochs: int = 30
-    seed: int = 0
-    model: str = "auto"
-    embedding_dim: int = 64
-    batch_size: int | None = None
-    lr: float = 3e-3
-    root: str | None = None
-    n_samples: int | None = None
-    heldout: bool = True
-    embedding_dtype: str = "float16"
+    dataset: str
+    noise: str
+    epochs: int
+    seed: int
+    model: str
+    embedding_dim: int
+    batch_size: int | None
+    lr: float
+    root: str | None
+    n_samples: int | None
+    heldout: bool
+    embedding_dtype: str
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default of every field: those of :func:`train_run`."""
+        params = inspect.signature(train_run).parameters
+        return {f.name: params[f.name].default for f in dataclasses.fields(cls)}
 
     def validate(self) -> None:
         """Raise :class:`TrainError` naming the first bad field."""

@@ -10,26 +10,14 @@ from typing import Any
 
 HELP = "train a bundled model on a dataset with injected label noise, recording every epoch into a run store"
 
-# Settings that --resume takes from the run when not given again (train_run keyword: default).
-_DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",
-    "noise": "symmetric:0.2",
-    "epochs": 30,
-    "seed": 0,
-    "model": "auto",
-    "embedding_dim": 64,
-    "batch_size": None,
-    "lr": 3e-3,
-    "root": None,
-    "n_samples": None,
-    "heldout": True,
-    "embedding_dtype": "float16",
-}
+# Flags that map 1:1 onto timetravel.train.TrainConfig fields (None = not given).
+_SETTINGS = ("dataset", "noise", "epochs", "seed", "model", "embedding_dim", "batch_size", "lr", "root", "n_samples",
+             "heldout", "embedding_dtype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="digits (default), synthetic, mnist, fashion-mnist, cifar10")
-    parser.add_argument("--noise", help="label noise: symmetric:RATE, pairflip:RATE or none (default symmetric:0.2)")
+    parser.add_argument("--noise", help="label noise: symmetric:RATE, pairflip:RATE, matrix:RATE or none (default symmetric:0.2)")
     parser.add_argument("--epochs", type=int, help="epochs to train and record (default 30)")
     parser.add_argument("--out", required=True, help="run store directory to write")
     parser.add_argument("--seed", type=int, help="seed of the split, noise, weights and batch order (default 0)")
@@ -52,10 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    given = {k: getattr(args, k) for k in _DEFAULTS if getattr(args, k) is not None}
-    if not args.resume:
-        return {**_DEFAULTS, **given}
+    """Defaults, then (with --resume) the run's stored settings, then the flags given."""
     from timetravel.errors import TimetravelError
+    from timetravel.train import TrainConfig
+
+    defaults = TrainConfig.defaults()
+    given = {k: getattr(args, k) for k in _SETTINGS if getattr(args, k) is not None}
+    if not args.resume:
+        return {**defaults, **given}
 
     manifest = Path(args.out) / "run.json"
     try:
@@ -64,7 +56,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         raise TimetravelError(f"{args.out}: there is no run to resume (no run.json)") from None
     except json.JSONDecodeError as exc:
         raise TimetravelError(f"{manifest}: not valid JSON ({exc})") from None
-    return {**_DEFAULTS, **{k: v for k, v in stored.items() if k in _DEFAULTS}, **given}
+    return {**defaults, **{k: v for k, v in stored.items() if k in defaults}, **given}
 
 
 def run(args: argparse.Namespace) -> int:
