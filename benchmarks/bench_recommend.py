@@ -7,8 +7,9 @@ seed, a run is trained with :func:`timetravel.train.train_run` (cached under
 k recommendations (k = 50 on runs of 20,000 samples or more, else
 ceil(n_noisy / 20)), answered correctly except for a mistake rate. Static
 rankers ignore feedback, so their results do not depend on the mistake rate
-and they are run once. Sessions continue past the 10 rounds (up to 2 x n_noisy
-reviews) only to measure the reviews needed for 50% / 80% recall.
+and they are run once. Sessions of the perfect user continue past the 10 rounds
+(up to 2 x n_noisy reviews) only to measure the reviews needed for 50% / 80%
+recall.
 
 Confident learning with out-of-sample probabilities (``cleanlab_cv``) trains
 the same subject model on K folds; that costs K trainings per run, so it is
@@ -73,7 +74,7 @@ def _train(path: Path, dataset: str, kind: str, rate: float, seed: int, epochs: 
                      threads=threads, verbose=False)
 
 
-def _cv_probabilities(store, path: Path, folds: int) -> np.ndarray:
+def _cv_probabilities(store, path: Path, folds: int, threads: int) -> np.ndarray:
     """Out-of-sample probabilities from K-fold cross-validation of the run's own subject model and settings."""
     cached = path / "bench_cv_probabilities.npy"
     if cached.exists():
@@ -96,6 +97,7 @@ def _cv_probabilities(store, path: Path, folds: int) -> np.ndarray:
     n = len(y)
     order = np.random.default_rng(cfg["seed"]).permutation(n)
     probs = np.zeros((n, store.n_classes), dtype=np.float32)
+    torch.set_num_threads(threads)
     for f in range(folds):
         held = np.sort(order[f::folds])
         keep = np.setdiff1d(np.arange(n), held)
@@ -127,7 +129,8 @@ def _session(ranker, mask: np.ndarray, k: int, mistake: float, seed: int, rounds
     metrics = session_metrics(head, mask)
     order = list(head.rounds)
     found = int(mask[np.concatenate(order)].sum()) if order else 0
-    if found < math.ceil(0.8 * n_target) and cap_rounds > rounds:
+    # the reviews-for-recall metrics are reported for the perfect user, so only that session goes on
+    if mistake == 0 and found < math.ceil(0.8 * n_target) and cap_rounds > rounds:
         tail = run_session(ranker, user, k=k, rounds=cap_rounds - rounds, update="per_round")
         order += tail.rounds
     reviewed = np.concatenate(order) if order else np.empty(0, dtype=np.int64)
@@ -434,7 +437,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench"), help="where trained runs are cached")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="recommend", help="basename of the result files")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: all cores)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for training and cross-validation; the small subject models train "
+                        "fastest on one, and multi-threaded kernels stall when other jobs share the CPU")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only combine result files of partial runs (e.g. one per dataset, run side by side) "
                         "into --name's tables and plots")
@@ -482,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                     n_features = table.values.shape[1]
                     t_detect = time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    cv = _cv_probabilities(store, path, args.cv_folds) if dataset in cv_datasets else None
+                    cv = (_cv_probabilities(store, path, args.cv_folds, args.threads) if dataset in cv_datasets
+                          else None)
                     t_cv = time.perf_counter() - t0
                     data = RankingInput(store, table, scores, cv_probabilities=cv, random_state=seed)
                     t0 = time.perf_counter()
