@@ -53,6 +53,17 @@ def test_deepdebugger_uses_feedback_and_says_which_space(data):
     assert not np.allclose(before, ranker._scores)
 
 
+def test_deepdebugger_regression_matches_kernel_ridge(data):
+    from sklearn.kernel_ridge import KernelRidge
+
+    ranker = make_ranker("deepdebugger").fit(data)
+    idx = ranker.recommend(30)
+    answers = data.store.noise_mask[idx]
+    ranker.partial_fit(idx, answers)
+    expected = KernelRidge(alpha=1.0).fit(ranker._x[idx], answers.astype(float)).predict(ranker._x)
+    np.testing.assert_allclose(ranker._scores, expected, atol=1e-8)
+
+
 def test_unknown_ranker_and_missing_inputs(data):
     with pytest.raises(RankerError, match="unknown ranker 'magic'; known: random, loss"):
         make_ranker("magic")

@@ -50,6 +50,9 @@ class RankingInput:
         Out-of-sample predicted probabilities from K-fold cross-validation of
         the subject model (for ``cleanlab_cv``).
     random_state : int
+    notes : dict
+        Filled by rankers with facts worth reporting (e.g. which trajectories
+        DeepDebugger used).
     """
 
     store: object
