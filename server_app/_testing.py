@@ -215,7 +215,10 @@ window.__tt = {first: null, firstPaints: 0};
     const cell = view && view.shadow_el.querySelector(".slick-row .slick-cell.l1");
     return cell ? cell.textContent.trim() : null;
   };
-  window.__tt.queueTop = () => firstRow(models().doc.get_model_by_name("queue_table"));
+  window.__tt.queueTop = () => {
+    const m = models();
+    return m == null ? null : firstRow(m.doc.get_model_by_name("queue_table"));
+  };
   window.__tt.decide = (name) => new Promise((resolve, reject) => {
     const m = models();
     const button = m.doc.get_model_by_name(name);

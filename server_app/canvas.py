@@ -190,8 +190,8 @@ def make_canvas(data: RunData, frame: EpochFrame) -> CanvasView:
         name="points",
     )
     trails = ColumnDataSource(dict(x0=[], y0=[], x1=[], y1=[]), name="trails_source")
-    fig.segment(x0="x0", y0="y0", x1="x1", y1="y1", source=trails, line_color="#37474f", line_alpha=0.7,
-                line_width=1.5, level="overlay", name="trails")  # fmt: skip
+    fig.segment(x0="x0", y0="y0", x1="x1", y1="y1", source=trails, line_color="#37474f", line_alpha=0.5,
+                line_width=1.2, level="overlay", name="trails")  # fmt: skip
     marks = ColumnDataSource(dict(x=[], y=[], index=[], color=[], size=[], width=[]), name="marks_source")
     fig.ellipse(x="x", y="y", width="size", height="size", width_units="screen", height_units="screen",
                 source=marks, fill_alpha=0.0, line_color="color", line_width="width", level="overlay",

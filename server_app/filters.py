@@ -120,7 +120,7 @@ def make_filters(data: RunData) -> FilterView:
             TableColumn(field="pred", title="predicted"),
             TableColumn(field="decision", title="decision"),
         ],
-        height=180,
+        height=260,
         sizing_mode="stretch_width",
         index_position=None,
         name="selection_table",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, Div, LinearAxis, Range1d, Span
+from bokeh.models import BasicTicker, ColumnDataSource, Div, LinearAxis, Range1d, Span
 from bokeh.plotting import figure
 
 from server_app.data import RunData, SampleHistory
@@ -32,6 +32,7 @@ class InspectorView:
 
     def clear(self) -> None:
         self.header.text = EMPTY_TEXT
+        self.curves.visible = False
         self.image.text = ""
         self.neighbours.text = ""
         self.reasons.text = ""
@@ -52,6 +53,7 @@ class InspectorView:
             parts.append(f"true label (benchmark run): <b>{html.escape(names[int(true[sample])])}</b>")
         parts.append(f"decision: <b name='decision'>{decision}</b>")
         self.header.text = "<br>".join(parts)
+        self.curves.visible = True
         uri = data.thumbnail_png(sample)
         self.image.text = (
             f"<img src='{uri}' alt='sample {sample}' class='tt-thumb-big'>" if uri else "<i>no image in this run</i>"
@@ -124,6 +126,8 @@ def make_inspector(data: RunData) -> InspectorView:
     fig.legend.padding = 2
     fig.legend.spacing = 0
     fig.xaxis.axis_label = "epoch (strip: predicted class)"
+    fig.xaxis.ticker = BasicTicker(min_interval=1)
+    fig.visible = False  # until a sample is inspected
     cursor = Span(location=0, dimension="height", line_color="#ff6f00", line_width=2)
     fig.add_layout(cursor)
     neighbours = Div(text="", name="inspector_neighbours", sizing_mode="stretch_width")

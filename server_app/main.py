@@ -141,6 +141,7 @@ def build(doc: Document, argv: list[str]) -> None:
     controller = Controller(doc, data, review, views, frame)
     controller.wire()
     doc.add_root(layout(data, views))
+    doc.add_root(views.queue.export_source)  # not drawn; a root so the browser has it for downloads
     _style_divs(doc)
     controller.start()
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bokeh.layouts import column, row
 from bokeh.models import (
+    BasicTicker,
     Button,
     ColumnDataSource,
     CustomJSTickFormatter,
@@ -58,6 +59,7 @@ def _history_figure(data: RunData, epoch: int) -> tuple[object, Span]:
     history = [h for h in data.store.history if any(k in h for k, _, _ in METRICS)]
     fig = figure(height=110, sizing_mode="stretch_width", toolbar_location=None, y_range=(0, 1.02), name="history")
     fig.xaxis.axis_label = None
+    fig.xaxis.ticker = BasicTicker(min_interval=1)
     fig.yaxis.ticker.desired_num_ticks = 3
     fig.min_border_left = 40
     for key, name, colour in METRICS:

@@ -1,0 +1,260 @@
+"""End-to-end: the real `timetravel serve` driven by Debian's headless Chromium.
+
+Needs the ``chromium`` binary (``.ci/run`` installs it); without it these tests fail
+with a message saying so. Screenshots go to ``test-artifacts/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from server_app._testing import INSTRUMENT_JS, launch_chromium, serve, wait_until, write_synthetic_run
+from timetravel.feedback import FeedbackLog
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+VIEWPORT = {"width": 1500, "height": 950}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = launch_chromium(pw)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def detected_run(tmp_path_factory):
+    from timetravel.detect import detect
+    from timetravel.store import RunStore
+
+    path = write_synthetic_run(tmp_path_factory.mktemp("browser") / "run", n_samples=600, n_classes=5,
+                               n_epochs=6, grid=48)  # fmt: skip
+    detect(RunStore(path), verbose=False)
+    return path
+
+
+@pytest.fixture
+def run(detected_run, tmp_path):
+    """A fresh copy of the detected run per test (its own feedback log)."""
+    return shutil.copytree(detected_run, tmp_path / "run")
+
+
+def _shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def _open(browser, url: str, *, queue: bool = True):
+    page = browser.new_context(viewport=VIEWPORT, accept_downloads=True).new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.add_init_script(INSTRUMENT_JS)
+    page.goto(url)
+    page.wait_for_function("() => window.__tt.first != null", timeout=30_000)
+    if queue:
+        page.wait_for_function("() => window.__tt.queueTop() != null", timeout=30_000)
+    page.js_errors = errors
+    return page
+
+
+def _model(page, name: str, attr: str):
+    return page.evaluate("([n, a]) => { const v = Bokeh.documents[0].get_model_by_name(n)[a]; "
+                         "return ArrayBuffer.isView(v) ? Array.from(v) : v; }", [name, attr])  # fmt: skip
+
+
+def _queue(page) -> list[int]:
+    return page.evaluate("() => Array.from(Bokeh.documents[0].get_model_by_name('queue_source').data.index)")
+
+
+def _wait_queue_without(page, samples: list[int]) -> list[int]:
+    page.wait_for_function(
+        "(s) => { const q = Array.from(Bokeh.documents[0].get_model_by_name('queue_source').data.index);"
+        " return q.length > 0 && s.every((i) => !q.includes(i)) && window.__tt.queueTop() == String(q[0]); }",
+        arg=samples, timeout=10_000,
+    )
+    return _queue(page)
+
+
+def _log(run) -> list[dict]:
+    path = Path(run) / "feedback.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_log(run, n: int) -> list[dict]:
+    return wait_until(lambda: len(_log(run)) >= n and _log(run), timeout=10)
+
+
+def _canvas_png(page) -> bytes:
+    return page.locator(".bk-Figure").first.screenshot()
+
+
+def test_page_loads_and_the_slider_changes_the_frame(browser, run):
+    with serve(run) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        page = _open(browser, server.url)
+        assert _model(page, "points_source", "data")  # the points arrived
+        assert page.evaluate("() => window.__tt.models().src.get_length()") == 600
+        assert page.evaluate("() => window.__tt.models().view.canvas_view.webgl != null")
+        assert "epoch 5" in _model(page, "epoch_label", "text")
+        before_png, before_x = _canvas_png(page), _model(page, "points_source", "data")["x"]
+        _shot(page, "app-loaded")
+        timing = page.evaluate("() => window.__tt.step(0)")
+        assert timing["drawn_ms"] > 0
+        assert "epoch 0" in _model(page, "epoch_label", "text")
+        assert _model(page, "points_source", "data")["x"] != before_x
+        assert _canvas_png(page) != before_png
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('epoch_label').text.includes('epoch 1')")
+        _shot(page, "app-epoch-1")
+        assert page.js_errors == []
+
+
+def test_box_selection_lists_the_selected_samples(browser, run):
+    with serve(run) as server:
+        page = _open(browser, server.url)
+        page.locator(".bk-OnOffButton[title='Box Select']").click()
+        box = page.locator(".bk-Figure").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 150, cy - 150)
+        page.mouse.down()
+        page.mouse.move(cx + 150, cy + 150, steps=8)
+        page.mouse.up()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('selection_source').data.index.length > 0")
+        selected = page.evaluate(
+            "() => Array.from(Bokeh.documents[0].get_model_by_name('points_source').selected.indices)")
+        listed = _model(page, "selection_source", "data")["index"]
+        assert sorted(listed) == sorted(selected)[: len(listed)]
+        assert f"{len(selected)} selected" in _model(page, "selection_info", "text")
+        _shot(page, "app-box-selection")
+
+
+def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
+    with serve(run) as server:
+        page = _open(browser, server.url)
+        first = _queue(page)[0]
+        assert page.evaluate("() => window.__tt.queueTop()") == str(first)
+        page.get_by_role("button", name=f"✓ Accept #{first} (a)").click()
+        assert _wait_log(run, 1)[0] | {"time": 0} == {"sample": first, "decision": "accept", "time": 0,
+                                                      "session": _log(run)[0]["session"]}  # fmt: skip
+        queue = _wait_queue_without(page, [first])
+        second = queue[0]
+        page.keyboard.press("r")
+        assert [(e["sample"], e["decision"]) for e in _wait_log(run, 2)] == [(first, "accept"), (second, "reject")]
+        queue = _wait_queue_without(page, [first, second])
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('counters').text.includes('>2<')")
+        counters = _model(page, "counters", "text")
+        assert "reviewed <b name='reviewed'>2</b>" in counters and "accepted <b name='accepted'>1</b>" in counters
+        assert "hit rate" in counters
+        marks = _model(page, "marks_source", "data")
+        assert {first, second} <= set(marks["index"])
+        _shot(page, "app-after-decisions")
+        page.keyboard.press("u")
+        log = _wait_log(run, 3)
+        assert (log[2]["sample"], log[2]["decision"]) == (second, "undo")
+        assert FeedbackLog(run).read().decisions == {first: True}
+        page.wait_for_function(f"() => Bokeh.documents[0].get_model_by_name('inspector_header').text"
+                               f".includes('Sample #{second}')")  # fmt: skip
+        assert page.js_errors == []
+
+
+def test_export_csv_from_the_app(browser, run):
+    with serve(run) as server:
+        page = _open(browser, server.url)
+        accepted = []
+        for _ in range(2):
+            top = _queue(page)[0]
+            page.keyboard.press("a")
+            accepted.append(top)
+            _wait_queue_without(page, accepted)
+        page.wait_for_function("() => !Bokeh.documents[0].get_model_by_name('export_csv').disabled")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Export CSV").click()
+        rows = list(csv.DictReader(open(download.value.path())))
+        assert [int(r["index"]) for r in rows] == accepted
+        assert all(r["suggested_label"] != r["given_label"] for r in rows)
+        saved = list(csv.DictReader(open(Path(run) / "exports" / "accepted.csv")))
+        assert saved == rows
+        _shot(page, "app-export")
+
+
+def test_two_tabs_stay_consistent(browser, run):
+    with serve(run) as server:
+        tab_a, tab_b = _open(browser, server.url), _open(browser, server.url)
+        top = _queue(tab_a)[0]
+        tab_a.keyboard.press("a")
+        _wait_queue_without(tab_b, [top])
+        tab_b.wait_for_function("() => Bokeh.documents[0].get_model_by_name('counters').text.includes('>1<')")
+        other = _queue(tab_b)[0]
+        tab_b.keyboard.press("r")
+        _wait_queue_without(tab_a, [top, other])
+        assert _queue(tab_a) == _queue(tab_b)
+        state = FeedbackLog(run, 600).read()
+        assert state.errors == [] and state.decisions == {top: True, other: False}
+        assert len({e.session for e in state.events}) == 2
+
+
+def test_restart_resumes_from_the_log(browser, run):
+    with serve(run) as server:
+        page = _open(browser, server.url)
+        decided = []
+        for key in ("a", "r", "a"):
+            decided.append(_queue(page)[0])
+            page.keyboard.press(key)
+            _wait_queue_without(page, decided)
+        _wait_log(run, 3)
+    with serve(run) as server:
+        page = _open(browser, server.url)
+        assert not set(decided) & set(_queue(page))
+        counters = _model(page, "counters", "text")
+        assert "reviewed <b name='reviewed'>3</b>" in counters and "accepted <b name='accepted'>2</b>" in counters
+        assert set(decided) <= set(_model(page, "marks_source", "data")["index"])
+        _shot(page, "app-restarted")
+
+
+def test_corrupt_log_line_is_shown_and_the_rest_kept(browser, run):
+    log = FeedbackLog(run, 600)
+    log.append(3, "accept")
+    with open(log.path, "a") as fh:
+        fh.write("this is not json\n")
+    log.append(4, "reject")
+    with serve(run) as server:
+        page = _open(browser, server.url)
+        notice = _model(page, "notice", "text")
+        assert "1 line(s) of feedback.jsonl could not be read" in notice and "line 2 skipped" in notice
+        assert "the other 2 decisions were loaded" in notice
+        assert "reviewed <b name='reviewed'>2</b>" in _model(page, "counters", "text")
+        _shot(page, "app-corrupt-log")
+
+
+def test_missing_projection_says_which_command_to_run(browser, tmp_path):
+    path = write_synthetic_run(tmp_path / "run", n_samples=50, n_epochs=2, project=False)
+    with serve(path) as server:
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        page.goto(server.url)
+        page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 "
+                               "&& Bokeh.documents[0].get_model_by_name('app_message') != null")  # fmt: skip
+        text = _model(page, "app_message", "text")
+        assert "No projection yet" in text and f"timetravel project {path}" in text
+        assert "Traceback" not in page.content()
+        _shot(page, "app-no-projection")
+
+
+def test_missing_detection_says_which_command_to_run(browser, tmp_path):
+    path = write_synthetic_run(tmp_path / "run", n_samples=80, n_epochs=3, grid=16)
+    with serve(path) as server:
+        page = _open(browser, server.url, queue=False)
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('queue_status').text.includes('detect')")
+        assert f"timetravel detect {path}" in _model(page, "queue_status", "text")
+        _shot(page, "app-no-detection")
