@@ -1,15 +1,25 @@
 """timetravel: an interactive, time-travelling debugger for deep classifiers."""
 
+from timetravel.detect import AbnormalityDetector, Detection, detect, load_detection
 from timetravel.errors import DatasetError, FeedbackLogError, StoreError, TimetravelError
+from timetravel.features import FeatureTable, extract_features
+from timetravel.recommend import FeedbackRecommender
 from timetravel.store import RunStore, RunWriter, Territory
 
 __all__ = [
+    "AbnormalityDetector",
     "DatasetError",
+    "Detection",
+    "FeatureTable",
+    "FeedbackRecommender",
     "FeedbackLogError",
     "RunStore",
     "RunWriter",
     "StoreError",
     "Territory",
     "TimetravelError",
+    "detect",
+    "extract_features",
+    "load_detection",
 ]
 __version__ = "0.1.0"
