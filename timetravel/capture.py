@@ -29,6 +29,11 @@ Either way every sample must appear exactly once per pass, and when ``y`` is a
 1-d integer tensor it must equal the labels stored in the run (which catches a
 loader whose order silently differs from the store's). :func:`tensor_loader`
 builds a fast loader of either kind from in-memory tensors.
+
+With ``background=True`` each capture runs in a worker thread on a copy of the
+weights taken at :meth:`Recorder.capture`, so the next epoch trains meanwhile;
+call :meth:`Recorder.close` (or use the recorder as a context manager) at the
+end of training.
 """
 
 from __future__ import annotations
