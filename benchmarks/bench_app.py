@@ -20,11 +20,7 @@ Results: ``benchmarks/results/app.json`` and ``app.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -32,17 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-SCRATCH = RESULTS / "_scratch"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS_DIR, median, write_results  # noqa: E402
+
+SCRATCH = RESULTS_DIR / "_scratch"
 TARGETS = {"first_render_s": 3.0, "step_median_ms": 150.0, "accept_median_ms": 300.0, "target_size": 50000}
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def _proc_memory(pid: int) -> dict[str, float]:
@@ -57,8 +48,9 @@ def _proc_memory(pid: int) -> dict[str, float]:
 
 
 def _prepare_run(n: int, epochs: int, grid: int) -> tuple[Path, dict]:
+    """Write (or reuse) the synthetic run of ``n`` samples and its detection; returns timings of what was done."""
     from server_app._testing import write_synthetic_run
-    from timetravel.detect import detect
+    from timetravel.detect import detect, load_detection
     from timetravel.store import RunStore
 
     path = SCRATCH / f"app-{n}"
@@ -69,30 +61,33 @@ def _prepare_run(n: int, epochs: int, grid: int) -> tuple[Path, dict]:
         t = time.perf_counter()
         write_synthetic_run(path, noise_rate=0.1, seed=0, **params)
         timings["write_run_s"] = time.perf_counter() - t
+        stamp.write_text(json.dumps(params))
+    try:
+        load_detection(RunStore(path))
+    except Exception:  # noqa: BLE001 - missing, or written by an older timetravel: compute it again
         t = time.perf_counter()
         detect(RunStore(path), verbose=False)
         timings["detect_s"] = time.perf_counter() - t
-        stamp.write_text(json.dumps(params))
     (path / "feedback.jsonl").unlink(missing_ok=True)
     return path, timings
 
 
 def _median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
+    return median(values) if values else float("nan")
 
 
 def _p95(values: list[float]) -> float:
     return float(np.percentile(values, 95)) if values else float("nan")
 
 
-def _measure(run: Path, *, loads: int, steps: int, jumps: int, decisions: int, seed: int) -> dict:
+def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, decisions: int, seed: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     from server_app._testing import INSTRUMENT_JS, launch_chromium, serve
 
     rng = np.random.default_rng(seed)
     out: dict = {}
-    with serve(run, timeout=600) as server, sync_playwright() as pw:
+    with serve(run, args=["--renderer", renderer], timeout=600) as server, sync_playwright() as pw:
         browser = launch_chromium(pw)
         first = []
         page = None
@@ -105,7 +100,8 @@ def _measure(run: Path, *, loads: int, steps: int, jumps: int, decisions: int, s
             page.goto(server.url)
             page.wait_for_function("() => window.__tt.first != null", timeout=120_000)
             first.append(page.evaluate("() => window.__tt.first") / 1000.0)
-        webgl = page.evaluate("() => window.__tt.models().view.canvas_view.webgl != null")
+        backend = page.evaluate("() => window.__tt.models().plot.output_backend")
+        gl_renderer = page.evaluate("() => Bokeh.documents[0].get_model_by_name('gl_probe')?.value || ''")
         n_epochs = page.evaluate("() => window.__tt.models().doc.get_model_by_name('epoch_slider').end") + 1
         position = n_epochs - 1
         step_times = []
@@ -130,7 +126,9 @@ def _measure(run: Path, *, loads: int, steps: int, jumps: int, decisions: int, s
         out["server_memory"] = _proc_memory(server.proc.pid)
         browser.close()
     out.update(
-        webgl=webgl,
+        renderer=renderer,
+        backend=backend,
+        browser_webgl=gl_renderer,
         first_render_s={"cold": first[0], "warm": first[1:], "warm_median": _median(first[1:])},
         step_ms={
             "median": _median([s["drawn_ms"] for s in step_times]),
@@ -152,88 +150,87 @@ def _measure(run: Path, *, loads: int, steps: int, jumps: int, decisions: int, s
     return out
 
 
-def _markdown(results: dict) -> str:
-    t = results["targets"]
-    lines = [
-        "# App benchmark (headless Chromium, real `timetravel serve`)",
-        "",
-        f"Commit `{results['commit'][:10]}`, {results['date']}, {results['machine']['cores']} cores, "
-        f"{results['machine']['browser']}; WebGL through Chromium's software rasteriser (no GPU). "
-        f"Other jobs may have shared the CPU. Runs: {results['params']['epochs']} epochs, 10 classes, "
-        f"territory grid {results['params']['grid']}.",
-        "",
-        "| samples | first render, first load (s) | first render, later loads (s) | epoch step median / p95 (ms) "
-        "| random jump median / p95 (ms) | accept -> queue median / p95 (ms) | reject -> queue median (ms) "
-        "| server peak RSS / anon (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for n, r in results["sizes"].items():
-        m = r["server_memory"]
-        lines.append(
-            f"| {int(n):,} | {r['first_render_s']['cold']:.2f} | {r['first_render_s']['warm_median']:.2f} "
-            f"| {r['step_ms']['median']:.0f} / {r['step_ms']['p95']:.0f} "
-            f"| {r['jump_ms']['median']:.0f} / {r['jump_ms']['p95']:.0f} "
-            f"| {r['accept_ms']['median']:.0f} / {r['accept_ms']['p95']:.0f} | {r['reject_ms']['median']:.0f} "
-            f"| {m['peak_rss_mib']:.0f} / {m['anon_rss_mib']:.0f} |"
-        )
-    lines += [
-        "",
-        f"Targets at {t['target_size']:,} samples: first render < {t['first_render_s']} s, epoch step median "
-        f"< {t['step_median_ms']:.0f} ms, accept -> re-ranked queue shown median < {t['accept_median_ms']:.0f} ms.",
-        "",
-        "First render: navigation start to the end of the first canvas paint with every point. Epoch step: "
-        "slider value set in the page to the canvas repainted with the new positions plus one animation frame "
-        "(adjacent epochs, as when stepping or playing; the server prefetches neighbours). Random jump: the "
-        "same for a random epoch (often not in the server's frame cache). Accept/reject: button click to the "
-        "queue table's new first row read from the DOM on the next animation frame; it includes the fsynced "
-        "append to feedback.jsonl and the recommender's re-rank.",
-        "",
-    ]
-    return "\n".join(lines)
+def _pair(a: float, b: float, fmt: str) -> str:
+    return f"{a:{fmt}} / {b:{fmt}}"
+
+
+def _row(n: int, r: dict) -> dict:
+    memory = r["server_memory"]
+    return {
+        "samples": f"{n:,}",
+        "renderer": f"{r['renderer']} -> {r['backend']}",
+        "first render, first / later loads (s)": _pair(r["first_render_s"]["cold"], r["first_render_s"]["warm_median"], ".2f"),
+        "epoch step median / p95 (ms)": _pair(r["step_ms"]["median"], r["step_ms"]["p95"], ".0f"),
+        "step: data in (ms)": f"{r['step_ms']['data_median']:.0f}",
+        "random jump median / p95 (ms)": _pair(r["jump_ms"]["median"], r["jump_ms"]["p95"], ".0f"),
+        "accept -> queue median / p95 (ms)": _pair(r["accept_ms"]["median"], r["accept_ms"]["p95"], ".0f"),
+        "reject -> queue median (ms)": f"{r['reject_ms']['median']:.0f}",
+        "server peak RSS / anon (MiB)": _pair(memory["peak_rss_mib"], memory["anon_rss_mib"], ".0f"),
+    }
+
+
+NOTES = [
+    "Real `timetravel serve` in a subprocess, Debian's headless Chromium (--headless --disable-gpu): the "
+    "browser has no GPU, so WebGL runs in SwiftShader on the CPU. The default renderer `auto` detects this "
+    "and draws the dots with canvas 2D; `webgl` forces WebGL. With a GPU, `auto` picks WebGL.",
+    "First render: navigation start to the end of the first canvas paint with every point (auto includes "
+    "the GPU probe round trip). The first load after the server starts is reported apart from later loads.",
+    "Epoch step: slider value set in the page to the canvas repainted with the new positions plus one "
+    "animation frame, stepping through adjacent epochs (the server prefetches neighbours). 'Of which data "
+    "arrival' is the time until the first paint that sees the new positions began. Random jump: the same "
+    "for a random epoch, often not in the server's frame cache.",
+    "Accept/reject: button click to the queue table's new first row read from the DOM on the next animation "
+    "frame; it includes the fsynced append to feedback.jsonl and the recommender's re-rank.",
+    "Server anon RSS excludes the memory-mapped run files; the frame cache holds at most a few epochs.",
+    "Other helpers' jobs shared the 2 CPU cores during the run (see the load average).",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="timetravel bench app", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,50000,200000", help="comma-separated run sizes")
+    parser.add_argument("--renderers", default="auto,webgl", help="comma-separated: auto, webgl, canvas")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--grid", type=int, default=200, help="territory grid size G")
     parser.add_argument("--loads", type=int, default=4, help="page loads per size (the first is cold)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--jumps", type=int, default=10)
     parser.add_argument("--decisions", type=int, default=20, help="alternating accept / reject clicks")
-    parser.add_argument("--out", default=str(RESULTS), help="directory for app.json and app.md")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for app.json and app.md")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    renderers = [r for r in args.renderers.split(",") if r]
     browser = subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()
-    results = {
-        "benchmark": "app",
-        "commit": _git_commit(),
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                    "browser": browser},
-        "params": vars(args),
-        "targets": TARGETS,
-        "sizes": {},
-    }  # fmt: skip
+    measured: dict[str, dict] = {}
+    rows = []
     for n in sizes:
         print(f"app benchmark: {n:,} samples: preparing the run", flush=True)
         run, prep = _prepare_run(n, args.epochs, args.grid)
-        print(f"app benchmark: {n:,} samples: measuring in the browser", flush=True)
-        measured = _measure(run, loads=args.loads, steps=args.steps, jumps=args.jumps,
-                            decisions=args.decisions, seed=0)  # fmt: skip
-        results["sizes"][str(n)] = {**measured, "prepare": prep}
-        r = measured
-        print(
-            f"  first render {r['first_render_s']['cold']:.2f} s (later {r['first_render_s']['warm_median']:.2f} s), "
-            f"step {r['step_ms']['median']:.0f} ms, jump {r['jump_ms']['median']:.0f} ms, "
-            f"accept {r['accept_ms']['median']:.0f} ms",
-            flush=True,
-        )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "app.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "app.md").write_text(_markdown(results))
-    print(f"wrote {out / 'app.json'} and {out / 'app.md'}")
+        measured[str(n)] = {"prepare": prep}
+        for renderer in renderers:
+            print(f"app benchmark: {n:,} samples, renderer {renderer}: measuring in the browser", flush=True)
+            r = _measure(run, renderer, loads=args.loads, steps=args.steps, jumps=args.jumps,
+                         decisions=args.decisions, seed=0)  # fmt: skip
+            measured[str(n)][renderer] = r
+            rows.append(_row(n, r))
+            print(
+                f"  {r['backend']}: first render {r['first_render_s']['cold']:.2f} s "
+                f"(later {r['first_render_s']['warm_median']:.2f} s), step {r['step_ms']['median']:.0f} ms, "
+                f"jump {r['jump_ms']['median']:.0f} ms, accept {r['accept_ms']['median']:.0f} ms",
+                flush=True,
+            )
+    results = {"browser": browser, "params": vars(args), "targets": TARGETS, "sizes": measured}
+    t = TARGETS
+    notes = [
+        f"Targets at {t['target_size']:,} samples: first render < {t['first_render_s']} s, epoch step median "
+        f"< {t['step_median_ms']:.0f} ms, accept -> re-ranked queue shown median < {t['accept_median_ms']:.0f} ms.",
+        f"Runs: synthetic, {args.epochs} epochs, 10 classes, 32-d embeddings, territory grid {args.grid}; "
+        f"{args.steps} steps, {args.jumps} jumps, {args.decisions} decisions per setting. Browser: {browser}.",
+        *NOTES,
+    ]
+    json_path, md_path = write_results("app", results, rows, title="App benchmark (headless Chromium)",
+                                       notes=notes, results_dir=Path(args.out))  # fmt: skip
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -242,12 +242,12 @@ window.__tt = {first: null, firstPaints: 0};
 
 
 class AppServer:
-    """A ``timetravel serve`` subprocess; ``url`` is where it listens."""
+    """A ``timetravel serve`` subprocess (``args``: more command-line options); ``url`` is where it listens."""
 
-    def __init__(self, run: str | Path, *, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    def __init__(self, run: str | Path, *, args: list[str] | None = None, timeout: float = 60.0) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "timetravel.cli", "serve", str(run), "--port", "0", "--no-browser"],
+            [sys.executable, "-m", "timetravel.cli", "serve", str(run), "--port", "0", "--no-browser", *(args or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -21,7 +21,7 @@ from bokeh.document import Document
 from bokeh.events import DocumentReady, Tap
 from bokeh.models import CustomJS, Div
 
-from server_app.canvas import CanvasView
+from server_app.canvas import PROBE_GL_JS, CanvasView, backend_for, make_canvas
 from server_app.data import EpochFrame, RunData
 from server_app.filters import FilterView
 from server_app.inspector import InspectorView
@@ -57,15 +57,33 @@ document.addEventListener("keydown", (ev) => {
 
 @dataclass
 class Views:
-    """The views of one session's document."""
+    """The views of one session's document.
 
-    canvas: CanvasView
+    ``canvas`` is None until the browser has said whether its WebGL runs on a GPU
+    (renderer "auto"); ``canvas_slot`` is the column whose first child is the canvas
+    figure, or a placeholder until then.
+    """
+
+    canvas: CanvasView | None
+    canvas_slot: Any
+    probe: Any
+    renderer_note: Div
     timeline: TimelineView
     inspector: InspectorView
     queue: QueueView
     filters: FilterView
     notice: Div
     status: Div
+
+
+def _renderer_note(backend: str, gl_renderer: str) -> str:
+    if backend == "webgl":
+        return "<span class='tt-muted'>dots drawn with WebGL</span>"
+    reason = "no WebGL" if gl_renderer in ("", "none") else "its WebGL runs in software"
+    return (
+        f"<span class='tt-muted' title='{html.escape(gl_renderer)}'>dots drawn with canvas 2D: this browser has "
+        f"{reason} (no GPU), where canvas 2D is faster</span>"
+    )
 
 
 class Controller:
@@ -82,6 +100,7 @@ class Controller:
         self.selected = np.zeros(0, dtype=np.int64)
         self.snap = review.snapshot()
         self._play_callback = None
+        self._deciding = False
         self._syncing_queue = False
         self._polling = False
         self._alive = True
@@ -93,6 +112,8 @@ class Controller:
 
         Bokeh 3.9 loses event subscriptions (``on_click``, ``on_event``) made after
         the models were added to a server session's document, so they are made first.
+        (Models added later, like a canvas built after the browser's GPU probe, are
+        wired before they join the layout, which works.)
         """
         v = self.v
         v.timeline.slider.on_change("value", self._on_slider)
@@ -100,17 +121,15 @@ class Controller:
         v.timeline.forward.on_click(partial(self._step, 1))
         v.timeline.play.on_change("active", self._on_play)
         v.timeline.speed.on_change("value", self._on_speed)
-        v.filters.color_by.on_change("active", lambda _a, _o, _n: v.canvas.color_by(v.filters.color_column()))
+        v.filters.color_by.on_change("active", lambda _a, _o, _n: self._show_canvas_options())
+        v.filters.territory.on_change("active", lambda _a, _o, _n: self._show_canvas_options())
         for widget, attr in (
             (v.filters.classes, "value"),
             (v.filters.disagree, "active"),
             (v.filters.decision, "value"),
         ):
             widget.on_change(attr, lambda _a, _o, _n: self._update_mask())
-        v.filters.territory.on_change("active", lambda _a, _o, new: setattr(v.canvas.territory_renderer, "visible", new))
         v.filters.trails.on_change("active", lambda _a, _o, _n: self._update_trails())
-        v.canvas.figure.on_event(Tap, self._on_tap)
-        v.canvas.points.selected.on_change("indices", self._on_select)
         v.filters.selection.selected.on_change("indices", self._on_selection_row)
         v.queue.table_source.selected.on_change("indices", self._on_queue_row)
         v.queue.size.on_change("value", lambda _a, _o, _n: self._refresh_queue())
@@ -119,10 +138,44 @@ class Controller:
         v.queue.undo.on_click(self._undo)
         v.queue.export_csv.on_click(partial(self._export, "csv"))
         v.queue.export_json.on_click(partial(self._export, "json"))
+        if v.canvas is None:
+            v.probe.on_change("value", self._on_probe)
+        else:
+            self._wire_canvas(v.canvas)
+
+    def _wire_canvas(self, canvas: CanvasView) -> None:
+        canvas.figure.on_event(Tap, self._on_tap)
+        canvas.points.selected.on_change("indices", self._on_select)
+
+    def _on_probe(self, _attr: str, _old: str, gl_renderer: str) -> None:
+        """The browser reported its WebGL renderer: build the canvas with the backend that suits it."""
+        if self.v.canvas is not None:
+            return
+        backend = backend_for(gl_renderer)
+        canvas = make_canvas(self.data, self.frame, backend)
+        self._wire_canvas(canvas)
+        self.v.canvas = canvas
+        self.v.renderer_note.text = _renderer_note(backend, gl_renderer)
+        with canvas.one_paint():
+            canvas.figure.title.text = self._caption()
+            self._show_canvas_options()
+            self._update_marks()
+            self._update_mask()
+            canvas.set_focus(self.frame, self.target)
+        self.v.canvas_slot.children = [canvas.figure, *self.v.canvas_slot.children[1:]]
+        self._update_trails()
+
+    def _show_canvas_options(self) -> None:
+        canvas = self.v.canvas
+        if canvas is not None:
+            canvas.color_by(self.v.filters.color_column())
+            canvas.territory_renderer.visible = self.v.filters.territory.active
 
     def start(self) -> None:
-        """Document-level hooks (keyboard, review broadcasts, log polling) and the first render."""
+        """Document-level hooks (GPU probe, keyboard, review broadcasts, log polling) and the first render."""
         v = self.v
+        if v.canvas is None:
+            self.doc.js_on_event(DocumentReady, CustomJS(args=dict(probe=v.probe), code=PROBE_GL_JS))
         keys = dict(accept=v.queue.accept, reject=v.queue.reject, undo=v.queue.undo,
                     back=v.timeline.back, forward=v.timeline.forward, play=v.timeline.play)  # fmt: skip
         self.doc.js_on_event(DocumentReady, CustomJS(args=keys, code=_KEYS_JS))
@@ -151,15 +204,16 @@ class Controller:
             exc = future.exception()
             if exc is not None:
                 logger.error("%s failed", what, exc_info=exc)
-                self._later(self._show_status, f"{what} failed: {exc}", "error")
+                self._later(self._failed, f"{what} failed: {exc}")
             else:
                 self._later(done, future.result())
 
         self.data.executor.submit(work).add_done_callback(finished)
 
-    def _show_status(self, text: str, kind: str = "ok") -> None:
-        css = {"ok": "tt-ok", "error": "tt-error", "note": "tt-note"}[kind]
-        self.v.status.text = f"<span class='{css}'>{html.escape(text)}</span>"
+    def _failed(self, text: str) -> None:
+        self._deciding = False
+        self.loading = False
+        self.v.status.text = f"<span class='tt-error'>{html.escape(text)}</span>"
 
     # -- time travel -------------------------------------------------------------------
 
@@ -188,21 +242,26 @@ class Controller:
         self._request_frame()
 
     def _apply_frame(self, frame: EpochFrame) -> None:
+        """Show ``frame``: one canvas repaint, plot cursors and titles, no page re-layout."""
         self.frame = frame
         v = self.v
-        with v.canvas.one_paint():
-            v.canvas.show_frame(frame)
-            self._update_marks()
-            if v.filters.disagree.active:
-                self._update_mask()
-            if self.target is not None:
+        if v.canvas is not None:
+            with v.canvas.one_paint():
+                v.canvas.show_frame(frame)
+                v.canvas.figure.title.text = self._caption()
+                self._update_marks()
+                if v.filters.disagree.active:
+                    self._update_mask()
                 v.canvas.set_focus(frame, self.target)
-        metrics = next((h for h in self.data.store.history if h.get("epoch") == frame.epoch), {})
-        v.timeline.show_epoch(frame.epoch, metrics)
-        v.inspector.cursor.location = frame.epoch
+        v.timeline.cursor.location = frame.epoch
         if self.target is not None:
-            self._show_target_header()
+            self._show_target_epoch()
         self.data.prefetch(frame.epoch)
+
+    def _caption(self) -> str:
+        epoch = self.frame.epoch
+        metrics = next((h for h in self.data.store.history if h.get("epoch") == epoch), {})
+        return self.v.timeline.caption(epoch, metrics)
 
     def _on_play(self, _attr: str, _old: bool, active: bool) -> None:
         t = self.v.timeline
@@ -231,6 +290,8 @@ class Controller:
     # -- filters, marks, selection, trails ---------------------------------------------
 
     def _update_mask(self) -> None:
+        if self.v.canvas is None:
+            return
         mask = self.v.filters.mask(self.data.labels, self.frame.pred, self.snap.decisions, self._shown_queue())
         self.v.canvas.set_mask(mask)
 
@@ -238,6 +299,8 @@ class Controller:
         return self.snap.queue[: self.v.queue.k()]
 
     def _update_marks(self) -> None:
+        if self.v.canvas is None:
+            return
         decisions = self.snap.decisions
         self.v.canvas.set_marks(
             self.frame,
@@ -258,6 +321,8 @@ class Controller:
             self.inspect(int(self.v.filters.selection.data["index"][new[0]]))
 
     def _update_trails(self) -> None:
+        if self.v.canvas is None:
+            return
         if not self.v.filters.trails.active:
             self.v.canvas.set_trails([], [])
             return
@@ -283,26 +348,29 @@ class Controller:
         """Show ``sample`` in the inspector (None clears it); decisions apply to it."""
         self.target = None if sample is None else self.data.check_index(sample)
         v = self.v
-        v.canvas.set_focus(self.frame, self.target)
+        if v.canvas is not None:
+            v.canvas.set_focus(self.frame, self.target)
         self._show_review()
         if self.target is None:
             v.inspector.clear()
             return
-        self._show_target_header()
+        self._show_summary()
+        self._show_target_epoch()
         sample = self.target
-        reasons = self.review.reasons(sample)
-        v.inspector.show_reasons(reasons, None if reasons is not None else self.snap.message)
         self._background(partial(self.data.sample_history, sample), partial(self._history_loaded, sample), "reading the sample's history")
         epoch = self.frame.epoch
         self._background(partial(self.data.neighbours, sample, epoch), partial(self._neighbours_loaded, sample, epoch), "finding neighbours")
         self._update_trails()
 
-    def _show_target_header(self) -> None:
+    def _show_summary(self) -> None:
         i = self.target
         decision = self.snap.decisions.get(i)
         state = "not reviewed" if decision is None else ("accepted" if decision else "rejected")
-        self.v.inspector.show(self.data, i, self.frame.epoch, pred=int(self.frame.pred[i]),
-                              confidence=float(self.frame.confidence[i]), decision=state)  # fmt: skip
+        self.v.inspector.show(self.data, i, decision=state, reasons=self.review.reasons(i), note=self.snap.message)
+
+    def _show_target_epoch(self) -> None:
+        i = self.target
+        self.v.inspector.show_epoch(self.data, self.frame.epoch, int(self.frame.pred[i]), float(self.frame.confidence[i]))
 
     def _history_loaded(self, sample: int, history) -> None:
         if sample == self.target:
@@ -320,28 +388,32 @@ class Controller:
         self.inspect(int(self.v.queue.table_source.data["index"][new[0]]))
 
     def _decide(self, decision: str) -> None:
+        """Accept or reject the inspected sample; one decision at a time (a held key repeats)."""
         sample = self.target
-        if sample is None:
+        if sample is None or self._deciding:
             return
-        self.v.queue.accept.disabled = self.v.queue.reject.disabled = True  # until the log has it
-        self._background(partial(self.review.decide, sample, decision, self.session),
-                         partial(self._decided, sample, decision), f"saving the {decision} of #{sample}")  # fmt: skip
+        self._deciding = True
+        self._background(partial(self.review.decide, sample, decision, self.session), self._decided,
+                         f"saving the {decision} of #{sample}")  # fmt: skip
 
-    def _decided(self, sample: int, decision: str, snap: ReviewSnapshot) -> None:
-        past = {"accept": "accepted", "reject": "rejected"}[decision]
-        self._show_status(f"{past} #{sample} (saved to feedback.jsonl)")
-        self._on_review_main(snap)
+    def _decided(self, snap: ReviewSnapshot | None) -> None:
+        """The decision is in feedback.jsonl (fsynced); the counters line confirms it."""
+        self._deciding = False
+        if snap is not None:
+            self._on_review_main(snap)
 
     def _undo(self) -> None:
+        if self._deciding:
+            return
+        self._deciding = True
         self._background(partial(self.review.undo, self.session), self._undone, "undo")
 
     def _undone(self, snap: ReviewSnapshot | None) -> None:
+        self._deciding = False
         if snap is None or snap.last_event is None:
             return
-        sample = snap.last_event.sample
-        self._show_status(f"undid the decision on #{sample} (saved to feedback.jsonl)")
         self._on_review_main(snap)
-        self.inspect(sample)
+        self.inspect(snap.last_event.sample)
 
     def _on_review(self, snap: ReviewSnapshot) -> None:
         """Review listener: called from whichever thread changed the review."""
@@ -359,9 +431,7 @@ class Controller:
         else:
             self._show_review()
             if self.target is not None:
-                self._show_target_header()
-                if self.v.inspector.reasons.text == "":
-                    self.v.inspector.show_reasons(self.review.reasons(self.target), snap.message)
+                self._show_summary()
         self._update_marks()
         if self.v.filters.decision.value != "all":
             self._update_mask()

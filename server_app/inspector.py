@@ -6,7 +6,7 @@ import html
 from dataclasses import dataclass
 
 import numpy as np
-from bokeh.layouts import column, row
+from bokeh.layouts import column
 from bokeh.models import BasicTicker, ColumnDataSource, Div, LinearAxis, Range1d, Span
 from bokeh.plotting import figure
 
@@ -17,47 +17,52 @@ EMPTY_TEXT = "<span class='tt-muted'>Click a dot or a queue entry to inspect a s
 
 @dataclass
 class InspectorView:
-    """Widgets of the inspector; filled by :meth:`show`."""
+    """Widgets of the inspector; filled by :meth:`show`.
 
-    header: Div
-    image: Div
+    The sample's image, labels, decision and the detector's reasons share one Div, and the
+    prediction at the current epoch is the curves' title: every Div change makes Bokeh lay
+    out the whole page again, so an accept or an epoch step touches as few as possible.
+    """
+
+    summary: Div
     curves: object
     curve_source: ColumnDataSource
     pred_source: ColumnDataSource
     margin_range: Range1d
     cursor: Span
     neighbours: Div
-    reasons: Div
     layout: object
 
     def clear(self) -> None:
-        self.header.text = EMPTY_TEXT
+        self.summary.text = EMPTY_TEXT
         self.curves.visible = False
-        self.image.text = ""
         self.neighbours.text = ""
-        self.reasons.text = ""
         self.curve_source.data = dict(epoch=[], prob=[], margin=[])
         self.pred_source.data = dict(epoch=[], pred=[], color=[], name=[])
 
-    def show(self, data: RunData, sample: int, epoch: int, *, pred: int, confidence: float, decision: str) -> None:
-        """Fill the header, image and decision for ``sample`` seen at ``epoch`` (curves come separately)."""
+    def show(self, data: RunData, sample: int, *, decision: str, reasons: list[str] | None, note: str = "") -> None:
+        """Fill the summary of ``sample``: image, labels, decision and the detector's reasons."""
         names = data.class_names
         given = int(data.labels[sample])
         true = data.store.true_labels
-        parts = [
+        lines = [
             f"<div class='tt-title'>Sample #{sample}</div>",
             f"given label <b>{_swatch(data, given)}{html.escape(names[given])}</b>",
-            f"prediction at epoch {epoch}: <b>{_swatch(data, pred)}{html.escape(names[pred])}</b> ({confidence:.0%})",
         ]
         if true is not None:
-            parts.append(f"true label (benchmark run): <b>{html.escape(names[int(true[sample])])}</b>")
-        parts.append(f"decision: <b name='decision'>{decision}</b>")
-        self.header.text = "<br>".join(parts)
-        self.curves.visible = True
+            lines.append(f"true label (benchmark run): <b>{html.escape(names[int(true[sample])])}</b>")
+        lines.append(f"decision: <b name='decision'>{decision}</b>")
         uri = data.thumbnail_png(sample)
-        self.image.text = (
-            f"<img src='{uri}' alt='sample {sample}' class='tt-thumb-big'>" if uri else "<i>no image in this run</i>"
+        image = f"<img src='{uri}' alt='sample {sample}' class='tt-thumb-big'>" if uri else "<i>no image</i>"
+        self.summary.text = (
+            f"<div class='tt-row'>{image}<div>{'<br>'.join(lines)}</div></div>{_reasons_html(reasons, note)}"
         )
+        self.curves.visible = True
+
+    def show_epoch(self, data: RunData, epoch: int, pred: int, confidence: float) -> None:
+        """Move the cursor to ``epoch`` and name the prediction there (a plot title: no page re-layout)."""
+        self.cursor.location = epoch
+        self.curves.title.text = f"epoch {epoch}: predicted {data.class_names[pred]} ({confidence:.0%})"
 
     def show_history(self, data: RunData, history: SampleHistory) -> None:
         """Draw the given-label probability, margin and per-epoch prediction curves."""
@@ -88,12 +93,13 @@ class InspectorView:
             f"<div class='tt-nbs'>{''.join(items)}</div>"
         )
 
-    def show_reasons(self, reasons: list[str] | None, message: str | None = None) -> None:
-        if reasons is None:
-            self.reasons.text = f"<span class='tt-muted'>{html.escape(message or '')}</span>"
-            return
-        items = "".join(f"<li>{html.escape(r)}</li>" for r in reasons) or "<li>nothing unusual</li>"
-        self.reasons.text = f"<div class='tt-sub'>Why the detector flags it</div><ul class='tt-reasons'>{items}</ul>"
+
+
+def _reasons_html(reasons: list[str] | None, note: str) -> str:
+    if reasons is None:
+        return f"<div class='tt-muted'>{html.escape(note)}</div>" if note else ""
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in reasons) or "<li>nothing unusual</li>"
+    return f"<div class='tt-sub'>Why the detector flags it</div><ul class='tt-reasons'>{items}</ul>"
 
 
 def _swatch(data: RunData, k: int) -> str:
@@ -102,15 +108,15 @@ def _swatch(data: RunData, k: int) -> str:
 
 def make_inspector(data: RunData) -> InspectorView:
     """Build an empty inspector (the curves span every recorded epoch)."""
-    header = Div(text=EMPTY_TEXT, name="inspector_header", sizing_mode="stretch_width")
-    image = Div(text="", name="inspector_image", width=110)
+    summary = Div(text=EMPTY_TEXT, name="inspector_summary", sizing_mode="stretch_width")
     curve_source = ColumnDataSource(dict(epoch=[], prob=[], margin=[]))
     pred_source = ColumnDataSource(dict(epoch=[], pred=[], color=[], name=[]))
     fig = figure(
-        height=170, sizing_mode="stretch_width", toolbar_location=None, y_range=(-0.14, 1.02), name="curves",
-        x_range=(data.store.epochs[0] - 0.5, data.store.epochs[-1] + 0.5),
+        height=190, sizing_mode="stretch_width", toolbar_location=None, y_range=(-0.14, 1.02), name="curves",
+        x_range=(data.store.epochs[0] - 0.5, data.store.epochs[-1] + 0.5), title=" ",
         tools="hover", tooltips=[("epoch", "@epoch"), ("value", "$y{0.00}")],
     )  # fmt: skip
+    fig.title.text_font_size = "10pt"
     fig.min_border_left = 40
     margin_range = Range1d(-1, 1)
     fig.extra_y_ranges = {"margin": margin_range}
@@ -131,6 +137,5 @@ def make_inspector(data: RunData) -> InspectorView:
     cursor = Span(location=0, dimension="height", line_color="#ff6f00", line_width=2)
     fig.add_layout(cursor)
     neighbours = Div(text="", name="inspector_neighbours", sizing_mode="stretch_width")
-    reasons = Div(text="", name="inspector_reasons", sizing_mode="stretch_width")
-    layout = column(row(image, header, sizing_mode="stretch_width"), fig, reasons, neighbours, sizing_mode="stretch_width")
-    return InspectorView(header, image, fig, curve_source, pred_source, margin_range, cursor, neighbours, reasons, layout)
+    layout = column(summary, fig, neighbours, sizing_mode="stretch_width")
+    return InspectorView(summary, fig, curve_source, pred_source, margin_range, cursor, neighbours, layout)

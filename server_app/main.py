@@ -7,6 +7,7 @@ to run instead of a stack trace.
 
 from __future__ import annotations
 
+import argparse
 import html
 import logging
 import sys
@@ -14,10 +15,10 @@ import sys
 from bokeh.document import Document
 from bokeh.io import curdoc
 from bokeh.layouts import column, row
-from bokeh.models import Div, InlineStyleSheet
+from bokeh.models import Div, InlineStyleSheet, TextInput
 
 from server_app.callbacks import Controller, Views
-from server_app.canvas import make_canvas
+from server_app.canvas import BACKENDS, make_canvas
 from server_app.data import EpochFrame, RunData, open_run
 from server_app.filters import make_filters
 from server_app.inspector import make_inspector
@@ -41,6 +42,7 @@ CSS = """
 .tt-nbs { display: flex; flex-wrap: wrap; gap: 6px; }
 .tt-nb { font-size: 11px; text-align: center; line-height: 1.2; }
 .tt-reasons { margin: 2px 0; padding-left: 18px; }
+.tt-row { display: flex; gap: 12px; align-items: flex-start; }
 .tt-note { background: #fff8e1; border-left: 4px solid #ffb300; padding: 6px 10px; margin: 2px 0; }
 .tt-error { background: #ffebee; border-left: 4px solid #c62828; padding: 6px 10px; margin: 2px 0; display: block; }
 .tt-error ul { margin: 4px 0 0; padding-left: 18px; }
@@ -82,11 +84,25 @@ def _header(data: RunData) -> Div:
     )
 
 
-def build_views(data: RunData, frame: EpochFrame) -> Views:
-    """Create every view for a session starting at ``frame``."""
+def build_views(data: RunData, frame: EpochFrame, renderer: str) -> Views:
+    """Create every view for a session starting at ``frame``.
+
+    With ``renderer="auto"`` the canvas is built once the browser reports its WebGL
+    renderer (see :func:`server_app.canvas.backend_for`); a placeholder holds its place.
+    """
+    timeline = make_timeline(data, frame.epoch)
+    canvas = None if renderer == "auto" else make_canvas(data, frame, renderer)
+    first = canvas.figure if canvas is not None else Div(
+        text="<span class='tt-muted'>Preparing the canvas...</span>", name="canvas_placeholder",
+        sizing_mode="stretch_both", min_height=420,
+    )  # fmt: skip
+    note = "" if canvas is None else f"<span class='tt-muted'>dots drawn with {renderer}</span>"
     return Views(
-        canvas=make_canvas(data, frame),
-        timeline=make_timeline(data, frame.epoch),
+        canvas=canvas,
+        canvas_slot=column(first, timeline.layout, sizing_mode="stretch_both"),
+        probe=TextInput(visible=False, name="gl_probe"),
+        renderer_note=Div(text=note, name="renderer_note"),
+        timeline=timeline,
         inspector=make_inspector(data),
         queue=make_queue(data),
         filters=make_filters(data),
@@ -98,23 +114,31 @@ def build_views(data: RunData, frame: EpochFrame) -> Views:
 def layout(data: RunData, v: Views):
     """Filters and selection on the left, canvas and timeline in the middle, queue and inspector on the right."""
     left = column(v.filters.layout, v.filters.selection_layout, width=250, sizing_mode="stretch_height")
-    middle = column(v.canvas.figure, v.timeline.layout, sizing_mode="stretch_both")
     right = column(v.queue.layout, v.inspector.layout, width=480, sizing_mode="stretch_height",
                    styles={"overflow-y": "auto"})  # fmt: skip
     return column(
-        row(_header(data), v.status, sizing_mode="stretch_width"),
+        row(_header(data), v.renderer_note, v.status, v.probe, sizing_mode="stretch_width"),
         v.notice,
-        row(left, middle, right, sizing_mode="stretch_both"),
+        row(left, v.canvas_slot, right, sizing_mode="stretch_both"),
         sizing_mode="stretch_both",
     )
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The app's arguments: ``RUN [--renderer auto|webgl|canvas]`` (from ``timetravel serve``)."""
+    parser = argparse.ArgumentParser(prog="server_app", add_help=False)
+    parser.add_argument("run", nargs="?")
+    parser.add_argument("--renderer", choices=("auto", *BACKENDS), default="auto")
+    return parser.parse_args(argv)
+
+
 def build(doc: Document, argv: list[str]) -> None:
     """Fill ``doc`` for the run named in ``argv`` (or with a message page)."""
-    if not argv:
+    args = parse_args(argv)
+    if not args.run:
         message_page(doc, "No run given", "<p>Start the app with <code>timetravel serve RUN</code>.</p>")
         return
-    run = argv[0]
+    run = args.run
     try:
         data = open_run(run)
     except TimetravelError as exc:
@@ -136,7 +160,7 @@ def build(doc: Document, argv: list[str]) -> None:
         message_page(doc, "The projection cannot be read", f"<p>{html.escape(str(exc))}</p>")
         return
     review = open_review(data)
-    views = build_views(data, frame)
+    views = build_views(data, frame, args.renderer)
     doc.title = f"timetravel: {data.store.manifest.get('dataset') or data.path.name}"
     controller = Controller(doc, data, review, views, frame)
     controller.wire()
@@ -157,4 +181,7 @@ def main(doc: Document, argv: list[str]) -> None:
                      "<p>The server log has the details.</p>")
 
 
-main(curdoc(), sys.argv[1:])
+# Bokeh runs this file as a fresh module named "bokeh_app_<id>" for every session; importing
+# it elsewhere (tests) only defines the functions above.
+if __name__.startswith("bokeh_app_"):
+    main(curdoc(), sys.argv[1:])

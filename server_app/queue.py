@@ -75,23 +75,28 @@ class QueueView:
             reason=[html.escape((snap.reasons.get(i) or [""])[0]) for i in queue],
         )
         self.table_source.selected.indices = [queue.index(target)] if target in queue else []
-        decided = snap.decisions.get(target) if target is not None else None
         self.accept.disabled = self.reject.disabled = target is None
-        label = f" #{target}" if target is not None else ""
-        self.accept.label = f"✓ Accept{label} (a)" + (" ✔" if decided is True else "")
-        self.reject.label = f"✗ Reject{label} (r)" + (" ✔" if decided is False else "")
         self.undo.disabled = not snap.decisions
         self.export_csv.disabled = self.export_json.disabled = not any(snap.decisions.values())
         self.counters.text = _counters(snap)
 
 
+_PAST = {"accept": "accepted", "reject": "rejected", "undo": "undid the decision on"}
+
+
 def _counters(snap: ReviewSnapshot) -> str:
+    """Counters, and the latest decision confirmed once it is in feedback.jsonl (one Div: one page re-layout)."""
     reviewed = len(snap.decisions)
     accepted = sum(snap.decisions.values())
     parts = [f"reviewed <b name='reviewed'>{reviewed}</b>", f"accepted <b name='accepted'>{accepted}</b>"]
     if snap.hits is not None and reviewed:
         parts.append(f"hit rate <b>{snap.hits / reviewed:.0%}</b> <span class='tt-muted'>(truly mislabelled)</span>")
-    return " · ".join(parts)
+    text = " · ".join(parts)
+    event = snap.last_event
+    if event is not None:
+        text += (f"<br><span class='tt-ok' name='last_decision'>✓ {_PAST[event.decision]} #{event.sample}, "
+                 "saved to feedback.jsonl</span>")  # fmt: skip
+    return text
 
 
 def make_queue(data: RunData) -> QueueView:
@@ -118,8 +123,10 @@ def make_queue(data: RunData) -> QueueView:
     )
     redraw_table_on_new_data(table)
     size = Select(value="10", options=list(QUEUE_SIZES), width=60, name="queue_size")
-    accept = Button(label="✓ Accept (a)", button_type="success", name="accept", disabled=True)
-    reject = Button(label="✗ Reject (r)", button_type="danger", name="reject", disabled=True)
+    accept = Button(label="✓ Accept (a)", button_type="success", name="accept", disabled=True,
+                    html_attributes={"title": "accept the inspected sample (key a)"})
+    reject = Button(label="✗ Reject (r)", button_type="danger", name="reject", disabled=True,
+                    html_attributes={"title": "reject the inspected sample (key r)"})
     undo = Button(label="↶ Undo (u)", name="undo", disabled=True)
     counters = Div(text="", name="counters")
     export_csv = Button(label="Export CSV", name="export_csv", disabled=True, width=100)

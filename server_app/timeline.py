@@ -10,7 +10,6 @@ from bokeh.models import (
     Button,
     ColumnDataSource,
     CustomJSTickFormatter,
-    Div,
     Select,
     Slider,
     Span,
@@ -35,7 +34,6 @@ class TimelineView:
     forward: Button
     play: Toggle
     speed: Select
-    label: Div
     cursor: Span
     layout: object
 
@@ -45,14 +43,10 @@ class TimelineView:
     def epoch(self) -> int:
         return self.epochs[self.position()]
 
-    def show_epoch(self, epoch: int, metrics: dict) -> None:
-        """Move the cursor and the label to ``epoch`` (the slider is moved by the user or the player)."""
-        self.cursor.location = epoch
+    def caption(self, epoch: int, metrics: dict) -> str:
+        """The canvas title for ``epoch``: its place among the epochs and its training metrics."""
         shown = ", ".join(f"{name} {metrics[key]:.1%}" for key, name, _ in METRICS if key in metrics)
-        self.label.text = (
-            f"<b>epoch {epoch}</b> <span class='tt-muted'>({self.epochs.index(epoch) + 1} of {len(self.epochs)})"
-            f"{'; ' + shown if shown else ''}</span>"
-        )
+        return f"epoch {epoch} ({self.epochs.index(epoch) + 1} of {len(self.epochs)}){': ' + shown if shown else ''}"
 
 
 def _history_figure(data: RunData, epoch: int) -> tuple[object, Span]:
@@ -97,8 +91,7 @@ def make_timeline(data: RunData, epoch: int) -> TimelineView:
     forward = Button(label="▶", width=40, name="step_forward", html_attributes={"title": "next epoch (→)"})
     play = Toggle(label="▶ Play", width=80, name="play", html_attributes={"title": "play / pause (space)"})
     speed = Select(value="2", options=[(s, f"{s} fps") for s in SPEEDS], width=80, name="speed")
-    label = Div(text="", name="epoch_label", styles={"white-space": "nowrap"})
     history, cursor = _history_figure(data, epoch)
     controls = row(back, play, forward, speed, slider, sizing_mode="stretch_width")
-    layout = column(row(label, sizing_mode="stretch_width"), controls, history, sizing_mode="stretch_width")
-    return TimelineView(epochs, slider, back, forward, play, speed, label, cursor, layout)
+    layout = column(controls, history, sizing_mode="stretch_width")
+    return TimelineView(epochs, slider, back, forward, play, speed, cursor, layout)

@@ -58,6 +58,7 @@ def _shot(page, name: str) -> Path:
 
 def _open(browser, url: str, *, queue: bool = True):
     page = browser.new_context(viewport=VIEWPORT, accept_downloads=True).new_page()
+    page.set_default_timeout(30_000)  # generous: other jobs may share the CPU; waits end as soon as they can
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.add_init_script(INSTRUMENT_JS)
@@ -74,6 +75,10 @@ def _model(page, name: str, attr: str):
                          "return ArrayBuffer.isView(v) ? Array.from(v) : v; }", [name, attr])  # fmt: skip
 
 
+def _title(page) -> str:
+    return page.evaluate("() => Bokeh.documents[0].get_model_by_name('canvas').title.text")
+
+
 def _queue(page) -> list[int]:
     return page.evaluate("() => Array.from(Bokeh.documents[0].get_model_by_name('queue_source').data.index)")
 
@@ -82,7 +87,7 @@ def _wait_queue_without(page, samples: list[int]) -> list[int]:
     page.wait_for_function(
         "(s) => { const q = Array.from(Bokeh.documents[0].get_model_by_name('queue_source').data.index);"
         " return q.length > 0 && s.every((i) => !q.includes(i)) && window.__tt.queueTop() == String(q[0]); }",
-        arg=samples, timeout=10_000,
+        arg=samples, timeout=30_000,
     )
     return _queue(page)
 
@@ -93,7 +98,7 @@ def _log(run) -> list[dict]:
 
 
 def _wait_log(run, n: int) -> list[dict]:
-    return wait_until(lambda: len(_log(run)) >= n and _log(run), timeout=10)
+    return wait_until(lambda: len(_log(run)) >= n and _log(run), timeout=30)
 
 
 def _canvas_png(page) -> bytes:
@@ -106,24 +111,27 @@ def test_page_loads_and_the_slider_changes_the_frame(browser, run):
         page = _open(browser, server.url)
         assert _model(page, "points_source", "data")  # the points arrived
         assert page.evaluate("() => window.__tt.models().src.get_length()") == 600
-        assert page.evaluate("() => window.__tt.models().view.canvas_view.webgl != null")
-        assert "epoch 5" in _model(page, "epoch_label", "text")
+        # headless Chromium emulates WebGL on the CPU, so the default "auto" renderer picks canvas 2D
+        assert _model(page, "canvas", "output_backend") == "canvas"
+        assert "canvas 2D" in _model(page, "renderer_note", "text")
+        assert _title(page).startswith("epoch 5 (6 of 6)")
         before_png, before_x = _canvas_png(page), _model(page, "points_source", "data")["x"]
         _shot(page, "app-loaded")
         timing = page.evaluate("() => window.__tt.step(0)")
         assert timing["drawn_ms"] > 0
-        assert "epoch 0" in _model(page, "epoch_label", "text")
+        assert _title(page).startswith("epoch 0 (1 of 6)")
         assert _model(page, "points_source", "data")["x"] != before_x
         assert _canvas_png(page) != before_png
         page.keyboard.press("ArrowRight")
-        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('epoch_label').text.includes('epoch 1')")
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('canvas').title.text.startsWith('epoch 1 ')")
         _shot(page, "app-epoch-1")
         assert page.js_errors == []
 
 
-def test_box_selection_lists_the_selected_samples(browser, run):
-    with serve(run) as server:
+def test_box_selection_lists_the_selected_samples_with_webgl(browser, run):
+    with serve(run, args=["--renderer", "webgl"]) as server:
         page = _open(browser, server.url)
+        assert page.evaluate("() => window.__tt.models().view.canvas_view.webgl != null")
         page.locator(".bk-OnOffButton[title='Box Select']").click()
         box = page.locator(".bk-Figure").first.bounding_box()
         cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -145,7 +153,7 @@ def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
         page = _open(browser, server.url)
         first = _queue(page)[0]
         assert page.evaluate("() => window.__tt.queueTop()") == str(first)
-        page.get_by_role("button", name=f"✓ Accept #{first} (a)").click()
+        page.get_by_role("button", name="✓ Accept (a)").click()
         assert _wait_log(run, 1)[0] | {"time": 0} == {"sample": first, "decision": "accept", "time": 0,
                                                       "session": _log(run)[0]["session"]}  # fmt: skip
         queue = _wait_queue_without(page, [first])
@@ -156,7 +164,7 @@ def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
         page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('counters').text.includes('>2<')")
         counters = _model(page, "counters", "text")
         assert "reviewed <b name='reviewed'>2</b>" in counters and "accepted <b name='accepted'>1</b>" in counters
-        assert "hit rate" in counters
+        assert "hit rate" in counters and f"✓ rejected #{second}, saved to feedback.jsonl" in counters
         marks = _model(page, "marks_source", "data")
         assert {first, second} <= set(marks["index"])
         _shot(page, "app-after-decisions")
@@ -164,7 +172,7 @@ def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
         log = _wait_log(run, 3)
         assert (log[2]["sample"], log[2]["decision"]) == (second, "undo")
         assert FeedbackLog(run).read().decisions == {first: True}
-        page.wait_for_function(f"() => Bokeh.documents[0].get_model_by_name('inspector_header').text"
+        page.wait_for_function(f"() => Bokeh.documents[0].get_model_by_name('inspector_summary').text"
                                f".includes('Sample #{second}')")  # fmt: skip
         assert page.js_errors == []
 

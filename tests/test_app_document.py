@@ -17,9 +17,9 @@ def run(tmp_path_factory):
     return write_synthetic_run(tmp_path_factory.mktemp("doc") / "run", n_samples=200, n_epochs=4, grid=8)
 
 
-def _build(path) -> Document:
+def _build(path, renderer: str = "webgl") -> Document:
     doc = Document()
-    app.main(doc, [str(path)])
+    app.main(doc, [str(path), "--renderer", renderer])
     return doc
 
 
@@ -29,7 +29,7 @@ def _text(doc: Document) -> str:
 
 def test_document_has_every_view(run):
     doc = _build(run)
-    for name in ("canvas", "epoch_slider", "queue_table", "accept", "reject", "undo", "inspector_header",
+    for name in ("canvas", "epoch_slider", "queue_table", "accept", "reject", "undo", "inspector_summary",
                  "class_filter", "selection_table", "export_csv", "history", "curves"):  # fmt: skip
         assert doc.select_one({"name": name}) is not None, name
     points = doc.select_one({"name": "points_source"})
@@ -50,7 +50,7 @@ def test_slider_and_step_buttons_swap_in_the_epoch(run):
     assert slider.value == 3
     slider.value = 0
     np.testing.assert_array_equal(points.data["x"], np.asarray(RunStore(run).projection(0))[:, 0])
-    assert "epoch 0" in doc.select_one({"name": "epoch_label"}).text
+    assert doc.select_one({"name": "canvas"}).title.text.startswith("epoch 0 (1 of 4)")
     forward = doc.select_one({"name": "step_forward"})
     forward._trigger_event(ButtonClick(forward))
     assert slider.value == 1
@@ -73,9 +73,29 @@ def test_tap_inspects_the_nearest_dot(run):
     points = doc.select_one({"name": "points_source"}).data
     canvas = doc.select_one({"name": "canvas"})
     canvas._trigger_event(Tap(canvas, x=float(points["x"][17]), y=float(points["y"][17])))
-    assert "Sample #17" in doc.select_one({"name": "inspector_header"}).text
+    assert "Sample #17" in doc.select_one({"name": "inspector_summary"}).text
     focus = doc.select_one({"name": "focus_source"}).data
     assert focus["x"] == [pytest.approx(float(points["x"][17]))]
+
+
+@pytest.mark.parametrize("gl_renderer, backend", [
+    ("ANGLE (NVIDIA, NVIDIA GeForce RTX 3080 Direct3D11 vs_5_0 ps_5_0)", "webgl"),
+    ("ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero) (0x0000C0DE)), SwiftShader driver)", "canvas"),
+    ("llvmpipe (LLVM 15.0.6, 256 bits)", "canvas"),
+    ("none", "canvas"),
+])  # fmt: skip
+def test_auto_renderer_builds_the_canvas_the_browser_suits(run, gl_renderer, backend):
+    doc = _build(run, "auto")
+    assert doc.select_one({"name": "canvas"}) is None
+    assert doc.select_one({"name": "canvas_placeholder"}) is not None
+    doc.select_one({"name": "gl_probe"}).value = gl_renderer
+    canvas = doc.select_one({"name": "canvas"})
+    assert canvas.output_backend == backend
+    assert doc.select_one({"name": "canvas_placeholder"}) is None
+    assert len(doc.select_one({"name": "points_source"}).data["x"]) == 200
+    note = doc.select_one({"name": "renderer_note"}).text
+    assert ("dots drawn with WebGL" in note) == (backend == "webgl")
+    assert ("dots drawn with canvas 2D" in note) == (backend == "canvas")
 
 
 def test_missing_projection_page_names_the_command(tmp_path):

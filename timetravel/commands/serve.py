@@ -16,6 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default 127.0.0.1, this machine only; the app has no authentication)",
     )
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    parser.add_argument(
+        "--renderer",
+        choices=("auto", "webgl", "canvas"),
+        default="auto",
+        help="how the browser draws the dots: webgl (GPU), canvas (2D, faster where WebGL is emulated "
+        "on the CPU), or auto: webgl unless the browser reports a software WebGL (default)",
+    )
 
 
 def app_directory():
@@ -40,7 +47,7 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1"):
+def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", renderer: str = "auto"):
     """A started-but-not-running Bokeh ``Server`` serving the app for ``run_dir`` at ``/``.
 
     Parameters
@@ -51,6 +58,8 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1"):
         Port to listen on; 0 picks a free one.
     host : str
         Address to bind.
+    renderer : {"auto", "webgl", "canvas"}
+        How the browser draws the dots (see ``timetravel serve --help``).
 
     Returns
     -------
@@ -71,7 +80,7 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1"):
     if port == 0:
         port = _free_port(host)
     origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"})
-    handler = DirectoryHandler(filename=str(app_directory()), argv=[str(store.path)])
+    handler = DirectoryHandler(filename=str(app_directory()), argv=[str(store.path), "--renderer", renderer])
     server = Server(
         {"/": Application(handler)},
         port=port,
@@ -95,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from server_app.review import warm_up
 
-    server = make_server(args.run, port=args.port, host=args.host)
+    server = make_server(args.run, port=args.port, host=args.host, renderer=args.renderer)
     warm_up(args.run)
     url = url_of(server)
     print(f"timetravel app for {args.run} at {url}  (Ctrl+C stops it)", flush=True)
