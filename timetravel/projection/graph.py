@@ -1,0 +1,307 @@
+"""Nearest neighbours (faiss) and the fuzzy kNN graph the layout is fitted to.
+
+The graph is umap-learn's fuzzy simplicial set, computed here with vectorised
+numpy instead of numba so that importing it costs nothing: each point's
+distances to its k nearest neighbours are turned into membership strengths
+``exp(-(d - rho) / sigma)`` (``rho`` = distance to the nearest neighbour,
+``sigma`` chosen so the strengths sum to ``log2(k)``), and the directed
+graph is symmetrised with the fuzzy union ``A + A.T - A * A.T``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Above this many multiply-adds (N * N * D) the all-pairs search switches
+# from exact to an IVF index on a PCA-reduced copy, re-ranked exactly.
+EXACT_SEARCH_BUDGET = 2e10
+
+
+@dataclass(frozen=True)
+class FuzzyGraph:
+    """A symmetric weighted kNN graph in coordinate form.
+
+    Attributes
+    ----------
+    head, tail : ndarray of shape (E,), int64
+        Edge end points; every undirected edge appears in both directions.
+    weight : ndarray of shape (E,), float32
+        Membership strength in ``(0, 1]``.
+    knn : ndarray of shape (N, k), int64
+        The directed k nearest neighbours (self excluded) the graph came from.
+    """
+
+    head: np.ndarray
+    tail: np.ndarray
+    weight: np.ndarray
+    knn: np.ndarray
+
+    @property
+    def n_vertices(self) -> int:
+        """Number of points N."""
+        return len(self.knn)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean k nearest neighbours of ``queries`` among ``base`` (faiss).
+
+    Parameters
+    ----------
+    base : ndarray of shape (N, D)
+        Points searched.
+    queries : ndarray of shape (Q, D)
+        Points whose neighbours are wanted.
+    k : int
+        Neighbours per query (a query that is itself in ``base`` finds itself).
+
+    Returns
+    -------
+    dist : ndarray of shape (Q, k), float32
+        Euclidean distances, ascending.
+    index : ndarray of shape (Q, k), int64
+    """
+    faiss = _faiss()
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    d2, idx = index.search(queries, min(k, len(base)))
+    return np.sqrt(np.maximum(d2, 0)), idx
+
+
+def knn_of_rows(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Exact k nearest neighbours (self excluded) of the points ``x[rows]`` among all of ``x``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, D)
+    rows : ndarray of shape (Q,), int
+        Indices of the query points.
+    k : int
+        Neighbours per query; at most ``N - 1``.
+
+    Returns
+    -------
+    ndarray of shape (Q, k), int64
+    """
+    _, idx = exact_search(x, x[rows], k + 1)
+    return _drop_self(idx, rows, k)
+
+
+def _drop_self(idx: np.ndarray, rows: np.ndarray, k: int, dist: np.ndarray | None = None):
+    """Remove each row's own index from its neighbour list (or its last entry when absent)."""
+    is_self = idx == rows[:, None]
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True  # self was crowded out by duplicates: drop the farthest instead
+    keep = ~is_self
+    out = idx[keep].reshape(len(idx), -1)[:, :k]
+    if dist is None:
+        return out
+    return dist[keep].reshape(len(idx), -1)[:, :k], out
+
+
+def _rerank(
+    base: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact distances from each query to its candidate rows of ``base``; keep the k nearest."""
+    n = len(queries)
+    dist = np.empty((n, k), dtype=np.float32)
+    index = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        c = cand[start:stop]
+        diff = base[np.maximum(c, 0)] - queries[start:stop, None, :]
+        d = np.einsum("qkd,qkd->qk", diff, diff)
+        d[c < 0] = np.inf  # faiss pads with -1 when a probe finds too few points
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        dist[start:stop] = np.sqrt(np.take_along_axis(d, order, axis=1))
+        index[start:stop] = np.take_along_axis(c, order, axis=1)
+    return dist, index
+
+
+def knn_search(
+    base: np.ndarray,
+    queries: np.ndarray | None,
+    k: int,
+    *,
+    seed: int = 0,
+    exact: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean k nearest neighbours, exact for small inputs and IVF + exact re-ranking for large ones.
+
+    Large searches use a faiss IVF index on a PCA-reduced copy of ``base``
+    (64 dimensions) to find ``3k`` candidates per query, which are then
+    re-ranked with exact distances in the full space, so the returned
+    distances are exact and the neighbour sets have high recall.
+
+    Parameters
+    ----------
+    base : ndarray of shape (N, D), float32
+        Points searched.
+    queries : ndarray of shape (Q, D), or None
+        Points whose neighbours are wanted; None means every row of ``base``,
+        each excluding itself.
+    k : int
+        Neighbours per query (at most ``N - 1`` when ``queries`` is None).
+    seed : int
+        Seed of the PCA/IVF training sample.
+    exact : bool, optional
+        Force the exact (True) or approximate (False) search; by default
+        exact when ``Q * N * D`` is at most ``EXACT_SEARCH_BUDGET``.
+
+    Returns
+    -------
+    dist : ndarray of shape (Q, k), float32
+    index : ndarray of shape (Q, k), int64
+    """
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    n, dim = base.shape
+    self_search = queries is None
+    q = base if self_search else np.ascontiguousarray(queries, dtype=np.float32)
+    if k > n - int(self_search):
+        raise ValueError(f"k={k} neighbours need more than {k} points, got {n}")
+    extra = int(self_search)  # one more, to drop the query itself
+    if exact is None:
+        exact = float(len(q)) * n * dim <= EXACT_SEARCH_BUDGET
+    if exact:
+        dist, idx = exact_search(base, q, k + extra)
+    else:
+        cand = _ivf_candidates(base, q, min(3 * k + extra, n), seed)
+        dist, idx = _rerank(base, q, cand, k + extra)
+        short = np.flatnonzero((idx < 0).any(axis=1))  # a probe found too few points: search those exactly
+        if len(short):
+            dist[short], idx[short] = exact_search(base, q[short], k + extra)
+    if self_search:
+        return _drop_self(idx, np.arange(n), k, dist)
+    return dist[:, :k], idx[:, :k]
+
+
+def _ivf_candidates(base: np.ndarray, queries: np.ndarray, n_cand: int, seed: int) -> np.ndarray:
+    faiss = _faiss()
+    n, dim = base.shape
+    rng = np.random.default_rng(seed)
+    sample = base[np.sort(rng.choice(n, min(n, 20000), replace=False))]
+    reduced_dim = min(dim, 64)
+    pca = None
+    if reduced_dim < dim:
+        pca = faiss.PCAMatrix(dim, reduced_dim)
+        pca.train(sample)
+
+    def reduce(a: np.ndarray) -> np.ndarray:
+        return a if pca is None else pca.apply(a)
+
+    nlist = int(np.clip(4 * np.sqrt(n), 16, 4096))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(reduced_dim), reduced_dim, nlist)
+    index.cp.seed = seed
+    index.train(reduce(sample))
+    index.add(reduce(base))
+    index.nprobe = 10
+    _, cand = index.search(reduce(queries), n_cand)
+    return cand
+
+
+def all_knn(x: np.ndarray, k: int, *, seed: int = 0, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours of every row of ``x`` among the others (see :func:`knn_search`)."""
+    return knn_search(x, None, k, seed=seed, exact=exact)
+
+
+def smooth_knn_dist(dist: np.ndarray, *, n_iter: int = 64, bandwidth: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point ``sigma`` and ``rho`` of umap-learn's smooth kNN distances (vectorised).
+
+    Parameters
+    ----------
+    dist : ndarray of shape (N, k)
+        Distances to each point's k nearest neighbours (self excluded), ascending.
+
+    Returns
+    -------
+    sigma, rho : ndarray of shape (N,), float64
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    k = dist.shape[1]
+    target = np.log2(k + 1) * bandwidth  # umap counts the point itself among its n_neighbors
+    positive = np.where(dist > 0, dist, np.inf)
+    rho = positive.min(axis=1)
+    rho[~np.isfinite(rho)] = 0.0
+    excess = np.maximum(dist - rho[:, None], 0.0)
+    lo = np.zeros(len(dist))
+    hi = np.full(len(dist), np.inf)
+    mid = np.ones(len(dist))
+    for _ in range(n_iter):
+        psum = np.exp(-excess / mid[:, None]).sum(axis=1)
+        too_big = psum > target
+        hi = np.where(too_big, mid, hi)
+        lo = np.where(too_big, lo, mid)
+        mid = np.where(np.isinf(hi), mid * 2, (lo + hi) / 2)
+    # umap's floor keeps sigma from collapsing where all neighbours are equidistant
+    mean_all = dist.mean()
+    mean_row = dist.mean(axis=1)
+    floor = np.where(rho > 0, 1e-3 * mean_row, 1e-3 * mean_all)
+    return np.maximum(mid, floor), rho
+
+
+def membership(dist: np.ndarray, sigma: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """Fuzzy membership strengths ``exp(-(d - rho) / sigma)`` of kNN edges."""
+    w = np.exp(-np.maximum(dist - rho[:, None], 0.0) / sigma[:, None])
+    return w.astype(np.float32)
+
+
+def fuzzy_graph(dist: np.ndarray, index: np.ndarray) -> FuzzyGraph:
+    """The symmetric fuzzy simplicial set of a kNN result (umap-learn's ``fuzzy_simplicial_set``).
+
+    Parameters
+    ----------
+    dist, index : ndarray of shape (N, k)
+        Output of :func:`all_knn`.
+
+    Returns
+    -------
+    FuzzyGraph
+    """
+    from scipy import sparse
+
+    n, k = index.shape
+    sigma, rho = smooth_knn_dist(dist)
+    w = membership(dist, sigma, rho)
+    rows = np.repeat(np.arange(n), k)
+    a = sparse.csr_matrix((w.ravel(), (rows, index.ravel())), shape=(n, n))
+    at = a.T.tocsr()
+    union = (a + at - a.multiply(at)).tocoo()
+    keep = union.data > 0
+    order = np.lexsort((union.col[keep], union.row[keep]))  # canonical order: deterministic sampling
+    return FuzzyGraph(
+        head=union.row[keep][order].astype(np.int64),
+        tail=union.col[keep][order].astype(np.int64),
+        weight=union.data[keep][order].astype(np.float32),
+        knn=index.astype(np.int64),
+    )
+
+
+def neighbour_overlap(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Fraction of each point's current k neighbours that were also its neighbours before.
+
+    Parameters
+    ----------
+    previous, current : ndarray of shape (N, k), int
+
+    Returns
+    -------
+    ndarray of shape (N,), float32, in ``[0, 1]``
+    """
+    if previous.shape != current.shape:
+        raise ValueError(f"neighbour lists differ in shape: {previous.shape} vs {current.shape}")
+    hits = np.zeros(len(current), dtype=np.int64)
+    for j in range(current.shape[1]):
+        hits += (previous == current[:, j : j + 1]).any(axis=1)
+    return (hits / current.shape[1]).astype(np.float32)

@@ -1,0 +1,535 @@
+"""TemporalProjector: every recorded epoch to 2D, with an inverse map, territories and metrics.
+
+Per epoch the work splits into three steps:
+
+1. **graph** (parallel): the fuzzy kNN graph of the epoch's embeddings, how
+   far each sample moved since the previous epoch, and each held-out sample's
+   nearest training samples;
+2. **layout** (sequential, in this process): umap-style SGD on the graph,
+   warm-started from the previous epoch's layout, with each sample tied to its
+   previous position by a spring that is strong when its neighbourhood stayed
+   the same and its embedding barely moved (see :mod:`.layout`); held-out
+   samples are placed among their training neighbours;
+3. **finish** (parallel): the inverse map (a torch decoder, :mod:`.model`),
+   the decision territories, the faithfulness metrics; then the epoch is
+   written and listed in ``projection/manifest.json``.
+
+Only the layout is sequential, and it is the cheap part; the graph and finish
+steps of several epochs run at once through ``joblib.Parallel`` (any joblib
+backend, e.g. Dask). Epochs are processed in chunks: one parallel call
+finishes the previous chunk while building the graphs of the next, and the
+layouts are computed as those graphs arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from timetravel.projection import _io
+from timetravel.projection._io import ProjectionError
+from timetravel.projection.graph import FuzzyGraph, fuzzy_graph, knn_search, membership, neighbour_overlap, smooth_knn_dist
+from timetravel.projection.layout import LayoutParams, align_to, find_ab_params, initial_layout, optimize_layout
+from timetravel.projection.metrics import evaluate_split
+from timetravel.projection.model import DecoderParams, InverseMap, fit_inverse_map
+from timetravel.projection.territory import canvas_extent, territory
+from timetravel.store import RunStore, epoch_dirname
+
+logger = logging.getLogger(__name__)
+
+METHOD = "timetravel-temporal-umap"
+
+
+@dataclass(frozen=True)
+class _Config:
+    """Everything a worker needs, in a small picklable object."""
+
+    n_neighbors: int
+    decoder: DecoderParams
+    grid_size: int
+    metric_samples: int
+    metric_k: int
+    random_state: int
+
+
+@dataclass
+class _Previous:
+    """State carried from one epoch to the next (the only sequential dependency)."""
+
+    epoch: int
+    xy: np.ndarray
+    heldout_xy: np.ndarray | None
+    knn: np.ndarray | None = None
+
+
+def _seeds(random_state: int, epoch: int) -> np.ndarray:
+    return np.random.SeedSequence([int(random_state), int(epoch)]).generate_state(3)
+
+
+def _metric_rows(n: int, size: int, random_state: int) -> np.ndarray:
+    """The samples metrics are computed on: the same for every epoch."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(random_state).choice(n, size, replace=False))
+
+
+def _open(path: str) -> RunStore:
+    return RunStore(path, verify="headers")
+
+
+def _embedding(store: RunStore, epoch: int, split: str = "train") -> np.ndarray:
+    return np.asarray(store.embedding(epoch, split), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- parallel steps
+
+
+def _graph_task(path: str, epoch: int, prev_epoch: int | None, cfg: _Config) -> dict[str, Any]:
+    """Step 1 of an epoch: fuzzy kNN graph, movement since the previous epoch, held-out neighbours."""
+    t0 = time.perf_counter()
+    store = _open(path)
+    seed = int(_seeds(cfg.random_state, epoch)[0])
+    x = _embedding(store, epoch)
+    graph = fuzzy_graph(*knn_search(x, None, cfg.n_neighbors, seed=seed))
+    moved = None
+    if prev_epoch is not None:
+        moved = np.linalg.norm(x - _embedding(store, prev_epoch), axis=1)
+    heldout = None
+    if store.n_heldout:
+        k = min(cfg.n_neighbors, store.n_samples)
+        dist, index = knn_search(x, _embedding(store, epoch, "heldout"), k, seed=seed)
+        weight = membership(dist, *smooth_knn_dist(dist))
+        heldout = (index, weight)
+    return {"graph": graph, "moved": moved, "heldout": heldout, "seconds": time.perf_counter() - t0}
+
+
+def _finish_task(
+    path: str,
+    epoch: int,
+    prev: tuple[int, np.ndarray, np.ndarray | None] | None,
+    xy: np.ndarray,
+    heldout_xy: np.ndarray | None,
+    cfg: _Config,
+) -> dict[str, Any]:
+    """Step 3 of an epoch: inverse map, territories and metrics."""
+    t0 = time.perf_counter()
+    store = _open(path)
+    seed = int(_seeds(cfg.random_state, epoch)[2])
+    x = _embedding(store, epoch)
+    head = store.head(epoch)
+    pred = np.asarray(store.logits(epoch)).argmax(axis=1)
+    inverse = fit_inverse_map(x, xy, pred, head, cfg.decoder, seed=seed)
+    extent = canvas_extent(xy, *([] if heldout_xy is None else [heldout_xy]))
+    classes, confidence = territory(inverse, head, extent, cfg.grid_size)
+
+    rows = _metric_rows(store.n_samples, cfg.metric_samples, cfg.random_state)
+    x_prev = xy_prev = None
+    if prev is not None:
+        x_prev, xy_prev = _embedding(store, prev[0]), prev[1]
+    metrics = {
+        "train": evaluate_split(
+            x, pred, xy, inverse, head, rows=rows, k=cfg.metric_k, x_prev=x_prev, xy_prev=xy_prev
+        )
+    }
+    del x, x_prev
+    if heldout_xy is not None:
+        hx = _embedding(store, epoch, "heldout")
+        hrows = _metric_rows(store.n_heldout, cfg.metric_samples, cfg.random_state)
+        metrics["heldout"] = evaluate_split(
+            hx,
+            np.asarray(store.logits(epoch, "heldout")).argmax(axis=1),
+            heldout_xy,
+            inverse,
+            head,
+            rows=hrows,
+            k=cfg.metric_k,
+            x_prev=None if prev is None else _embedding(store, prev[0], "heldout"),
+            xy_prev=None if prev is None else prev[2],
+        )
+    arrays, blobs = inverse.files()
+    arrays.update(territory_class=classes, territory_confidence=confidence)
+    return {
+        "arrays": arrays,
+        "blobs": blobs,
+        "extent": list(extent),
+        "decoder": {"center": inverse.center.tolist(), "scale": inverse.scale, "hidden": cfg.decoder.hidden},
+        "metrics": metrics,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+class TemporalProjector:
+    """Temporally consistent 2D projection of every epoch of a run, with inverse maps and territories.
+
+    ``fit(store)`` writes ``RUN/projection/`` (format in ``docs/run-store.md``):
+    per epoch the canvas positions of the training (and held-out) samples,
+    the decision territories on a ``grid_size x grid_size`` grid, the inverse
+    map's weights, and faithfulness metrics in the manifest. It resumes an
+    interrupted or shorter projection made with the same settings.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=15
+        Neighbours of the fuzzy kNN graph.
+    min_dist, spread : float, default=0.1, 1.0
+        umap's shape of the low-dimensional similarity.
+    negative_sample_rate : int, default=5
+        Repulsive samples per attractive edge sample.
+    init_epochs : int, default=500
+        SGD epochs of the first projected epoch (from a PCA start, learning rate 1).
+    min_epochs, max_epochs : int, default=30, 300
+        SGD epochs of a warm-started epoch: ``max_epochs`` times the fraction
+        of kNN neighbours that changed since the previous epoch, clipped to
+        this range.
+    learning_rate : float, default=0.1
+        Initial SGD learning rate of warm-started epochs.
+    anchor_strength : float, default=10.0
+        Strength of the spring tying each sample to its previous position,
+        scaled per sample by ``overlap * (1 - q)**2`` where ``overlap`` is the
+        fraction of its kNN neighbours that stayed and ``q`` the percentile of
+        its movement in embedding space. 0 disables the springs.
+    grid_size : int, default=200
+        Side of the territory grid.
+    decoder_components, decoder_hidden, decoder_steps : int, default=64, 128, 1500
+        Inverse map: principal components predicted, hidden width, Adam steps.
+    prediction_weight : float, default=1.0
+        Weight of the inverse map's prediction-preservation (cross-entropy) term.
+    decoder_samples : int, default=20000
+        Samples (at most) the inverse map is trained on per epoch.
+    metric_samples : int, default=2000
+        Query samples of the kNN-preservation metric (the same for every epoch).
+    metric_k : int, default=15
+        Neighbourhood size of the kNN-preservation metric.
+    n_jobs : int, optional
+        Parallel jobs for the per-epoch steps (joblib semantics: None means 1
+        unless inside a ``joblib.parallel_config`` context, -1 means all cores).
+    backend : str, optional
+        joblib backend (``"loky"``, ``"threading"``, ``"dask"``...); None uses
+        joblib's current default. ``"dask"`` needs a ``distributed.Client``.
+    chunk_size : int, optional
+        Epochs laid out between two parallel calls; defaults to twice the
+        number of parallel workers (at least 2).
+    random_state : int, default=0
+        Seeds everything; a projection is reproducible for a given seed,
+        machine and ``n_jobs``.
+    verbose : bool, default=True
+        Show a progress bar.
+
+    Attributes
+    ----------
+    epochs_ : list of int
+        Epochs projected (all of the store's when ``fit`` returns).
+    metrics_ : dict of int to dict
+        Faithfulness metrics per epoch (``{"train": {...}, "heldout": {...}}``).
+    path_ : Path
+        The ``projection/`` directory written.
+
+    Examples
+    --------
+    >>> from timetravel import RunStore
+    >>> from timetravel.projection import TemporalProjector
+    >>> store = RunStore("runs/digits")  # doctest: +SKIP
+    >>> TemporalProjector(n_jobs=-1).fit(store).metrics_[29]["train"]  # doctest: +SKIP
+    {'knn_preservation': 0.55, 'prediction_preservation': 0.97, ...}
+    """
+
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 15,
+        min_dist: float = 0.1,
+        spread: float = 1.0,
+        negative_sample_rate: int = 5,
+        init_epochs: int = 500,
+        min_epochs: int = 30,
+        max_epochs: int = 300,
+        learning_rate: float = 0.1,
+        anchor_strength: float = 10.0,
+        grid_size: int = 200,
+        decoder_components: int = 64,
+        decoder_hidden: int = 128,
+        decoder_steps: int = 1500,
+        prediction_weight: float = 1.0,
+        decoder_samples: int = 20000,
+        metric_samples: int = 2000,
+        metric_k: int = 15,
+        n_jobs: int | None = None,
+        backend: str | None = None,
+        chunk_size: int | None = None,
+        random_state: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.spread = spread
+        self.negative_sample_rate = negative_sample_rate
+        self.init_epochs = init_epochs
+        self.min_epochs = min_epochs
+        self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
+        self.anchor_strength = anchor_strength
+        self.grid_size = grid_size
+        self.decoder_components = decoder_components
+        self.decoder_hidden = decoder_hidden
+        self.decoder_steps = decoder_steps
+        self.prediction_weight = prediction_weight
+        self.decoder_samples = decoder_samples
+        self.metric_samples = metric_samples
+        self.metric_k = metric_k
+        self.n_jobs = n_jobs
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # Settings that change the result; a projection resumes only under the same ones.
+    _RESULT_PARAMS = (
+        "n_neighbors", "min_dist", "spread", "negative_sample_rate", "init_epochs", "min_epochs", "max_epochs",
+        "learning_rate", "anchor_strength", "grid_size", "decoder_components", "decoder_hidden", "decoder_steps",
+        "prediction_weight", "decoder_samples", "metric_samples", "metric_k", "random_state",
+    )  # fmt: skip
+
+    def _validate(self, store: RunStore) -> None:
+        positive_ints = ("n_neighbors", "init_epochs", "min_epochs", "max_epochs", "grid_size", "decoder_components",
+                         "decoder_hidden", "decoder_steps", "decoder_samples", "metric_samples", "metric_k")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ProjectionError(f"{name} must be a positive integer, got {value!r}")
+        non_negative = ("min_dist", "negative_sample_rate", "anchor_strength", "prediction_weight")
+        for name in non_negative:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value < 0:
+                raise ProjectionError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("spread", "learning_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
+                raise ProjectionError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.min_epochs > self.max_epochs:
+            raise ProjectionError(f"min_epochs ({self.min_epochs}) must not exceed max_epochs ({self.max_epochs})")
+        if self.grid_size > 4096:
+            raise ProjectionError(f"grid_size must be at most 4096, got {self.grid_size}")
+        if not store.epochs:
+            raise ProjectionError(f"{store.path}: the run has no recorded epochs to project")
+        if store.n_samples <= self.n_neighbors:
+            raise ProjectionError(
+                f"{store.path}: n_neighbors={self.n_neighbors} needs more than {self.n_neighbors} samples, "
+                f"the run has {store.n_samples}"
+            )
+        if store.n_classes > 256:
+            raise ProjectionError(f"{store.path}: territories hold at most 256 classes, the run has {store.n_classes}")
+
+    def _result_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._RESULT_PARAMS}
+
+    def _config(self) -> _Config:
+        return _Config(
+            n_neighbors=self.n_neighbors,
+            decoder=DecoderParams(
+                components=self.decoder_components,
+                hidden=self.decoder_hidden,
+                steps=self.decoder_steps,
+                prediction_weight=self.prediction_weight,
+                max_samples=self.decoder_samples,
+            ),
+            grid_size=self.grid_size,
+            metric_samples=self.metric_samples,
+            metric_k=self.metric_k,
+            random_state=self.random_state,
+        )
+
+    def fit(self, store: RunStore | str | Path, *, overwrite: bool = False) -> TemporalProjector:
+        """Project every recorded epoch not yet projected, resuming from the last finished one.
+
+        Parameters
+        ----------
+        store : RunStore or path
+            The run.
+        overwrite : bool, default=False
+            Discard an existing projection and start again. Without it, an
+            existing projection made with different settings is an error.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ProjectionError
+            Bad settings, a run with nothing to project, or an existing
+            projection with other settings (and ``overwrite`` not given).
+        """
+        from joblib import Parallel, effective_n_jobs, parallel_config
+        from tqdm.auto import tqdm
+
+        store = store if isinstance(store, RunStore) else RunStore(store)
+        self._validate(store)
+        out = store.derived_dir("projection")
+        params = self._result_params()
+        manifest = _io.read_manifest(out)
+        if manifest is not None and not overwrite and (
+            manifest.get("method") != METHOD or manifest.get("params") != params
+        ):
+            changed = sorted(k for k in params if manifest.get("params", {}).get(k) != params[k])
+            raise ProjectionError(
+                f"{out}: an existing projection was made with other settings ({', '.join(changed) or 'method'}); "
+                "pass overwrite=True (--overwrite) to replace it"
+            )
+        if manifest is None or overwrite:
+            _io.clear(out)
+            manifest = _io.new_manifest(METHOD, params)
+        done = self._finished_prefix(store, manifest, out)
+        todo = store.epochs[len(done) :]
+        prev = None
+        if done:
+            last = done[-1]
+            prev = _Previous(
+                epoch=last,
+                xy=_io.read_xy(out, last),
+                heldout_xy=_io.read_xy(out, last, "heldout_xy") if store.n_heldout else None,
+            )
+            logger.info("resuming the projection of %s after epoch %d (%d to go)", store.path, last, len(todo))
+
+        backend = parallel_config(backend=self.backend) if self.backend else contextlib.nullcontext()
+        with backend:
+            workers = max(1, effective_n_jobs(self.n_jobs))
+            chunk = self.chunk_size or max(2, 2 * workers)
+            with (
+                Parallel(n_jobs=self.n_jobs, return_as="generator") as parallel,
+                tqdm(total=len(todo), desc="projecting", unit="epoch", disable=not self.verbose) as bar,
+            ):
+                self._run(store, manifest, out, todo, prev, parallel, chunk, bar)
+        self.epochs_ = sorted(int(e) for e in manifest["epochs"])
+        self.metrics_ = {int(e): entry["metrics"] for e, entry in manifest["epochs"].items()}
+        self.path_ = out
+        return self
+
+    @staticmethod
+    def _finished_prefix(store: RunStore, manifest: dict[str, Any], out: Path) -> list[int]:
+        """Projected epochs forming an unbroken prefix of the run; later ones are unlisted (recomputed)."""
+        done = []
+        for e in store.epochs:
+            if str(e) not in manifest["epochs"]:
+                break
+            done.append(e)
+        stale = [int(e) for e in manifest["epochs"] if int(e) not in done]
+        if stale:
+            logger.warning("%s: recomputing epochs %s, projected after an unprojected one", out, stale)
+            _io.forget_epochs(out, manifest, stale)
+        return done
+
+    def _run(self, store, manifest, out, todo, prev, parallel, chunk, bar) -> None:
+        from joblib import delayed
+
+        cfg = self._config()
+        path = str(store.path)
+        layout_params = LayoutParams(*find_ab_params(self.spread, self.min_dist), self.negative_sample_rate)
+        prev_epochs = dict(zip(todo, [prev.epoch if prev else None] + todo[:-1]))
+        pending: list[tuple[int, dict[str, Any], Any]] = []  # epochs laid out, waiting to be finished
+        for start in range(0, len(todo) + chunk, chunk):
+            batch = todo[start : start + chunk]
+            jobs = [job for _, _, job in pending]
+            if prev is not None and prev.knn is None and batch:  # resuming: the last finished epoch's kNN
+                jobs.append(delayed(_graph_task)(path, prev.epoch, None, cfg))
+            jobs += [delayed(_graph_task)(path, e, prev_epochs[e], cfg) for e in batch]
+            if not jobs:
+                break
+            results = parallel(jobs)
+            finished, pending = pending, []
+            for epoch, entry, _ in finished:
+                self._commit(out, manifest, epoch, entry, next(results))
+                bar.update(1)
+            if prev is not None and prev.knn is None and batch:
+                prev.knn = next(results)["graph"].knn
+            for epoch in batch:
+                graph_result = next(results)
+                xy, heldout_xy, layout_info = self._layout(store, epoch, graph_result, prev, layout_params)
+                job = delayed(_finish_task)(
+                    path, epoch, None if prev is None else (prev.epoch, prev.xy, prev.heldout_xy), xy, heldout_xy, cfg
+                )
+                entry = {"xy": xy, "heldout_xy": heldout_xy, **layout_info}
+                pending.append((epoch, entry, job))
+                prev = _Previous(epoch, xy, heldout_xy, graph_result["graph"].knn)
+
+    def _layout(self, store, epoch, graph_result, prev, layout_params):
+        """Step 2 of an epoch: the sequential, warm-started layout."""
+        from scipy.stats import rankdata
+
+        t0 = time.perf_counter()
+        graph: FuzzyGraph = graph_result["graph"]
+        seed = int(_seeds(self.random_state, epoch)[1])
+        info: dict[str, Any] = {"graph_seconds": graph_result["seconds"]}
+        if prev is None:
+            start = initial_layout(_embedding(store, epoch))
+            xy = optimize_layout(start, graph, layout_params, n_epochs=self.init_epochs, learning_rate=1.0, seed=seed)
+            info.update(sgd_epochs=self.init_epochs, neighbour_overlap=None)
+        else:
+            overlap = neighbour_overlap(prev.knn, graph.knn)
+            still = 1.0 - rankdata(graph_result["moved"]) / len(overlap)
+            spring = (self.anchor_strength * overlap * still**2).astype(np.float32)
+            n_epochs = int(np.clip(round(self.max_epochs * (1.0 - overlap.mean())), self.min_epochs, self.max_epochs))
+            xy = optimize_layout(
+                prev.xy, graph, layout_params, n_epochs=n_epochs, learning_rate=self.learning_rate, seed=seed,
+                anchor=prev.xy, anchor_strength=spring,
+            )
+            xy = align_to(prev.xy, xy, spring + 1e-6)
+            info.update(sgd_epochs=n_epochs, neighbour_overlap=float(overlap.mean()))
+        heldout_xy = None
+        if graph_result["heldout"] is not None:
+            index, weight = graph_result["heldout"]
+            heldout_xy = ((weight[..., None] * xy[index]).sum(axis=1) / weight.sum(axis=1, keepdims=True)).astype(
+                np.float32
+            )
+        info["layout_seconds"] = time.perf_counter() - t0
+        return xy, heldout_xy, info
+
+    def _commit(self, out, manifest, epoch, entry, result) -> None:
+        arrays = {"xy": entry["xy"], **result["arrays"]}
+        if entry["heldout_xy"] is not None:
+            arrays["heldout_xy"] = entry["heldout_xy"]
+        record = {
+            "extent": result["extent"],
+            "grid": self.grid_size,
+            "metrics": result["metrics"],
+            "decoder": result["decoder"],
+            "layout": {"sgd_epochs": entry["sgd_epochs"], "neighbour_overlap": entry["neighbour_overlap"]},
+            "seconds": {
+                "graph": round(entry["graph_seconds"], 3),
+                "layout": round(entry["layout_seconds"], 3),
+                "finish": round(result["seconds"], 3),
+            },
+        }
+        _io.write_epoch(out, manifest, epoch, arrays, result["blobs"], record)
+        train = result["metrics"]["train"]
+        logger.info(
+            "epoch %d: knn %.3f, prediction %.3f, temporal %s",
+            epoch, train["knn_preservation"], train["prediction_preservation"], train["temporal_consistency"],
+        )  # fmt: skip
+
+
+def load_inverse_map(store: RunStore, epoch: int) -> InverseMap:
+    """The inverse map (canvas -> embedding space) of a projected epoch.
+
+    Examples
+    --------
+    >>> inv = load_inverse_map(store, 29)  # doctest: +SKIP
+    >>> inv.logits(np.array([[0.0, 0.0]]), *store.head(29)).argmax(1)  # doctest: +SKIP
+    """
+    store._projection_entry(epoch)  # raises a clear StoreError when not projected
+    manifest = _io.read_manifest(store.derived_dir("projection"))
+    decoder = manifest["epochs"][str(epoch)]["decoder"]
+    return InverseMap.load(
+        store.derived_dir("projection") / epoch_dirname(epoch),
+        hidden=int(decoder["hidden"]),
+        center=np.asarray(decoder["center"], dtype=np.float32),
+        scale=float(decoder["scale"]),
+    )
