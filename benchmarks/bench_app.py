@@ -159,7 +159,9 @@ def _row(n: int, r: dict) -> dict:
     return {
         "samples": f"{n:,}",
         "renderer": f"{r['renderer']} -> {r['backend']}",
-        "first render, first / later loads (s)": _pair(r["first_render_s"]["cold"], r["first_render_s"]["warm_median"], ".2f"),
+        "first render, first / later loads (s)": _pair(
+            r["first_render_s"]["cold"], r["first_render_s"]["warm_median"], ".2f"
+        ),
         "epoch step median / p95 (ms)": _pair(r["step_ms"]["median"], r["step_ms"]["p95"], ".0f"),
         "step: data in (ms)": f"{r['step_ms']['data_median']:.0f}",
         "random jump median / p95 (ms)": _pair(r["jump_ms"]["median"], r["jump_ms"]["p95"], ".0f"),

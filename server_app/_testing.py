@@ -151,7 +151,8 @@ def write_projection(
         d = path / "projection" / epoch_dirname(e)
         save_npy_atomic(d / "xy.npy", xy)
         save_npy_atomic(d / "territory_class.npy", probs.argmax(1).reshape(grid, grid).astype(np.uint8))
-        save_npy_atomic(d / "territory_confidence.npy", np.rint(255 * probs.max(1)).reshape(grid, grid).astype(np.uint8))
+        confidence = np.rint(255 * probs.max(1)).reshape(grid, grid).astype(np.uint8)
+        save_npy_atomic(d / "territory_confidence.npy", confidence)
         epochs[str(e)] = {"extent": [float(x0), float(x1), float(y0), float(y1)], "grid": grid, "metrics": {}}
         write_json_atomic(
             path / "projection" / "manifest.json",

@@ -79,11 +79,8 @@ class Views:
 def _renderer_note(backend: str, gl_renderer: str) -> str:
     if backend == "webgl":
         return "<span class='tt-muted'>dots drawn with WebGL</span>"
-    reason = "no WebGL" if gl_renderer in ("", "none") else "its WebGL runs in software"
-    return (
-        f"<span class='tt-muted' title='{html.escape(gl_renderer)}'>dots drawn with canvas 2D: this browser has "
-        f"{reason} (no GPU), where canvas 2D is faster</span>"
-    )
+    reason = "no WebGL" if gl_renderer in ("", "none") else "WebGL emulated without a GPU"
+    return f"<span class='tt-muted' title='{html.escape(gl_renderer)}'>dots drawn with canvas 2D ({reason})</span>"
 
 
 class Controller:
@@ -357,9 +354,11 @@ class Controller:
         self._show_summary()
         self._show_target_epoch()
         sample = self.target
-        self._background(partial(self.data.sample_history, sample), partial(self._history_loaded, sample), "reading the sample's history")
+        self._background(partial(self.data.sample_history, sample), partial(self._history_loaded, sample),
+                         "reading the sample's history")  # fmt: skip
         epoch = self.frame.epoch
-        self._background(partial(self.data.neighbours, sample, epoch), partial(self._neighbours_loaded, sample, epoch), "finding neighbours")
+        self._background(partial(self.data.neighbours, sample, epoch), partial(self._neighbours_loaded, sample, epoch),
+                         "finding neighbours")  # fmt: skip
         self._update_trails()
 
     def _show_summary(self) -> None:
@@ -370,7 +369,8 @@ class Controller:
 
     def _show_target_epoch(self) -> None:
         i = self.target
-        self.v.inspector.show_epoch(self.data, self.frame.epoch, int(self.frame.pred[i]), float(self.frame.confidence[i]))
+        f = self.frame
+        self.v.inspector.show_epoch(self.data, f.epoch, int(f.pred[i]), float(f.confidence[i]))
 
     def _history_loaded(self, sample: int, history) -> None:
         if sample == self.target:
@@ -496,4 +496,6 @@ class Controller:
         mime = "text/csv" if fmt == "csv" else "application/json"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.v.queue.export_source.data = dict(text=[text], filename=[f"accepted-{stamp}.{fmt}"], mime=[mime])
-        self.v.queue.export_note.text = f"<span class='tt-muted'>{count} samples; also saved to {html.escape(path)}</span>"
+        self.v.queue.export_note.text = (
+            f"<span class='tt-muted'>{count} samples; also saved to {html.escape(path)}</span>"
+        )

@@ -52,7 +52,9 @@ class FilterView:
     def color_column(self) -> str:
         return COLOR_BY[self.color_by.active]
 
-    def mask(self, labels: np.ndarray, pred: np.ndarray, decisions: dict[int, bool], queue: list[int]) -> np.ndarray | None:
+    def mask(
+        self, labels: np.ndarray, pred: np.ndarray, decisions: dict[int, bool], queue: list[int]
+    ) -> np.ndarray | None:
         """Boolean mask of the samples to show, or None when nothing is filtered."""
         mask = None
         if self.classes.value:
@@ -133,4 +135,5 @@ def make_filters(data: RunData) -> FilterView:
         Div(text="<div class='tt-sub'>Show</div>"), territory, trails, sizing_mode="stretch_width",
     )  # fmt: skip
     selection_layout = column(info, table, sizing_mode="stretch_width")
-    return FilterView(color_by, classes, disagree, decision, territory, trails, info, selection, table, layout, selection_layout)
+    return FilterView(color_by, classes, disagree, decision, territory, trails, info, selection, table, layout,
+                      selection_layout)  # fmt: skip

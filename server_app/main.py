@@ -177,8 +177,8 @@ def main(doc: Document, argv: list[str]) -> None:
     except Exception as exc:  # noqa: BLE001 - the user gets a sentence, the log gets the traceback
         logger.exception("building the app failed")
         doc.clear()
-        message_page(doc, "The app failed to start", f"<p>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>"
-                     "<p>The server log has the details.</p>")
+        detail = f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}"
+        message_page(doc, "The app failed to start", f"<p>{detail}</p><p>The server log has the details.</p>")
 
 
 # Bokeh runs this file as a fresh module named "bokeh_app_<id>" for every session; importing

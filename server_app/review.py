@@ -122,9 +122,13 @@ class Review:
             else:
                 self._set_status("failed", f"The detection results cannot be used: {exc}")
             return
-        except Exception as exc:  # noqa: BLE001 - shown in the app instead of a dead queue
+        except Exception as exc:  # noqa: BLE001 - e.g. features written by another version: say what to do
             logger.exception("loading the detection failed")
-            self._set_status("failed", f"Loading the detection failed: {type(exc).__name__}: {exc}")
+            self._set_status(
+                "failed",
+                f"The detection results could not be loaded ({type(exc).__name__}: {exc}); "
+                f"run `timetravel detect {self.data.path}` again and reload this page.",
+            )
             return
         with self._lock:
             self._ranking = ranking

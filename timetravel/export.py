@@ -127,7 +127,9 @@ def accepted_records(
     records = []
     for i, label, prob, source in zip(samples.tolist(), labels.tolist(), probs.tolist(), sources):
         given = int(store.labels[i])
-        records.append(ExportRecord(i, given, names[given], int(label), names[int(label)], round(float(prob), 6), source))
+        records.append(
+            ExportRecord(i, given, names[given], int(label), names[int(label)], round(float(prob), 6), source)
+        )
     return records
 
 
