@@ -163,7 +163,7 @@ def _row(n: int, r: dict) -> dict:
             r["first_render_s"]["cold"], r["first_render_s"]["warm_median"], ".2f"
         ),
         "epoch step median / p95 (ms)": _pair(r["step_ms"]["median"], r["step_ms"]["p95"], ".0f"),
-        "step: data in (ms)": f"{r['step_ms']['data_median']:.0f}",
+        "step: positions in page (ms)": f"{r['step_ms']['data_median']:.0f}",
         "random jump median / p95 (ms)": _pair(r["jump_ms"]["median"], r["jump_ms"]["p95"], ".0f"),
         "accept -> queue median / p95 (ms)": _pair(r["accept_ms"]["median"], r["accept_ms"]["p95"], ".0f"),
         "reject -> queue median (ms)": f"{r['reject_ms']['median']:.0f}",
@@ -178,9 +178,10 @@ NOTES = [
     "First render: navigation start to the end of the first canvas paint with every point (auto includes "
     "the GPU probe round trip). The first load after the server starts is reported apart from later loads.",
     "Epoch step: slider value set in the page to the canvas repainted with the new positions plus one "
-    "animation frame, stepping through adjacent epochs (the server prefetches neighbours). 'Of which data "
-    "arrival' is the time until the first paint that sees the new positions began. Random jump: the same "
-    "for a random epoch, often not in the server's frame cache.",
+    "animation frame, stepping through adjacent epochs (the server prefetches neighbours). 'Positions in "
+    "page' is when the new positions reached the browser's data source (server round trip, transfer, "
+    "decoding); the rest is the browser drawing. Random jump: the same for a random epoch, often not in the "
+    "server's frame cache.",
     "Accept/reject: button click to the queue table's new first row read from the DOM on the next animation "
     "frame; it includes the fsynced append to feedback.jsonl and the recommender's re-rank.",
     "Server anon RSS excludes the memory-mapped run files; the frame cache holds at most a few epochs.",

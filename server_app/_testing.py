@@ -167,7 +167,8 @@ def write_projection(
 # * __tt.first: the end of the first canvas paint that drew every point;
 # * __tt.step(pos): move the epoch slider, resolve when the canvas has repainted with the
 #   new positions (PlotView "repainted" signal after the data arrived) and one more
-#   animation frame has passed, so the frame is on screen;
+#   animation frame has passed, so the frame is on screen; also reports when the new
+#   positions arrived in the page (data_ms) and when that paint ended (paint_ms);
 # * __tt.decide(name): click the accept/reject/undo button, resolve when the queue table
 #   shows a new first row (read from its DOM) on the next animation frame.
 INSTRUMENT_JS = r"""
@@ -200,14 +201,21 @@ window.__tt = {first: null, firstPaints: 0};
     const before = m.src.data.x;
     const t0 = performance.now();
     let arrived = null;
-    const onPaint = () => {
+    const onData = () => {
       if (arrived == null && m.src.data.x !== before) { arrived = performance.now(); }
+    };
+    const onPaint = () => {
+      onData();
       if (arrived != null) {
         m.view.repainted.disconnect(onPaint);
+        m.src.change.disconnect(onData);
+        m.src.properties.data.change.disconnect(onData);
         const painted = performance.now();
         frame().then((shown) => resolve({data_ms: arrived - t0, paint_ms: painted - t0, drawn_ms: shown - t0}));
       }
     };
+    m.src.change.connect(onData);
+    m.src.properties.data.change.connect(onData);
     m.view.repainted.connect(onPaint);
     slider.value = pos;
   });
