@@ -278,7 +278,10 @@ def _markdown(result: dict) -> str:
         "# Recommendation accuracy (simulated users)",
         "",
         f"Commit `{meta['commit']}`, {meta['date']}, {meta['cpus']} CPU cores ({meta['machine']}); "
-        f"{meta['elapsed_minutes']:.1f} min in all; other jobs shared the CPU (load average "
+        f"{meta['elapsed_minutes']:.1f} min in all"
+        + (f" (summed over {len(meta['merged_from'])} partial runs, some side by side)" if "merged_from" in meta
+           else "")
+        + "; other jobs shared the CPU (load average "
         f"{meta['load_average_start'][0]:.1f} at the start, {meta['load_average_end'][0]:.1f} at the end). "
         f"Settings: datasets {meta['datasets']}, noise {meta['noise']}, rates {meta['rates']}, seeds {meta['seeds']}, "
         f"{meta['epochs']} epochs, {meta['rounds']} rounds of k (k = 50 for runs of 20,000+ samples, else "
@@ -291,12 +294,12 @@ def _markdown(result: dict) -> str:
         "",
         "## Cumulative precision after 10 rounds, perfect user",
         "",
-        "| setting | k | " + " | ".join(rankers) + " |",
-        "|---|---|" + "---|" * len(rankers),
+        "| setting | k | seeds | " + " | ".join(rankers) + " |",
+        "|---|---|---|" + "---|" * len(rankers),
     ]
     for key, e in table.items():
         cells = [_fmt(e["rankers"].get(n, {}).get(str(STATIC_MISTAKE), {}).get("precision")) for n in rankers]
-        lines.append(f"| {key} | {','.join(map(str, e['k']))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key} | {','.join(map(str, e['k']))} | {len(e['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets", "",
               "| setting | k | timetravel | best baseline | margin | feedback gain | ≥ +0.05 | ≥ 0.90 | × random "
               "| drop at 10% mistakes |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -471,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_start = list(os.getloadavg())
+    # the code that runs is the code at the start; later commits in a shared checkout must not be named
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     runs = []
     for dataset in datasets:
         n = args.synthetic_samples if dataset == "synthetic" else None
@@ -501,7 +506,6 @@ def main(argv: list[str] | None = None) -> int:
                     logger.info("%s k=%d timetravel precision %s (%.0f s)", path.name, result["k"],
                                 _fmt(tt.get("precision")), sum(result["seconds"].values()))
     latency = _latency([int(s) for s in args.latency_sizes.split(",") if s], n_features, args.latency_updates)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {
         "meta": {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
                  "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
@@ -530,14 +534,18 @@ def _write(result: dict, out: Path, name: str) -> None:
 
 
 def _merge(paths: list[Path], out: Path, name: str) -> int:
-    """Combine partial results (same commit and settings apart from the datasets) into one report."""
+    """Combine partial results (same settings apart from datasets and seeds) into one report.
+
+    Parts measured on different commits are merged with every commit named in
+    the report, so the reader can check what changed between them.
+    """
     parts = [json.loads(p.read_text()) for p in paths]
-    commits = {p["meta"]["commit"] for p in parts}
-    if len(commits) != 1:
-        raise SystemExit(f"refusing to merge results of different commits: {sorted(commits)}")
     meta = dict(parts[0]["meta"])
-    meta["datasets"] = [d for p in parts for d in p["meta"]["datasets"]]
-    meta["elapsed_minutes"] = max(p["meta"]["elapsed_minutes"] for p in parts)
+    meta["commit"] = ", ".join(sorted({p["meta"]["commit"] for p in parts}))
+    meta["seeds"] = sorted({s for p in parts for s in p["meta"]["seeds"]})
+    meta["rates"] = sorted({r for p in parts for r in p["meta"]["rates"]})
+    meta["datasets"] = sorted({d for p in parts for d in p["meta"]["datasets"]})
+    meta["elapsed_minutes"] = sum(p["meta"]["elapsed_minutes"] for p in parts)
     meta["merged_from"] = [p.name for p in paths]
     meta["load_average_end"] = max((p["meta"]["load_average_end"] for p in parts), key=lambda v: v[0])
     runs = [r for p in parts for r in p["runs"]]
