@@ -444,7 +444,7 @@ class Controller:
         snap = self.snap
         self._syncing_queue = True
         try:
-            self.v.queue.show(self.data, snap, self.frame.pred, self.target)
+            self.v.queue.show(self.data, snap, self.target)
         finally:
             self._syncing_queue = False
         self._show_notice()

@@ -60,7 +60,7 @@ class QueueView:
     def k(self) -> int:
         return int(self.size.value)
 
-    def show(self, data: RunData, snap: ReviewSnapshot, current_pred, target: int | None) -> None:
+    def show(self, data: RunData, snap: ReviewSnapshot, target: int | None) -> None:
         """Render a review snapshot: status line, queue rows, counters and button states."""
         ready = snap.status == "ready"
         self.status.text = "" if ready else f"<div class='tt-note'>{html.escape(snap.message)}</div>"
@@ -70,7 +70,7 @@ class QueueView:
             rank=list(range(1, len(queue) + 1)),
             index=queue,
             given=[names[int(data.labels[i])] for i in queue],
-            pred=[names[int(current_pred[i])] for i in queue],
+            suggested=[names[snap.suggested[i]] if i in snap.suggested else "" for i in queue],
             score=[snap.scores.get(i, float("nan")) for i in queue],
             reason=[html.escape((snap.reasons.get(i) or [""])[0]) for i in queue],
         )
@@ -102,15 +102,15 @@ def _counters(snap: ReviewSnapshot) -> str:
 def make_queue(data: RunData) -> QueueView:
     """Build the queue panel (filled later from review snapshots)."""
     status = Div(text="", name="queue_status", sizing_mode="stretch_width")
-    source = ColumnDataSource(dict(rank=[], index=[], given=[], pred=[], score=[], reason=[]), name="queue_source")
+    source = ColumnDataSource(dict(rank=[], index=[], given=[], suggested=[], score=[], reason=[]), name="queue_source")
     table = DataTable(
         source=source,
         columns=[
             TableColumn(field="rank", title="", width=24),
             TableColumn(field="index", title="#", formatter=NumberFormatter(format="0"), width=55),
             TableColumn(field="given", title="given", width=70),
-            TableColumn(field="pred", title="predicted", width=70),
-            TableColumn(field="score", title="score", formatter=NumberFormatter(format="0.00"), width=45),
+            TableColumn(field="suggested", title="suggested", width=70),
+            TableColumn(field="score", title="p(accept)", formatter=NumberFormatter(format="0.00"), width=55),
             TableColumn(field="reason", title="why", width=260,
                         formatter=HTMLTemplateFormatter(template="<span title='<%= value %>'><%= value %></span>")),
         ],  # fmt: skip

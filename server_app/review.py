@@ -41,6 +41,7 @@ class ReviewSnapshot:
     queue: list[int]
     scores: dict[int, float]
     reasons: dict[int, list[str]]
+    suggested: dict[int, int]
     log_errors: list[str]
     hits: int | None
     last_event: FeedbackEvent | None = None
@@ -176,9 +177,11 @@ class Review:
         """The current state, safe to hand to any session."""
         with self._lock:
             decisions = dict(self._state.decisions)
-            reasons = {}
+            reasons, suggested = {}, {}
             if self._ranking is not None:
                 reasons = {i: self._ranking.reasons(i) for i in self._queue}
+                labels = self._ranking.suggestions()
+                suggested = {i: int(labels[i]) for i in self._queue}
             return ReviewSnapshot(
                 version=self._version,
                 status=self._status,
@@ -187,6 +190,7 @@ class Review:
                 queue=list(self._queue),
                 scores=dict(self._scores),
                 reasons=reasons,
+                suggested=suggested,
                 log_errors=list(self._state.errors),
                 hits=self._hits(decisions),
                 last_event=self._last_event,

@@ -40,7 +40,9 @@ def _ready(run) -> Review:
 def test_queue_starts_from_the_detector_ranking(run):
     snap = _ready(run).snapshot()
     assert len(snap.queue) == QUEUE_DEPTH
-    assert set(snap.reasons) == set(snap.queue)
+    assert set(snap.reasons) == set(snap.suggested) == set(snap.queue)
+    labels = RunData(run).labels
+    assert all(snap.suggested[i] != labels[i] for i in snap.queue)  # the most likely *other* class
     assert all(snap.reasons[i] for i in snap.queue)
     assert all(0.0 <= snap.scores[i] <= 1.0 for i in snap.queue)
 
