@@ -330,10 +330,10 @@ class Controller:
 
     def _on_tap(self, event: Tap) -> None:
         f = self.frame
-        mask = self.v.canvas.points_view.filter
+        mask = self.v.canvas.points_view.filter.booleans
         d2 = (f.x - event.x) ** 2 + (f.y - event.y) ** 2
-        if hasattr(mask, "booleans") and mask.booleans is not None:
-            d2 = np.where(np.asarray(mask.booleans, dtype=bool), d2, np.inf)
+        if mask is not None:
+            d2 = np.where(np.asarray(mask, dtype=bool), d2, np.inf)
         nearest = int(np.argmin(d2))
         x0, x1, _, _ = self.data.bounds
         if d2[nearest] <= (TAP_RADIUS * (x1 - x0)) ** 2:
