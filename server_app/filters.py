@@ -31,6 +31,11 @@ DECISION_FILTERS = (
     ("unreviewed", "not reviewed"),
 )
 SELECTION_ROWS = 500
+RINGS_LEGEND = (
+    "<div class='tt-muted'>Rings: <span style='color:#ff6f00'>&#9711; in the queue</span>, "
+    "<span style='color:#2e7d32'>&#9711; accepted</span>, <span style='color:#616161'>&#9711; rejected</span>, "
+    "<b style='color:#000'>&#9711; inspected</b></div>"
+)
 
 
 @dataclass
@@ -132,7 +137,8 @@ def make_filters(data: RunData) -> FilterView:
     info = Div(text="<span class='tt-muted'>Box or lasso select dots to list them here.</span>", name="selection_info")
     layout = column(
         Div(text="<div class='tt-sub'>Colour dots by</div>"), color_by, classes, disagree, decision,
-        Div(text="<div class='tt-sub'>Show</div>"), territory, trails, sizing_mode="stretch_width",
+        Div(text="<div class='tt-sub'>Show</div>"), territory, trails, Div(text=RINGS_LEGEND),
+        sizing_mode="stretch_width",
     )  # fmt: skip
     selection_layout = column(info, table, sizing_mode="stretch_width")
     return FilterView(color_by, classes, disagree, decision, territory, trails, info, selection, table, layout,

@@ -110,8 +110,8 @@ def make_queue(data: RunData) -> QueueView:
             TableColumn(field="index", title="#", formatter=NumberFormatter(format="0"), width=55),
             TableColumn(field="given", title="given", width=70),
             TableColumn(field="suggested", title="suggested", width=70),
-            TableColumn(field="score", title="p(accept)", formatter=NumberFormatter(format="0.00"), width=55),
-            TableColumn(field="reason", title="why", width=260,
+            TableColumn(field="score", title="p(accept)", formatter=NumberFormatter(format="0.00"), width=62),
+            TableColumn(field="reason", title="why", width=250,
                         formatter=HTMLTemplateFormatter(template="<span title='<%= value %>'><%= value %></span>")),
         ],  # fmt: skip
         height=250,
