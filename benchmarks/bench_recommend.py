@@ -194,7 +194,7 @@ def _latency(sizes: list[int], n_features: int, updates: int, seed: int = 0) -> 
         lat = np.asarray(lat)
         rows.append({"n_samples": n, "n_features": n_features, "updates": updates, "fit_seconds": fit_s,
                      "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-                     "max_ms": float(lat.max())})
+                     "max_ms": float(lat.max()), "load_average_1m": os.getloadavg()[0]})
         logger.info("latency at %d samples: p50 %.2f ms, p95 %.2f ms", n, rows[-1]["p50_ms"], rows[-1]["p95_ms"])
     return rows
 
@@ -334,15 +334,15 @@ def _markdown(result: dict) -> str:
             cells.append("–" if v is None else f"{_fmt(v['reviews_for_50'], 0)} / {_fmt(v['reviews_for_80'], 0)}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "## Update latency of the FeedbackRecommender (one partial_fit + recommend)", "",
-              "| where | samples | p50 ms | p95 ms |", "|---|---|---|---|"]
+              "| where | samples | p50 ms | p95 ms | load average (1 min) |", "|---|---|---|---|---|"]
     for key, e in table.items():
         v = e["rankers"].get("timetravel", {}).get(str(STATIC_MISTAKE))
         if v and v["latency_p50_ms"] is not None:
             lines.append(f"| sessions {key} | {e['n_samples']} | {_fmt(v['latency_p50_ms'], 2)} | "
-                         f"{_fmt(v['latency_p95_ms'], 2)} |")
+                         f"{_fmt(v['latency_p95_ms'], 2)} | see above |")
     for row in result["latency"]:
         lines.append(f"| {row['updates']} updates, {row['n_features']} features | {row['n_samples']} | "
-                     f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} |")
+                     f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {_fmt(row.get('load_average_1m'), 1)} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -437,12 +437,15 @@ def _parser() -> argparse.ArgumentParser:
          "timetravel_static", "timetravel"]))
     p.add_argument("--latency-sizes", default="50000,200000")
     p.add_argument("--latency-updates", type=int, default=500)
+    p.add_argument("--latency-features", type=int, default=13, help="feature columns in --latency-only mode")
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench"), help="where trained runs are cached")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--name", default="recommend", help="basename of the result files")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for training and cross-validation; the small subject models train "
                         "fastest on one, and multi-threaded kernels stall when other jobs share the CPU")
+    p.add_argument("--latency-only", action="store_true",
+                   help="only measure the update latency at --latency-sizes (no runs), e.g. on a quiet machine")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only combine result files of partial runs (e.g. one per dataset, run side by side) "
                         "into --name's tables and plots")
@@ -459,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.merge:
         return _merge([Path(p) for p in args.merge], Path(args.out), args.name)
+    if args.latency_only:
+        return _latency_only(args)
     from timetravel.detect import AbnormalityDetector
     from timetravel.features import extract_features
     from timetravel.rankers import RankingInput
@@ -533,6 +538,27 @@ def _write(result: dict, out: Path, name: str) -> None:
     print(_markdown(result))
 
 
+def _latency_only(args: argparse.Namespace) -> int:
+    """Write ``<name>.json`` holding only latency rows, in the format ``--merge`` combines."""
+    from timetravel._io import write_bytes_atomic
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    load_start = list(os.getloadavg())
+    latency = _latency([int(s) for s in args.latency_sizes.split(",") if s], args.latency_features,
+                       args.latency_updates)
+    result = {"meta": {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+                       "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
+                       "datasets": [], "seeds": [], "rates": [], "elapsed_minutes": 0.0},
+              "latency": latency, "runs": []}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / f"{args.name}.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode())
+    for row in latency:
+        print(f"{row['n_samples']} samples: p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms "
+              f"(load {row['load_average_1m']:.1f})")
+    return 0
+
+
 def _merge(paths: list[Path], out: Path, name: str) -> int:
     """Combine partial results (same settings apart from datasets and seeds) into one report.
 
@@ -540,7 +566,7 @@ def _merge(paths: list[Path], out: Path, name: str) -> int:
     the report, so the reader can check what changed between them.
     """
     parts = [json.loads(p.read_text()) for p in paths]
-    meta = dict(parts[0]["meta"])
+    meta = dict(next(p for p in parts if p["runs"])["meta"])
     meta["commit"] = ", ".join(sorted({p["meta"]["commit"] for p in parts}))
     meta["seeds"] = sorted({s for p in parts for s in p["meta"]["seeds"]})
     meta["rates"] = sorted({r for p in parts for r in p["meta"]["rates"]})
