@@ -194,7 +194,7 @@ def _latency(sizes: list[int], n_features: int, updates: int, seed: int = 0) -> 
         lat = np.asarray(lat)
         rows.append({"n_samples": n, "n_features": n_features, "updates": updates, "fit_seconds": fit_s,
                      "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-                     "max_ms": float(lat.max()), "load_average_1m": os.getloadavg()[0]})
+                     "max_ms": float(lat.max()), "load_average_1m": os.getloadavg()[0], "nice": os.nice(0)})
         logger.info("latency at %d samples: p50 %.2f ms, p95 %.2f ms", n, rows[-1]["p50_ms"], rows[-1]["p95_ms"])
     return rows
 
@@ -287,6 +287,7 @@ def _markdown(result: dict) -> str:
         f"{meta['epochs']} epochs, {meta['rounds']} rounds of k (k = 50 for runs of 20,000+ samples, else "
         f"ceil(n_noisy / 20)). Values are means over seeds.",
         "",
+        *([meta["note"], ""] if meta.get("note") else []),
         "DeepDebugger trajectories: " + ", ".join(sorted({s for e in result["runs"] for s in
                                                           [e["notes"].get("deepdebugger_space", "?")]})) +
         " (`canvas` = 2D projection; `embedding-pca` = no projection in the run, so each epoch's embedding "
@@ -341,7 +342,8 @@ def _markdown(result: dict) -> str:
             lines.append(f"| sessions {key} | {e['n_samples']} | {_fmt(v['latency_p50_ms'], 2)} | "
                          f"{_fmt(v['latency_p95_ms'], 2)} | see above |")
     for row in result["latency"]:
-        lines.append(f"| {row['updates']} updates, {row['n_features']} features | {row['n_samples']} | "
+        priority = f", nice {row['nice']}" if row.get("nice") else ""
+        lines.append(f"| {row['updates']} updates, {row['n_features']} features{priority} | {row['n_samples']} | "
                      f"{row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {_fmt(row.get('load_average_1m'), 1)} |")
     lines.append("")
     return "\n".join(lines)
@@ -449,6 +451,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only combine result files of partial runs (e.g. one per dataset, run side by side) "
                         "into --name's tables and plots")
+    p.add_argument("--note", help="a sentence added under the title of a merged report")
     return p
 
 
@@ -461,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.merge:
-        return _merge([Path(p) for p in args.merge], Path(args.out), args.name)
+        return _merge([Path(p) for p in args.merge], Path(args.out), args.name, args.note)
     if args.latency_only:
         return _latency_only(args)
     from timetravel.detect import AbnormalityDetector
@@ -528,11 +531,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write(result: dict, out: Path, name: str) -> None:
+def _write(result: dict, out: Path, name: str, note: str | None = None) -> None:
     from timetravel._io import write_bytes_atomic
 
+    if note:
+        result["meta"]["note"] = note
     result["targets"] = _targets(result["table"])
     result["plots"] = _plots(result["runs"], out, name)
+    for run in result["runs"]:  # the JSON keeps recall after each round of k, not after every review
+        for per_mistake in run["rankers"].values():
+            for metrics in per_mistake.values():
+                metrics["recall_curve"] = np.asarray(metrics["recall_curve"])[run["k"] - 1 :: run["k"]]
+                metrics["recall_curve_step"] = run["k"]
     write_bytes_atomic(out / f"{name}.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode())
     write_bytes_atomic(out / f"{name}.md", _markdown(result).encode())
     print(_markdown(result))
@@ -559,7 +569,7 @@ def _latency_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge(paths: list[Path], out: Path, name: str) -> int:
+def _merge(paths: list[Path], out: Path, name: str, note: str | None) -> int:
     """Combine partial results (same settings apart from datasets and seeds) into one report.
 
     Parts measured on different commits are merged with every commit named in
@@ -577,7 +587,7 @@ def _merge(paths: list[Path], out: Path, name: str) -> int:
     runs = [r for p in parts for r in p["runs"]]
     result = {"meta": meta, "table": _aggregate(runs), "latency": [r for p in parts for r in p["latency"]],
               "runs": runs}
-    _write(result, out, name)
+    _write(result, out, name, note)
     return 0
 
 
