@@ -1,18 +1,17 @@
-"""The 2D layout of one epoch: umap-learn's cross-entropy SGD, batched in torch, warm-started.
+"""The 2D layout of one epoch: umap-learn's cross-entropy SGD, warm-started, with springs.
 
-Each SGD epoch samples every edge of the fuzzy graph with probability
-proportional to its weight, pulls its ends together with umap's attractive
-gradient, pushes each sampled head away from ``negative_sample_rate`` random
-points, and applies all of the epoch's (clipped) gradients at once. Batching
-the updates makes the step vectorised (and deterministic under a seed)
-instead of umap's per-edge numba loop.
+The SGD is umap-learn's (an edge of weight ``w`` is sampled every
+``max(w) / w`` epochs, pulling its ends together and pushing its head away
+from ``negative_sample_rate`` random points), run by a numba kernel with its
+own seeded generator so that it is deterministic.
 
 Temporal consistency comes from two things: the layout of epoch ``e`` starts
 from the layout of epoch ``e - 1`` with a small learning rate, and each point
-is tied to its previous position by a spring whose strength grows with the
-fraction of its k nearest neighbours that stayed the same. A point whose
-neighbourhood did not change stays put; a point that changed neighbourhood is
-free to move to its new one.
+is tied to its previous position by a spring (set by the caller; the
+projector makes it strong for a sample whose kNN neighbours stayed the same
+and whose embedding barely moved). A sample that did not move stays put; one
+that changed neighbourhood is free to move to its new one. What rotation
+remains is removed by :func:`align_to`.
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from timetravel.projection._pca import principal_axes
 from timetravel.projection.graph import FuzzyGraph
 
 logger = logging.getLogger(__name__)
-
-CLIP = 4.0  # umap's gradient clip
 
 
 @lru_cache(maxsize=16)
@@ -52,25 +50,17 @@ class LayoutParams:
     a: float
     b: float
     negative_sample_rate: int = 5
-    learning_rate: float = 1.0
 
 
-def initial_layout(x: np.ndarray, *, scale: float = 10.0) -> np.ndarray:
+def initial_layout(x: np.ndarray, *, scale: float = 10.0, max_rows: int = 20000) -> np.ndarray:
     """A deterministic starting layout: the first two principal components, scaled to ``[-scale, scale]``.
 
-    Signs are fixed so that the largest-magnitude loading of each component is
-    positive, making the result independent of the SVD solver's sign choice.
+    The axes are estimated on at most ``max_rows`` evenly spaced rows.
     """
-    import torch
-
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    xt = xt - xt.mean(dim=0)
-    # a randomised low-rank SVD would be faster but not bit-reproducible across solvers
-    _, _, v = torch.linalg.svd(xt[: min(len(xt), 20000)], full_matrices=False)
-    comps = v[:2]
-    signs = torch.sign(comps.gather(1, comps.abs().argmax(dim=1, keepdim=True)))
-    y = (xt @ (comps * signs).T).numpy().astype(np.float64)
-    y -= y.mean(axis=0)
+    step = max(1, len(x) // max_rows)
+    mean, comps = principal_axes(np.asarray(x[::step], dtype=np.float32), 2)
+    y = (np.asarray(x, dtype=np.float32) - mean) @ comps.T
+    y = y.astype(np.float64) - y.mean(axis=0)
     y *= scale / max(float(np.abs(y).max()), 1e-12)
     return y.astype(np.float32)
 
@@ -101,7 +91,7 @@ def optimize_layout(
     learning_rate : float
         Initial learning rate.
     seed : int
-        Seed of the edge and negative sampling.
+        Seed of the negative sampling.
     anchor : ndarray of shape (N, 2), optional
         Positions each point is pulled back towards (its previous layout).
     anchor_strength : ndarray of shape (N,), optional
@@ -111,49 +101,37 @@ def optimize_layout(
     -------
     ndarray of shape (N, 2), float32
     """
-    import torch
+    from timetravel.projection._kernels import optimize_layout_sgd
 
-    gen = torch.Generator().manual_seed(int(seed))
-    y = torch.tensor(np.asarray(init, dtype=np.float32))
-    n = len(y)
-    head = torch.from_numpy(graph.head)
-    tail = torch.from_numpy(graph.tail)
-    w = torch.from_numpy(graph.weight)
-    # umap drops edges too weak to be sampled even once over a full fit
-    keep = w >= w.max() / 200.0
-    head, tail, w = head[keep], tail[keep], w[keep]
-    prob = w / w.max()
-    a, b = params.a, params.b
-    neg = params.negative_sample_rate
-    if anchor is not None:
-        anchor_t = torch.as_tensor(np.asarray(anchor, dtype=np.float32))
-        spring = torch.as_tensor(np.asarray(anchor_strength, dtype=np.float32))[:, None]
-    for epoch in range(n_epochs):
-        alpha = learning_rate * (1.0 - epoch / n_epochs)
-        sampled = torch.rand(len(prob), generator=gen) < prob
-        h, t = head[sampled], tail[sampled]
-        step = torch.zeros_like(y)
-        diff = y[h] - y[t]
-        d2 = (diff * diff).sum(dim=1)
-        coeff = torch.where(
-            d2 > 0, -2.0 * a * b * d2.clamp_min(1e-12).pow(b - 1.0) / (a * d2.pow(b) + 1.0), torch.zeros_like(d2)
-        )
-        grad = (coeff[:, None] * diff).clamp(-CLIP, CLIP)
-        step.index_add_(0, h, grad)
-        step.index_add_(0, t, -grad)
-        if neg:
-            nh = h.repeat_interleave(neg)
-            nt = torch.randint(0, n, (len(nh),), generator=gen)
-            diff = y[nh] - y[nt]
-            d2 = (diff * diff).sum(dim=1)
-            coeff = 2.0 * b / ((0.001 + d2) * (a * d2.pow(b) + 1.0))
-            grad = (coeff[:, None] * diff).clamp(-CLIP, CLIP)
-            grad[nh == nt] = 0.0
-            step.index_add_(0, nh, grad)
-        if anchor is not None:
-            step -= spring * (y - anchor_t)
-        y += alpha * step
-    return y.numpy().astype(np.float32, copy=False)
+    y = np.array(init, dtype=np.float64)
+    weight = graph.weight.astype(np.float64)
+    # umap's schedule: an edge of weight w is sampled every max(w) / w epochs; edges too weak
+    # to be sampled even once in a 200-epoch fit are dropped
+    keep = weight >= weight.max() / 200.0
+    epochs_per_sample = weight.max() / weight[keep]
+    if anchor is None:
+        anchor_arr = np.zeros((0, 2))
+        spring = np.zeros(0)
+    else:
+        anchor_arr = np.asarray(anchor, dtype=np.float64)
+        spring = np.asarray(anchor_strength, dtype=np.float64)
+        if anchor_arr.shape != y.shape or spring.shape != (len(y),):
+            raise ValueError(f"anchor {anchor_arr.shape} and anchor_strength {spring.shape} must match {y.shape}")
+    optimize_layout_sgd(
+        y,
+        graph.head[keep],
+        graph.tail[keep],
+        epochs_per_sample,
+        float(params.a),
+        float(params.b),
+        float(params.negative_sample_rate),
+        int(n_epochs),
+        float(learning_rate),
+        anchor_arr,
+        spring,
+        int(seed) & 0x7FFFFFFFFFFFFFFF,
+    )
+    return y.astype(np.float32)
 
 
 def align_to(previous: np.ndarray, current: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:

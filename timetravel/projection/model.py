@@ -7,15 +7,24 @@ small and its training fast whatever the embedding width, and lets the
 classification head be folded into the subspace (``logits = z @ (W basis^T)^T
 + W mean + b``).
 
-It is trained on the epoch's samples with two terms: the squared
-reconstruction error (relative to the embedding's variance) and the
-cross-entropy between the head applied to the reconstruction and the model's
-own prediction, so that the class read off any canvas position agrees with
-what the model predicts for the samples there (prediction preservation).
+Its input is the normalised canvas position together with random Fourier
+features of it (``sin``/``cos`` of random projections), which let it carve
+the small islands a model makes around samples it memorised. It is trained
+with three terms:
+
+- the squared reconstruction error of the samples (relative to the
+  embedding's variance);
+- the cross-entropy between the head applied to the reconstruction and the
+  model's own prediction, so the class read off a sample's canvas position is
+  the model's prediction (prediction preservation);
+- a smoothness penalty (squared finite-difference gradient at random canvas
+  points), which keeps the map, and so the territories, smooth wherever the
+  data do not ask for detail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from dataclasses import dataclass
@@ -24,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from timetravel.errors import TimetravelError
+from timetravel.projection._pca import principal_axes
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +49,50 @@ class DecoderParams:
     learning_rate: float = 5e-3
     prediction_weight: float = 1.0
     max_samples: int = 20000
+    fourier_features: int = 32
+    fourier_scale: float = 8.0
+    smoothness: float = 0.01
 
 
-def _decoder(n_out: int, hidden: int):
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch on ``n`` threads inside the block (the decoder is too small to gain from more,
+    and spare threads spin against the other jobs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _decoder(n_out: int, hidden: int, n_frequencies: int):
+    """The decoder network; its random frequencies are a buffer, saved with the weights."""
+    import torch
     from torch import nn
 
-    return nn.Sequential(
-        nn.Linear(2, hidden),
-        nn.SiLU(),
-        nn.Linear(hidden, hidden),
-        nn.SiLU(),
-        nn.Linear(hidden, hidden),
-        nn.SiLU(),
-        nn.Linear(hidden, n_out),
-    )
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("frequencies", torch.zeros(2, n_frequencies))
+            width = 2 + 2 * n_frequencies
+            self.net = nn.Sequential(
+                nn.Linear(width, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, n_out),
+            )
+
+        def forward(self, u: torch.Tensor) -> torch.Tensor:
+            phase = (2.0 * np.pi) * (u @ self.frequencies)
+            return self.net(torch.cat([u, torch.sin(phase), torch.cos(phase)], dim=1))
+
+    return Decoder()
 
 
 class InverseMap:
@@ -108,8 +148,15 @@ class InverseMap:
         torch.save(self.decoder.state_dict(), buf)
         return {"decoder_basis": self.basis, "decoder_mean": self.mean}, {"decoder.pt": buf.getvalue()}
 
+    @property
+    def shape(self) -> dict[str, int]:
+        """What :meth:`load` needs to rebuild the network: hidden width and number of frequencies."""
+        return {"hidden": self.decoder.net[0].out_features, "n_frequencies": self.decoder.frequencies.shape[1]}
+
     @classmethod
-    def load(cls, directory: Path, *, hidden: int, center: np.ndarray, scale: float) -> InverseMap:
+    def load(
+        cls, directory: Path, *, hidden: int, n_frequencies: int, center: np.ndarray, scale: float
+    ) -> InverseMap:
         """Read an inverse map saved from :meth:`files` (weights loaded with ``weights_only=True``)."""
         import torch
 
@@ -120,11 +167,14 @@ class InverseMap:
             state = torch.load(directory / "decoder.pt", weights_only=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise TimetravelError(f"{directory}: cannot read the inverse map ({exc})") from None
-        decoder = _decoder(len(basis), hidden)
+        decoder = _decoder(len(basis), hidden, n_frequencies)
         try:
             decoder.load_state_dict(state)
         except RuntimeError as exc:
-            raise TimetravelError(f"{directory / 'decoder.pt'}: does not match a decoder of width {hidden} ({exc})") from None
+            raise TimetravelError(
+                f"{directory / 'decoder.pt'}: does not match a decoder of width {hidden} "
+                f"with {n_frequencies} frequencies ({exc})"
+            ) from None
         return cls(decoder, mean, basis, center, scale)
 
 
@@ -144,16 +194,6 @@ def _init_weights(module, rng: np.random.Generator) -> None:
 def _head_in_subspace(weight, bias, mean, basis) -> tuple[np.ndarray, np.ndarray]:
     weight = np.asarray(weight, dtype=np.float32)
     return weight @ basis.T, weight @ mean + np.asarray(bias, dtype=np.float32)
-
-
-def principal_subspace(x: np.ndarray, n_components: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(D,)`` and top principal directions ``(r, D)`` of ``x[rows]`` (exact SVD, deterministic)."""
-    import torch
-
-    sample = torch.from_numpy(np.asarray(x[rows], dtype=np.float32))
-    mean = sample.mean(dim=0)
-    _, _, v = torch.linalg.svd(sample - mean, full_matrices=False)
-    return mean.numpy(), v[: min(n_components, v.shape[0])].contiguous().numpy()
 
 
 def canvas_normalisation(xy: np.ndarray) -> tuple[np.ndarray, float]:
@@ -199,8 +239,9 @@ def fit_inverse_map(
     n = len(x)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, min(n, params.max_samples), replace=False))
-    mean, basis = principal_subspace(x, params.components, rows)
-    z = torch.from_numpy((np.asarray(x[rows], dtype=np.float32) - mean) @ basis.T)
+    sample = np.asarray(x[rows], dtype=np.float32)
+    mean, basis = principal_axes(sample, params.components)
+    z = torch.from_numpy((sample - mean) @ basis.T)
     center, scale = canvas_normalisation(xy)
     u = torch.from_numpy((np.asarray(xy[rows], dtype=np.float32) - center) / scale)
     target = torch.from_numpy(np.asarray(predictions[rows], dtype=np.int64))
@@ -208,17 +249,26 @@ def fit_inverse_map(
     z_var = float((z * z).sum(dim=1).mean()) or 1.0
 
     gen = torch.Generator().manual_seed(seed)
-    decoder = _decoder(basis.shape[0], params.hidden)
+    decoder = _decoder(basis.shape[0], params.hidden, params.fourier_features)
     _init_weights(decoder, rng)
+    with torch.no_grad():
+        freq = rng.normal(0.0, params.fourier_scale, decoder.frequencies.shape).astype(np.float32)
+        decoder.frequencies.copy_(torch.from_numpy(freq))
     opt = torch.optim.Adam(decoder.parameters(), lr=params.learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.learning_rate, total_steps=params.steps)
     batch = min(params.batch_size, len(rows))
+    eps = 0.02  # finite-difference step on the normalised canvas (which spans [-1, 1])
     for _ in range(params.steps):
         idx = torch.randint(0, len(rows), (batch,), generator=gen)
         z_hat = decoder(u[idx])
         loss = ((z_hat - z[idx]) ** 2).sum(dim=1).mean() / z_var
         if params.prediction_weight:
             loss = loss + params.prediction_weight * F.cross_entropy(z_hat @ w_sub.T + b_sub, target[idx])
+        if params.smoothness:
+            probe = torch.rand(batch, 2, generator=gen) * 2.2 - 1.1
+            step = eps * torch.randn(batch, 2, generator=gen)
+            jump = ((decoder(probe + step) - decoder(probe)) ** 2).sum(dim=1).mean()
+            loss = loss + params.smoothness * jump / (z_var * eps**2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

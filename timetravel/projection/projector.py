@@ -37,7 +37,7 @@ from timetravel.projection._io import ProjectionError
 from timetravel.projection.graph import FuzzyGraph, fuzzy_graph, knn_search, membership, neighbour_overlap, smooth_knn_dist
 from timetravel.projection.layout import LayoutParams, align_to, find_ab_params, initial_layout, optimize_layout
 from timetravel.projection.metrics import evaluate_split
-from timetravel.projection.model import DecoderParams, InverseMap, fit_inverse_map
+from timetravel.projection.model import DecoderParams, InverseMap, fit_inverse_map, torch_threads
 from timetravel.projection.territory import canvas_extent, territory
 from timetravel.store import RunStore, epoch_dirname
 
@@ -118,6 +118,11 @@ def _finish_task(
     cfg: _Config,
 ) -> dict[str, Any]:
     """Step 3 of an epoch: inverse map, territories and metrics."""
+    with torch_threads(1):
+        return _finish(path, epoch, prev, xy, heldout_xy, cfg)
+
+
+def _finish(path, epoch, prev, xy, heldout_xy, cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     store = _open(path)
     seed = int(_seeds(cfg.random_state, epoch)[2])
@@ -158,7 +163,7 @@ def _finish_task(
         "arrays": arrays,
         "blobs": blobs,
         "extent": list(extent),
-        "decoder": {"center": inverse.center.tolist(), "scale": inverse.scale, "hidden": cfg.decoder.hidden},
+        "decoder": {"center": inverse.center.tolist(), "scale": inverse.scale, **inverse.shape},
         "metrics": metrics,
         "seconds": time.perf_counter() - t0,
     }
@@ -203,6 +208,13 @@ class TemporalProjector:
         Inverse map: principal components predicted, hidden width, Adam steps.
     prediction_weight : float, default=1.0
         Weight of the inverse map's prediction-preservation (cross-entropy) term.
+    fourier_features, fourier_scale : int, float, default=32, 8.0
+        Random Fourier features of the canvas position fed to the inverse map
+        (how many, and the standard deviation of their frequencies on the
+        canvas normalised to [-1, 1]); they let it resolve small islands.
+    smoothness : float, default=0.01
+        Weight of the inverse map's smoothness penalty (keeps territories
+        smooth away from the data).
     decoder_samples : int, default=20000
         Samples (at most) the inverse map is trained on per epoch.
     metric_samples : int, default=2000
@@ -227,7 +239,7 @@ class TemporalProjector:
     Attributes
     ----------
     epochs_ : list of int
-        Epochs projected (all of the store's when ``fit`` returns).
+        Epochs projected so far (all recorded ones unless ``until`` was given).
     metrics_ : dict of int to dict
         Faithfulness metrics per epoch (``{"train": {...}, "heldout": {...}}``).
     path_ : Path
@@ -259,6 +271,9 @@ class TemporalProjector:
         decoder_hidden: int = 128,
         decoder_steps: int = 1500,
         prediction_weight: float = 1.0,
+        fourier_features: int = 32,
+        fourier_scale: float = 8.0,
+        smoothness: float = 0.01,
         decoder_samples: int = 20000,
         metric_samples: int = 2000,
         metric_k: int = 15,
@@ -282,6 +297,9 @@ class TemporalProjector:
         self.decoder_hidden = decoder_hidden
         self.decoder_steps = decoder_steps
         self.prediction_weight = prediction_weight
+        self.fourier_features = fourier_features
+        self.fourier_scale = fourier_scale
+        self.smoothness = smoothness
         self.decoder_samples = decoder_samples
         self.metric_samples = metric_samples
         self.metric_k = metric_k
@@ -295,17 +313,20 @@ class TemporalProjector:
     _RESULT_PARAMS = (
         "n_neighbors", "min_dist", "spread", "negative_sample_rate", "init_epochs", "min_epochs", "max_epochs",
         "learning_rate", "anchor_strength", "grid_size", "decoder_components", "decoder_hidden", "decoder_steps",
-        "prediction_weight", "decoder_samples", "metric_samples", "metric_k", "random_state",
+        "prediction_weight", "fourier_features", "fourier_scale", "smoothness", "decoder_samples", "metric_samples",
+        "metric_k", "random_state",
     )  # fmt: skip
 
     def _validate(self, store: RunStore) -> None:
         positive_ints = ("n_neighbors", "init_epochs", "min_epochs", "max_epochs", "grid_size", "decoder_components",
-                         "decoder_hidden", "decoder_steps", "decoder_samples", "metric_samples", "metric_k")
+                         "decoder_hidden", "decoder_steps", "decoder_samples", "metric_samples", "metric_k",
+                         "fourier_features")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ProjectionError(f"{name} must be a positive integer, got {value!r}")
-        non_negative = ("min_dist", "negative_sample_rate", "anchor_strength", "prediction_weight")
+        non_negative = ("min_dist", "negative_sample_rate", "anchor_strength", "prediction_weight", "fourier_scale",
+                        "smoothness")
         for name in non_negative:
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value < 0:
@@ -340,6 +361,9 @@ class TemporalProjector:
                 steps=self.decoder_steps,
                 prediction_weight=self.prediction_weight,
                 max_samples=self.decoder_samples,
+                fourier_features=self.fourier_features,
+                fourier_scale=self.fourier_scale,
+                smoothness=self.smoothness,
             ),
             grid_size=self.grid_size,
             metric_samples=self.metric_samples,
@@ -347,7 +371,9 @@ class TemporalProjector:
             random_state=self.random_state,
         )
 
-    def fit(self, store: RunStore | str | Path, *, overwrite: bool = False) -> TemporalProjector:
+    def fit(
+        self, store: RunStore | str | Path, *, overwrite: bool = False, until: int | None = None
+    ) -> TemporalProjector:
         """Project every recorded epoch not yet projected, resuming from the last finished one.
 
         Parameters
@@ -357,6 +383,9 @@ class TemporalProjector:
         overwrite : bool, default=False
             Discard an existing projection and start again. Without it, an
             existing projection made with different settings is an error.
+        until : int, optional
+            Project only the recorded epochs up to this one (a later call
+            continues from there).
 
         Returns
         -------
@@ -388,7 +417,7 @@ class TemporalProjector:
             _io.clear(out)
             manifest = _io.new_manifest(METHOD, params)
         done = self._finished_prefix(store, manifest, out)
-        todo = store.epochs[len(done) :]
+        todo = [e for e in store.epochs[len(done) :] if until is None or e <= until]
         prev = None
         if done:
             last = done[-1]
@@ -459,6 +488,8 @@ class TemporalProjector:
                 entry = {"xy": xy, "heldout_xy": heldout_xy, **layout_info}
                 pending.append((epoch, entry, job))
                 prev = _Previous(epoch, xy, heldout_xy, graph_result["graph"].knn)
+            for _ in results:  # every result was taken; this lets joblib mark the call as finished
+                raise RuntimeError("more parallel results than jobs")
 
     def _layout(self, store, epoch, graph_result, prev, layout_params):
         """Step 2 of an epoch: the sequential, warm-started layout."""
@@ -530,6 +561,7 @@ def load_inverse_map(store: RunStore, epoch: int) -> InverseMap:
     return InverseMap.load(
         store.derived_dir("projection") / epoch_dirname(epoch),
         hidden=int(decoder["hidden"]),
+        n_frequencies=int(decoder["n_frequencies"]),
         center=np.asarray(decoder["center"], dtype=np.float32),
         scale=float(decoder["scale"]),
     )
