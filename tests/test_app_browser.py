@@ -183,8 +183,10 @@ def test_export_csv_from_the_app(browser, run):
         accepted = []
         for _ in range(2):
             top = _queue(page)[0]
-            page.keyboard.press("a")
+            # the button, not the key: right after page load the document may not have keyboard focus yet
+            page.get_by_role("button", name="✓ Accept (a)").click()
             accepted.append(top)
+            assert [e["sample"] for e in _wait_log(run, len(accepted))] == accepted
             _wait_queue_without(page, accepted)
         page.wait_for_function("() => !Bokeh.documents[0].get_model_by_name('export_csv').disabled")
         with page.expect_download() as download:

@@ -62,5 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_serve:
         print(f"demo run ready in {store.path}; serve it with: timetravel serve {store.path}")
         return 0
-    return serve.run(argparse.Namespace(run=str(store.path), port=args.port, host=args.host,
-                                        no_browser=args.no_browser))
+    serve_parser = argparse.ArgumentParser(prog="timetravel serve")
+    serve.add_arguments(serve_parser)  # the serve command's own defaults for everything else
+    serve_argv = [str(store.path), "--port", str(args.port), "--host", args.host]
+    return serve.run(serve_parser.parse_args(serve_argv + (["--no-browser"] if args.no_browser else [])))
