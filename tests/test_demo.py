@@ -10,7 +10,7 @@ from timetravel.store import RunStore
 
 
 @pytest.mark.slow
-def test_demo_writes_a_complete_run_and_reuses_it(tmp_path, capsys):
+def test_demo_writes_a_complete_run_and_reuses_it(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--epochs", "3", "--no-serve"]
     assert main(argv) == 0
@@ -24,5 +24,9 @@ def test_demo_writes_a_complete_run_and_reuses_it(tmp_path, capsys):
     assert f"serve it with: timetravel serve {out}" in capsys.readouterr().out
 
     mtime = (out / "epochs" / "0002" / "embedding.npy").stat().st_mtime_ns
-    assert main(argv) == 0  # the second demo reuses the trained run
+    served = []
+    monkeypatch.setattr("timetravel.commands.serve.run", lambda args: served.append(args) or 0)
+    assert main(argv[:-1] + ["--no-browser", "--port", "0"]) == 0  # the second demo reuses the run, then serves
     assert (out / "epochs" / "0002" / "embedding.npy").stat().st_mtime_ns == mtime
+    (args,) = served
+    assert (args.run, args.port, args.host, args.no_browser) == (str(out), 0, "127.0.0.1", True)
