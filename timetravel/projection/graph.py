@@ -111,89 +111,92 @@ def _drop_self(idx: np.ndarray, rows: np.ndarray, k: int, dist: np.ndarray | Non
     return dist[keep].reshape(len(idx), -1)[:, :k], out
 
 
-def knn_search(
-    base: np.ndarray,
-    queries: np.ndarray | None,
-    k: int,
-    *,
-    seed: int = 0,
-    exact: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean k nearest neighbours, exact for small inputs and IVF + exact re-ranking for large ones.
+class NeighbourIndex:
+    """Euclidean k-nearest-neighbour search over fixed points: exact when small, IVF + exact re-ranking when large.
 
-    Large searches use a faiss IVF index on a PCA-reduced copy of ``base``
-    (64 dimensions, ``sqrt(N)`` lists, 4 probed) to find ``3k`` candidates
-    per query, which are then re-ranked with exact distances in the full space
-    (a numba kernel), so the returned distances are exact and the neighbour
-    sets have high recall (0.88 on a 50,000 x 512 run).
+    Large sets use a faiss IVF index on a PCA-reduced copy of the points (64
+    dimensions, ``sqrt(N)`` lists, 4 probed) to find ``3k`` candidates per
+    query, which are then re-ranked with exact distances in the full space (a
+    numba kernel): the returned distances are exact and the neighbour sets have
+    high recall (0.88 on a 50,000 x 512 run). The index is built once and
+    serves any number of queries.
 
     Parameters
     ----------
-    base : ndarray of shape (N, D), float32
+    base : ndarray of shape (N, D)
         Points searched.
-    queries : ndarray of shape (Q, D), or None
-        Points whose neighbours are wanted; None means every row of ``base``,
-        each excluding itself.
-    k : int
-        Neighbours per query (at most ``N - 1`` when ``queries`` is None).
     seed : int
         Seed of the PCA/IVF training sample.
     exact : bool, optional
-        Force the exact (True) or approximate (False) search; by default
-        exact when ``Q * N * D`` is at most ``EXACT_SEARCH_BUDGET``.
-
-    Returns
-    -------
-    dist : ndarray of shape (Q, k), float32
-    index : ndarray of shape (Q, k), int64
+        Force the exact (True) or approximate (False) search; by default exact
+        when ``N * N * D`` is at most ``EXACT_SEARCH_BUDGET``.
     """
-    base = np.ascontiguousarray(base, dtype=np.float32)
-    n, dim = base.shape
-    self_search = queries is None
-    q = base if self_search else np.ascontiguousarray(queries, dtype=np.float32)
-    if k > n - int(self_search):
-        raise ValueError(f"k={k} neighbours need more than {k} points, got {n}")
-    extra = int(self_search)  # one more, to drop the query itself
-    if exact is None:
-        exact = float(len(q)) * n * dim <= EXACT_SEARCH_BUDGET
-    if exact:
-        dist, idx = exact_search(base, q, k + extra)
-    else:
-        from timetravel.projection._kernels import rerank
 
-        cand = _ivf_candidates(base, q, min(3 * k + extra, n), seed)
-        d2, idx = rerank(base, q, cand, k + extra)
-        dist = np.sqrt(d2)
-        short = np.flatnonzero((idx < 0).any(axis=1))  # a probe found too few points: search those exactly
-        if len(short):
-            dist[short], idx[short] = exact_search(base, q[short], k + extra)
-    if self_search:
-        return _drop_self(idx, np.arange(n), k, dist)
-    return dist[:, :k], idx[:, :k]
+    def __init__(self, base: np.ndarray, *, seed: int = 0, exact: bool | None = None) -> None:
+        self.base = np.ascontiguousarray(base, dtype=np.float32)
+        n, dim = self.base.shape
+        self.exact = float(n) * n * dim <= EXACT_SEARCH_BUDGET if exact is None else exact
+        self._ivf = None if self.exact else _IvfCandidates(self.base, seed)
+
+    def query(self, queries: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances and indices ``(Q, k)`` of the k nearest points, ascending.
+
+        ``queries=None`` searches every indexed point's neighbours, each excluding itself.
+        """
+        n = len(self.base)
+        self_search = queries is None
+        q = self.base if self_search else np.ascontiguousarray(queries, dtype=np.float32)
+        if k > n - int(self_search):
+            raise ValueError(f"k={k} neighbours need more than {k} points, got {n}")
+        want = k + int(self_search)  # one more, to drop the query itself
+        if self.exact:
+            dist, idx = exact_search(self.base, q, want)
+        else:
+            from timetravel.projection._kernels import rerank
+
+            d2, idx = rerank(self.base, q, self._ivf.candidates(q, min(3 * k + 1, n)), want)
+            dist = np.sqrt(d2)
+            short = np.flatnonzero((idx < 0).any(axis=1))  # a probe found too few points: search those exactly
+            if len(short):
+                dist[short], idx[short] = exact_search(self.base, q[short], want)
+        if self_search:
+            return _drop_self(idx, np.arange(n), k, dist)
+        return dist, idx
 
 
-def _ivf_candidates(base: np.ndarray, queries: np.ndarray, n_cand: int, seed: int) -> np.ndarray:
-    faiss = _faiss()
-    n, dim = base.shape
-    nlist = int(np.clip(np.sqrt(n), 16, 4096))
-    rng = np.random.default_rng(seed)
-    sample = base[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))]
-    reduced_dim = min(dim, 64)
-    pca = None
-    if reduced_dim < dim:
-        pca = faiss.PCAMatrix(dim, reduced_dim)
-        pca.train(sample)
+class _IvfCandidates:
+    """faiss IVF index on a PCA-reduced copy of the points, proposing neighbour candidates."""
 
-    def reduce(a: np.ndarray) -> np.ndarray:
-        return a if pca is None else pca.apply(a)
+    def __init__(self, base: np.ndarray, seed: int) -> None:
+        faiss = _faiss()
+        n, dim = base.shape
+        nlist = int(np.clip(np.sqrt(n), 16, 4096))
+        rng = np.random.default_rng(seed)
+        sample = base[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))]
+        reduced_dim = min(dim, 64)
+        self._pca = None
+        if reduced_dim < dim:
+            self._pca = faiss.PCAMatrix(dim, reduced_dim)
+            self._pca.train(sample)
+        self._index = faiss.IndexIVFFlat(faiss.IndexFlatL2(reduced_dim), reduced_dim, nlist)
+        self._index.cp.seed = int(seed) % (2**31 - 1)
+        self._index.train(self._reduce(sample))
+        self._index.add(self._reduce(base))
+        self._index.nprobe = 4
 
-    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(reduced_dim), reduced_dim, nlist)
-    index.cp.seed = int(seed) % (2**31 - 1)
-    index.train(reduce(sample))
-    index.add(reduce(base))
-    index.nprobe = 4
-    _, cand = index.search(reduce(queries), n_cand)
-    return cand
+    def _reduce(self, a: np.ndarray) -> np.ndarray:
+        return a if self._pca is None else self._pca.apply(a)
+
+    def candidates(self, queries: np.ndarray, n_cand: int) -> np.ndarray:
+        _, cand = self._index.search(self._reduce(queries), n_cand)
+        return cand
+
+
+def knn_search(
+    base: np.ndarray, queries: np.ndarray | None, k: int, *, seed: int = 0, exact: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-off search: ``NeighbourIndex(base, seed=seed, exact=exact).query(queries, k)``."""
+    return NeighbourIndex(base, seed=seed, exact=exact).query(queries, k)
 
 
 def all_knn(x: np.ndarray, k: int, *, seed: int = 0, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:

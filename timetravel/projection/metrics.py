@@ -70,10 +70,16 @@ def prediction_preservation(inverse_pred: np.ndarray, model_pred: np.ndarray) ->
 
 
 def reconstruction_error(x: np.ndarray, x_hat: np.ndarray) -> float:
-    """Relative squared error ``sum |x - x_hat|^2 / sum |x - mean(x)|^2`` (0 is perfect)."""
+    """Relative squared error ``sum |x - x_hat|^2 / sum |x - mean(x)|^2`` (0 is perfect).
+
+    Both arrays are read in row slices (``x_hat`` may be anything sliceable).
+    """
     num = 0.0
     den = 0.0
-    mean = np.asarray(x, dtype=np.float64).mean(axis=0)
+    mean = np.zeros(x.shape[1])
+    for sl in _chunked_rows(len(x)):
+        mean += np.asarray(x[sl], dtype=np.float64).sum(axis=0)
+    mean /= max(len(x), 1)
     for sl in _chunked_rows(len(x)):
         xs = np.asarray(x[sl], dtype=np.float64)
         num += float(((xs - np.asarray(x_hat[sl], dtype=np.float64)) ** 2).sum())
@@ -113,6 +119,19 @@ def temporal_consistency(x_prev: np.ndarray, x: np.ndarray, xy_prev: np.ndarray,
     if np.ptp(moved_high) == 0 or np.ptp(moved_low) == 0:
         return float("nan")
     return float(spearmanr(moved_high, moved_low).statistic)
+
+
+class _Decoded:
+    """Rows of ``inverse_map(xy)`` computed slice by slice, so the whole reconstruction is never held."""
+
+    def __init__(self, inverse_map, xy: np.ndarray) -> None:
+        self.inverse_map, self.xy = inverse_map, xy
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.inverse_map(np.asarray(self.xy[rows]))
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -167,6 +186,6 @@ def evaluate_split(
     return {
         "knn_preservation": _finite_or_none(knn),
         "prediction_preservation": _finite_or_none(prediction_preservation(inverse_pred, predictions)),
-        "reconstruction_error": _finite_or_none(reconstruction_error(x, inverse_map(xy))),
+        "reconstruction_error": _finite_or_none(reconstruction_error(x, _Decoded(inverse_map, xy))),
         "temporal_consistency": _finite_or_none(temporal),
     }

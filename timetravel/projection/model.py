@@ -44,14 +44,14 @@ class DecoderParams:
 
     components: int = 64
     hidden: int = 128
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 512
     learning_rate: float = 5e-3
     prediction_weight: float = 1.0
     max_samples: int = 20000
     fourier_features: int = 32
-    fourier_scale: float = 8.0
-    smoothness: float = 0.01
+    fourier_scale: float = 12.0
+    smoothness: float = 0.02
 
 
 @contextlib.contextmanager

@@ -34,9 +34,16 @@ import numpy as np
 
 from timetravel.projection import _io
 from timetravel.projection._io import ProjectionError
-from timetravel.projection.graph import FuzzyGraph, fuzzy_graph, knn_search, membership, neighbour_overlap, smooth_knn_dist
+from timetravel.projection.graph import (
+    FuzzyGraph,
+    NeighbourIndex,
+    fuzzy_graph,
+    membership,
+    neighbour_overlap,
+    smooth_knn_dist,
+)
 from timetravel.projection.layout import LayoutParams, align_to, find_ab_params, initial_layout, optimize_layout
-from timetravel.projection.metrics import evaluate_split
+from timetravel.projection.metrics import displacement, evaluate_split
 from timetravel.projection.model import DecoderParams, InverseMap, fit_inverse_map, torch_threads
 from timetravel.projection.territory import canvas_extent, territory
 from timetravel.store import RunStore, epoch_dirname
@@ -95,17 +102,15 @@ def _graph_task(path: str, epoch: int, prev_epoch: int | None, cfg: _Config) -> 
     t0 = time.perf_counter()
     store = _open(path)
     seed = int(_seeds(cfg.random_state, epoch)[0])
-    x = _embedding(store, epoch)
-    graph = fuzzy_graph(*knn_search(x, None, cfg.n_neighbors, seed=seed))
+    index = NeighbourIndex(_embedding(store, epoch), seed=seed)
+    graph = fuzzy_graph(*index.query(None, cfg.n_neighbors))
     moved = None
     if prev_epoch is not None:
-        moved = np.linalg.norm(x - _embedding(store, prev_epoch), axis=1)
+        moved = displacement(store.embedding(prev_epoch), store.embedding(epoch))
     heldout = None
     if store.n_heldout:
-        k = min(cfg.n_neighbors, store.n_samples)
-        dist, index = knn_search(x, _embedding(store, epoch, "heldout"), k, seed=seed)
-        weight = membership(dist, *smooth_knn_dist(dist))
-        heldout = (index, weight)
+        dist, neighbours = index.query(_embedding(store, epoch, "heldout"), cfg.n_neighbors)
+        heldout = (neighbours, membership(dist, *smooth_knn_dist(dist)))
     return {"graph": graph, "moved": moved, "heldout": heldout, "seconds": time.perf_counter() - t0}
 
 
@@ -136,7 +141,7 @@ def _finish(path, epoch, prev, xy, heldout_xy, cfg) -> dict[str, Any]:
     rows = _metric_rows(store.n_samples, cfg.metric_samples, cfg.random_state)
     x_prev = xy_prev = None
     if prev is not None:
-        x_prev, xy_prev = _embedding(store, prev[0]), prev[1]
+        x_prev, xy_prev = store.embedding(prev[0]), prev[1]  # memory-mapped: only streamed through
     metrics = {
         "train": evaluate_split(
             x, pred, xy, inverse, head, rows=rows, k=cfg.metric_k, x_prev=x_prev, xy_prev=xy_prev
@@ -154,7 +159,7 @@ def _finish(path, epoch, prev, xy, heldout_xy, cfg) -> dict[str, Any]:
             head,
             rows=hrows,
             k=cfg.metric_k,
-            x_prev=None if prev is None else _embedding(store, prev[0], "heldout"),
+            x_prev=None if prev is None else store.embedding(prev[0], "heldout"),
             xy_prev=None if prev is None else prev[2],
         )
     arrays, blobs = inverse.files()
@@ -187,14 +192,17 @@ class TemporalProjector:
         Neighbours of the fuzzy kNN graph.
     min_dist, spread : float, default=0.1, 1.0
         umap's shape of the low-dimensional similarity.
-    negative_sample_rate : int, default=5
-        Repulsive samples per attractive edge sample.
-    init_epochs : int, default=500
-        SGD epochs of the first projected epoch (from a PCA start, learning rate 1).
-    min_epochs, max_epochs : int, default=30, 300
+    negative_sample_rate : int, default=10
+        Repulsive samples per attractive edge sample (umap uses 5; 10 keeps
+        local neighbourhoods better with the springs on).
+    init_epochs : int, optional
+        SGD epochs of the first projected epoch (from a PCA start, learning
+        rate 1); by default 500 for up to 10,000 samples and 200 above, as umap.
+    min_epochs, max_epochs : int, default=20 and None
         SGD epochs of a warm-started epoch: ``max_epochs`` times the fraction
         of kNN neighbours that changed since the previous epoch, clipped to
-        this range.
+        this range. ``max_epochs`` defaults to 300 for up to 10,000 samples
+        and 100 above.
     learning_rate : float, default=0.1
         Initial SGD learning rate of warm-started epochs.
     anchor_strength : float, default=10.0
@@ -204,15 +212,15 @@ class TemporalProjector:
         its movement in embedding space. 0 disables the springs.
     grid_size : int, default=200
         Side of the territory grid.
-    decoder_components, decoder_hidden, decoder_steps : int, default=64, 128, 1500
+    decoder_components, decoder_hidden, decoder_steps : int, default=64, 128, 1000
         Inverse map: principal components predicted, hidden width, Adam steps.
     prediction_weight : float, default=1.0
         Weight of the inverse map's prediction-preservation (cross-entropy) term.
-    fourier_features, fourier_scale : int, float, default=32, 8.0
+    fourier_features, fourier_scale : int, float, default=32, 12.0
         Random Fourier features of the canvas position fed to the inverse map
         (how many, and the standard deviation of their frequencies on the
         canvas normalised to [-1, 1]); they let it resolve small islands.
-    smoothness : float, default=0.01
+    smoothness : float, default=0.02
         Weight of the inverse map's smoothness penalty (keeps territories
         smooth away from the data).
     decoder_samples : int, default=20000
@@ -260,20 +268,20 @@ class TemporalProjector:
         n_neighbors: int = 15,
         min_dist: float = 0.1,
         spread: float = 1.0,
-        negative_sample_rate: int = 5,
-        init_epochs: int = 500,
-        min_epochs: int = 30,
-        max_epochs: int = 300,
+        negative_sample_rate: int = 10,
+        init_epochs: int | None = None,
+        min_epochs: int = 20,
+        max_epochs: int | None = None,
         learning_rate: float = 0.1,
         anchor_strength: float = 10.0,
         grid_size: int = 200,
         decoder_components: int = 64,
         decoder_hidden: int = 128,
-        decoder_steps: int = 1500,
+        decoder_steps: int = 1000,
         prediction_weight: float = 1.0,
         fourier_features: int = 32,
-        fourier_scale: float = 8.0,
-        smoothness: float = 0.01,
+        fourier_scale: float = 12.0,
+        smoothness: float = 0.02,
         decoder_samples: int = 20000,
         metric_samples: int = 2000,
         metric_k: int = 15,
@@ -318,7 +326,7 @@ class TemporalProjector:
     )  # fmt: skip
 
     def _validate(self, store: RunStore) -> None:
-        positive_ints = ("n_neighbors", "init_epochs", "min_epochs", "max_epochs", "grid_size", "decoder_components",
+        positive_ints = ("n_neighbors", "min_epochs", "grid_size", "decoder_components",
                          "decoder_hidden", "decoder_steps", "decoder_samples", "metric_samples", "metric_k",
                          "fourier_features")
         for name in positive_ints:
@@ -335,7 +343,13 @@ class TemporalProjector:
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
                 raise ProjectionError(f"{name} must be a finite number > 0, got {value!r}")
-        if self.min_epochs > self.max_epochs:
+        for name in ("init_epochs", "max_epochs"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1
+            ):
+                raise ProjectionError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.max_epochs is not None and self.min_epochs > self.max_epochs:
             raise ProjectionError(f"min_epochs ({self.min_epochs}) must not exceed max_epochs ({self.max_epochs})")
         if self.grid_size > 4096:
             raise ProjectionError(f"grid_size must be at most 4096, got {self.grid_size}")
@@ -500,14 +514,16 @@ class TemporalProjector:
         seed = int(_seeds(self.random_state, epoch)[1])
         info: dict[str, Any] = {"graph_seconds": graph_result["seconds"]}
         if prev is None:
+            n_epochs = self.init_epochs or (500 if store.n_samples <= 10000 else 200)
             start = initial_layout(_embedding(store, epoch))
-            xy = optimize_layout(start, graph, layout_params, n_epochs=self.init_epochs, learning_rate=1.0, seed=seed)
-            info.update(sgd_epochs=self.init_epochs, neighbour_overlap=None)
+            xy = optimize_layout(start, graph, layout_params, n_epochs=n_epochs, learning_rate=1.0, seed=seed)
+            info.update(sgd_epochs=n_epochs, neighbour_overlap=None)
         else:
             overlap = neighbour_overlap(prev.knn, graph.knn)
             still = 1.0 - rankdata(graph_result["moved"]) / len(overlap)
             spring = (self.anchor_strength * overlap * still**2).astype(np.float32)
-            n_epochs = int(np.clip(round(self.max_epochs * (1.0 - overlap.mean())), self.min_epochs, self.max_epochs))
+            most = self.max_epochs or (300 if store.n_samples <= 10000 else 100)
+            n_epochs = int(np.clip(round(most * (1.0 - overlap.mean())), self.min_epochs, max(most, self.min_epochs)))
             xy = optimize_layout(
                 prev.xy, graph, layout_params, n_epochs=n_epochs, learning_rate=self.learning_rate, seed=seed,
                 anchor=prev.xy, anchor_strength=spring,
