@@ -100,6 +100,16 @@ def test_approximate_knn_search_agrees_with_exact():
     assert not (i_approx == np.arange(3000)[:, None]).any()
 
 
+def test_reweighted_scales_only_edges_across_groups():
+    x = np.random.default_rng(3).normal(size=(40, 3)).astype(np.float32)
+    g = fuzzy_graph(*all_knn(x, 5))
+    groups = np.arange(40) % 2
+    h = g.reweighted(groups, 0.25)
+    across = groups[g.head] != groups[g.tail]
+    np.testing.assert_allclose(h.weight[across], g.weight[across] * 0.25, rtol=1e-6)
+    np.testing.assert_array_equal(h.weight[~across], g.weight[~across])
+
+
 def test_neighbour_overlap():
     prev = np.array([[1, 2, 3], [0, 2, 3]])
     cur = np.array([[3, 2, 1], [4, 5, 0]])
@@ -321,6 +331,8 @@ def test_other_settings_need_overwrite(tiny_run):
         ({"anchor_strength": float("nan")}, "anchor_strength must be a finite number >= 0"),
         ({"min_epochs": 50, "max_epochs": 10}, r"min_epochs \(50\) must not exceed max_epochs \(10\)"),
         ({"n_neighbors": 60}, "n_neighbors=60 needs more than 60 samples, the run has 60"),
+        ({"cross_prediction_weight": 0}, r"cross_prediction_weight must be in \(0, 1\], got 0"),
+        ({"decoder_steps": 0}, "decoder_steps must be a positive integer or None, got 0"),
     ],
 )
 def test_bad_settings_are_refused(tiny_run, params, message):

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Dask scheduler address, e.g. tcp://127.0.0.1:8786 (with --backend dask)")
     parser.add_argument("--grid-size", type=int, default=200, help="side of the territory grid (default 200)")
     parser.add_argument("--n-neighbors", type=int, default=15, help="neighbours of the kNN graph (default 15)")
-    parser.add_argument("--decoder-steps", type=int, default=1000,
-                        help="training steps of each epoch's inverse map (default 1000)")
+    parser.add_argument("--decoder-steps", type=int, default=None,
+                        help="training steps of each epoch's inverse map (default 1000, 500 above 10,000 samples)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--until", type=int, default=None, metavar="EPOCH",
                         help="project only the epochs up to this one")

@@ -46,6 +46,12 @@ class FuzzyGraph:
         """Number of points N."""
         return len(self.knn)
 
+    def reweighted(self, groups: np.ndarray, factor: float) -> FuzzyGraph:
+        """The same graph with the weight of every edge between different ``groups`` multiplied by ``factor``."""
+        across = groups[self.head] != groups[self.tail]
+        weight = np.where(across, self.weight * np.float32(factor), self.weight).astype(np.float32)
+        return FuzzyGraph(self.head, self.tail, weight, self.knn)
+
 
 def _faiss():
     import faiss

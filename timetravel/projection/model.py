@@ -265,8 +265,8 @@ def fit_inverse_map(
         if params.prediction_weight:
             loss = loss + params.prediction_weight * F.cross_entropy(z_hat @ w_sub.T + b_sub, target[idx])
         if params.smoothness:
-            probe = torch.rand(batch, 2, generator=gen) * 2.2 - 1.1
-            step = eps * torch.randn(batch, 2, generator=gen)
+            probe = torch.rand(max(batch // 4, 1), 2, generator=gen) * 2.2 - 1.1  # a noisy estimate is enough
+            step = eps * torch.randn(len(probe), 2, generator=gen)
             jump = ((decoder(probe + step) - decoder(probe)) ** 2).sum(dim=1).mean()
             loss = loss + params.smoothness * jump / (z_var * eps**2)
         opt.zero_grad(set_to_none=True)
