@@ -14,11 +14,12 @@ Per epoch the work splits into three steps:
    the decision territories, the faithfulness metrics; then the epoch is
    written and listed in ``projection/manifest.json``.
 
-Only the layout is sequential, and it is the cheap part; the graph and finish
-steps of several epochs run at once through ``joblib.Parallel`` (any joblib
-backend, e.g. Dask). Epochs are processed in chunks: one parallel call
-finishes the previous chunk while building the graphs of the next, and the
-layouts are computed as those graphs arrive.
+Only the layout is sequential (a warm-started SGD of a few dozen epochs);
+the graph and finish steps of several epochs run at once through
+``joblib.Parallel`` (any joblib backend, e.g. Dask). Epochs are processed in
+chunks: one parallel call finishes the previous chunk while building the
+graphs of the next, and the layouts are computed, in this process, as those
+graphs arrive, while the workers carry on.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
