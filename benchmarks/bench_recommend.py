@@ -261,6 +261,18 @@ def _targets(table: dict) -> list[dict]:
     return checks
 
 
+def _pair_table(table: dict, rankers: list[str], title: str, keys: tuple[str, str], digits: int) -> list[str]:
+    """Markdown lines of a settings x rankers table whose cells are two perfect-user values "a / b"."""
+    lines = ["", f"## {title}", "", "| setting | " + " | ".join(rankers) + " |", "|---|" + "---|" * len(rankers)]
+    for key, e in table.items():
+        cells = []
+        for n in rankers:
+            v = e["rankers"].get(n, {}).get(str(STATIC_MISTAKE))
+            cells.append("–" if v is None else f"{_fmt(v[keys[0]], digits)} / {_fmt(v[keys[1]], digits)}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _fmt(v, digits=3):
     if v is None:
         return "–"
@@ -318,22 +330,9 @@ def _markdown(result: dict) -> str:
             if name in e["rankers"]:
                 cells = [_fmt(e["rankers"][name].get(str(m), {}).get("precision")) for m in mistakes]
                 lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", "## Initial ranking quality: AUROC / AUPRC", "",
-              "| setting | " + " | ".join(rankers) + " |", "|---|" + "---|" * len(rankers)]
-    for key, e in table.items():
-        cells = []
-        for n in rankers:
-            v = e["rankers"].get(n, {}).get(str(STATIC_MISTAKE))
-            cells.append("–" if v is None else f"{_fmt(v['auroc'], 2)} / {_fmt(v['auprc'], 2)}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", "## Reviews needed for 50% / 80% recall (perfect user; – = not within 2 × n_noisy reviews)", "",
-              "| setting | " + " | ".join(rankers) + " |", "|---|" + "---|" * len(rankers)]
-    for key, e in table.items():
-        cells = []
-        for n in rankers:
-            v = e["rankers"].get(n, {}).get(str(STATIC_MISTAKE))
-            cells.append("–" if v is None else f"{_fmt(v['reviews_for_50'], 0)} / {_fmt(v['reviews_for_80'], 0)}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += _pair_table(table, rankers, "Initial ranking quality: AUROC / AUPRC", ("auroc", "auprc"), 2)
+    lines += _pair_table(table, rankers, "Reviews needed for 50% / 80% recall (perfect user; – = not within "
+                         "2 × n_noisy reviews)", ("reviews_for_50", "reviews_for_80"), 0)
     lines += ["", "## Update latency of the FeedbackRecommender (one partial_fit + recommend)", "",
               "| where | samples | p50 ms | p95 ms | load average (1 min) |", "|---|---|---|---|---|"]
     for key, e in table.items():

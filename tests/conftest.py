@@ -26,8 +26,11 @@ def build_run(
     epochs: int = 3,
     noise_rate: float = 0.1,
     seed: int = 0,
+    **create_kw,
 ) -> RunStore:
     """Write a small random run store (noisy labels, held-out set, thumbnails, margins) and open it.
+
+    ``create_kw`` goes to :meth:`RunWriter.create` (e.g. ``overwrite=True``).
 
     Embeddings drift towards class centres over the epochs, so there is some
     structure for projections and detectors; the logits come from the stored
@@ -49,6 +52,7 @@ def build_run(
         thumbs=rng.integers(0, 256, (n_samples, 8, 8), dtype=np.uint8),
         heldout_labels=held_labels,
         dataset="toy",
+        **create_kw,
     )
     centres = rng.normal(size=(n_classes, embedding_dim)) * 3
     head_w = centres / np.linalg.norm(centres, axis=1, keepdims=True)

@@ -108,6 +108,25 @@ def test_load_refuses_damaged_files(tmp_path):
         load_detection(store)
 
 
+def test_load_refuses_features_of_another_version(tmp_path):
+    store = simulate_run(tmp_path / "run", n_samples=100, seed=2)
+    detect(store, verbose=False)
+    path = tmp_path / "run" / "features" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["has_neighbors"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"another timetravel version \(missing has_neighbors\); run `timetravel detect"):
+        load_detection(store)
+    manifest["has_neighbors"] = True
+    manifest["detector"] = {"unknown": 1}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="the saved detector cannot be restored"):
+        load_detection(store)
+    path.write_text("[]")
+    with pytest.raises(StoreError, match="expected a JSON object"):
+        load_detection(store)
+
+
 def test_detect_command(tmp_path, capsys):
     from timetravel.cli import main
 

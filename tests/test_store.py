@@ -15,36 +15,9 @@ import pytest
 from timetravel import RunStore, RunWriter, StoreError
 from timetravel.store import FORMAT_VERSION
 
+from conftest import build_run
+
 N, K, D, M = 60, 3, 8, 12
-
-
-def _make_run(path: Path, epochs: int = 3, seed: int = 0, **create_kw) -> RunWriter:
-    rng = np.random.default_rng(seed)
-    true = rng.integers(0, K, N)
-    labels = true.copy()
-    labels[:6] = (labels[:6] + 1) % K
-    writer = RunWriter.create(
-        path,
-        labels=labels,
-        n_classes=K,
-        embedding_dim=D,
-        true_labels=true,
-        heldout_labels=rng.integers(0, K, M),
-        thumbs=rng.integers(0, 256, (N, 4, 4), dtype=np.uint8),
-        dataset="toy",
-        **create_kw,
-    )
-    for e in range(epochs):
-        writer.write_epoch(
-            e,
-            rng.normal(size=(N, D)),
-            rng.normal(size=(N, K)),
-            head=(rng.normal(size=(K, D)), rng.normal(size=K)),
-            train_margin=rng.normal(size=N),
-            heldout=(rng.normal(size=(M, D)), rng.normal(size=(M, K))),
-            metrics={"train_loss": 1.0 / (e + 1)},
-        )
-    return writer
 
 
 def test_round_trip(tmp_path):
@@ -66,13 +39,13 @@ def test_round_trip(tmp_path):
 
 
 def test_float16_default_and_optional_parts(tmp_path):
-    _make_run(tmp_path / "r")
+    build_run(tmp_path / "r")
     store = RunStore(tmp_path / "r")
     assert store.embedding(1).dtype == np.float16
     assert store.embedding(2, split="heldout").shape == (M, D)
     assert store.logits(2, split="heldout").shape == (M, K)
     assert store.train_margin(0).shape == (N,)
-    assert store.thumbs.shape == (N, 4, 4)
+    assert store.thumbs.shape == (N, 8, 8)
     assert store.noise_mask.sum() == 6
     assert store.manifest["noise_rate_actual"] == pytest.approx(6 / N)
     assert store.head(0)[0].shape == (K, D)
@@ -117,7 +90,7 @@ def _killed_writer(path: str, ready) -> None:
 
 
 def test_kill_mid_epoch_leaves_readable_store(tmp_path):
-    _make_run(tmp_path / "r", epochs=3)
+    build_run(tmp_path / "r", epochs=3)
     ctx = mp.get_context("fork")
     ready = ctx.Event()
     proc = ctx.Process(target=_killed_writer, args=(str(tmp_path / "r"), ready))
@@ -136,10 +109,10 @@ def test_kill_mid_epoch_leaves_readable_store(tmp_path):
 
 
 def test_create_refuses_to_clobber(tmp_path):
-    _make_run(tmp_path / "r", epochs=1)
+    build_run(tmp_path / "r", epochs=1)
     with pytest.raises(StoreError, match="a run already exists"):
-        _make_run(tmp_path / "r", epochs=1)
-    _make_run(tmp_path / "r", epochs=2, overwrite=True)
+        build_run(tmp_path / "r", epochs=1)
+    build_run(tmp_path / "r", epochs=2, overwrite=True)
     assert RunStore(tmp_path / "r").epochs == [0, 1]
 
 
@@ -216,7 +189,7 @@ BAD_CASES = {
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_bad_store_gives_one_clear_error(tmp_path, case):
     run = tmp_path / "r"
-    _make_run(run)
+    build_run(run)
     damage, other_path, message = BAD_CASES[case]
     damage(run)
     with pytest.raises(StoreError, match=message):
@@ -225,7 +198,7 @@ def test_bad_store_gives_one_clear_error(tmp_path, case):
 
 def test_large_store_checks_nan_lazily(tmp_path, monkeypatch):
     run = tmp_path / "r"
-    _make_run(run)
+    build_run(run)
     _put_nan(run / "epochs/0001/embedding.npy")
     monkeypatch.setattr("timetravel.store.FULL_VERIFY_BYTES", 0)
     store = RunStore(run)  # too "large" for a full scan at open
@@ -237,7 +210,7 @@ def test_large_store_checks_nan_lazily(tmp_path, monkeypatch):
 
 
 def test_bad_requests(tmp_path):
-    _make_run(tmp_path / "r")
+    build_run(tmp_path / "r")
     store = RunStore(tmp_path / "r")
     with pytest.raises(StoreError, match=r"epoch 7 is not recorded \(recorded epochs: 0..2\)"):
         store.logits(7)
@@ -278,6 +251,6 @@ def test_write_validates_shapes(tmp_path):
 
 
 def test_no_pickle_anywhere(tmp_path):
-    _make_run(tmp_path / "r")
+    build_run(tmp_path / "r")
     for path in (tmp_path / "r").rglob("*.npy"):
         np.load(path, allow_pickle=False)  # raises if anything needed pickle

@@ -248,6 +248,10 @@ def _consensus_weights(z: np.ndarray) -> np.ndarray:
 
 FEATURES_DIR = "features"
 FORMAT_VERSION = 1
+_MANIFEST_KEYS = frozenset(
+    {"format_version", "n_samples", "names", "descriptions", "directions", "has_neighbors", "meta", "epochs",
+     "detector"}
+)
 _ARRAYS = {  # file -> allowed dtype kinds
     "features.npy": "f",
     "scores.npy": "f",
@@ -372,9 +376,15 @@ def load_detection(store) -> Detection:
         raise StoreError(f"{store.path}: has no detection results yet; run `timetravel detect {store.path}` first") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: not valid JSON ({exc}); run `timetravel detect {store.path}` again") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{path}: expected a JSON object; run `timetravel detect {store.path}` again")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise StoreError(f"{path}: unknown format_version {manifest.get('format_version')!r}; "
                          f"this timetravel reads version {FORMAT_VERSION}")
+    again = f"run `timetravel detect {store.path}` again"
+    missing = sorted(_MANIFEST_KEYS - set(manifest))
+    if missing:
+        raise StoreError(f"{path}: written by another timetravel version (missing {', '.join(missing)}); {again}")
     n, f = store.n_samples, len(manifest["names"])
     if manifest["n_samples"] != n:
         raise StoreError(f"{path}: features are for {manifest['n_samples']} samples but the run has {n}; "
@@ -393,7 +403,10 @@ def load_detection(store) -> Detection:
         suggested=arrays["suggested.npy"].astype(np.int64), predicted=arrays["predicted.npy"].astype(np.int64),
         neighbors=arrays.get("neighbors.npy"), epochs=list(manifest["epochs"]), meta=dict(manifest["meta"]),
     )
-    detector = AbnormalityDetector.from_saved(manifest["detector"], reference, table.values)
+    try:
+        detector = AbnormalityDetector.from_saved(manifest["detector"], reference, table.values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{path}: the saved detector cannot be restored ({exc!r}); {again}") from None
     return Detection(table, detector, arrays["scores.npy"])
 
 

@@ -9,7 +9,7 @@ compiles numba code for tens of seconds).
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,17 +23,24 @@ def _rows_embedding(store: RunStore, epoch: int, rows: np.ndarray | None) -> np.
     return np.asarray(x if rows is None else x[rows], dtype=np.float32)
 
 
+def _per_epoch(
+    store: RunStore, epochs: Sequence[int], rows: np.ndarray | None, make: Callable[[], object]
+) -> tuple[dict[int, np.ndarray], float]:
+    """Fit a fresh ``make()`` reducer to each epoch; the layouts and the mean seconds per epoch."""
+    out = {}
+    t0 = time.perf_counter()
+    for e in epochs:
+        out[e] = np.asarray(make().fit_transform(_rows_embedding(store, e, rows)), dtype=np.float32)
+    return out, (time.perf_counter() - t0) / max(len(epochs), 1)
+
+
 def pca_layouts(
     store: RunStore, epochs: Sequence[int], rows: np.ndarray | None = None, **_: object
 ) -> tuple[dict[int, np.ndarray], float]:
     """First two principal components of each epoch, fitted independently (sklearn ``PCA``)."""
     from sklearn.decomposition import PCA
 
-    out = {}
-    t0 = time.perf_counter()
-    for e in epochs:
-        out[e] = PCA(n_components=2).fit_transform(_rows_embedding(store, e, rows)).astype(np.float32)
-    return out, (time.perf_counter() - t0) / max(len(epochs), 1)
+    return _per_epoch(store, epochs, rows, lambda: PCA(n_components=2))
 
 
 def umap_layouts(
@@ -51,12 +58,9 @@ def umap_layouts(
     """
     import umap
 
-    out = {}
-    t0 = time.perf_counter()
-    for e in epochs:
-        reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=random_state)
-        out[e] = reducer.fit_transform(_rows_embedding(store, e, rows)).astype(np.float32)
-    return out, (time.perf_counter() - t0) / max(len(epochs), 1)
+    return _per_epoch(
+        store, epochs, rows, lambda: umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=random_state)
+    )
 
 
 def aligned_umap_layouts(
