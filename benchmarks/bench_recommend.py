@@ -140,7 +140,23 @@ def _session(ranker, mask: np.ndarray, k: int, mistake: float, seed: int, rounds
     return metrics
 
 
-def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: int, rounds: int) -> dict:
+def _mean_metrics(sessions: list[dict]) -> dict:
+    """Element-wise mean of the sessions' metrics (the first session's value where one is None)."""
+    out = {}
+    for key, first in sessions[0].items():
+        values = [m[key] for m in sessions]
+        if len(sessions) == 1 or any(v is None for v in values) or isinstance(first, (bool, str)):
+            out[key] = first
+        elif isinstance(first, (int, float)):
+            out[key] = float(np.mean(values))
+        else:
+            out[key] = np.mean(np.asarray(values, dtype=np.float64), axis=0)
+            out[key] = out[key].astype(np.float32) if isinstance(first, np.ndarray) else out[key].tolist()
+    return out
+
+
+def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: int, rounds: int,
+                  user_draws: int = 1) -> dict:
     from timetravel.rankers import make_ranker
     from timetravel.simulate import ranking_quality, review_k
 
@@ -155,10 +171,16 @@ def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: 
         fitted = make_ranker(name).fit(data)
         fit_s = time.perf_counter() - t0
         for mistake in mistakes if name in FEEDBACK_RANKERS else [STATIC_MISTAKE]:
-            ranker = copy.deepcopy(fitted)  # every user meets the same freshly fitted ranker
-            metrics = _session(ranker, mask, k, mistake, seed, rounds, timed=name == "timetravel")
+            # every user meets the same freshly fitted ranker; a mistaken user is drawn `user_draws` times
+            # (which answers are wrong is random, and one draw of 10 rounds is a noisy estimate)
+            sessions = [
+                _session(copy.deepcopy(fitted), mask, k, mistake, seed * 1000 + draw, rounds,
+                         timed=name == "timetravel" and draw == 0)
+                for draw in range(user_draws if mistake > 0 else 1)
+            ]  # fmt: skip
+            metrics = _mean_metrics(sessions)
             metrics["fit_seconds"] = fit_s
-            metrics.update(ranking_quality(ranker.initial_scores_, mask))
+            metrics.update(ranking_quality(fitted.initial_scores_, mask))
             per_mistake[str(mistake)] = metrics
         out["rankers"][name] = per_mistake
     out["notes"] = dict(data.notes)
@@ -293,11 +315,13 @@ def _markdown(result: dict) -> str:
         f"{meta['elapsed_minutes']:.1f} min in all"
         + (f" (summed over {len(meta['merged_from'])} partial runs, some side by side)" if "merged_from" in meta
            else "")
-        + "; other jobs shared the CPU (load average "
-        f"{meta['load_average_start'][0]:.1f} at the start, {meta['load_average_end'][0]:.1f} at the end). "
+        + "; load average "
+        f"{meta['load_average_start'][0]:.1f} at the start, {meta['load_average_end'][0]:.1f} at the end. "
         f"Settings: datasets {meta['datasets']}, noise {meta['noise']}, rates {meta['rates']}, seeds {meta['seeds']}, "
         f"{meta['epochs']} epochs, {meta['rounds']} rounds of k (k = 50 for runs of 20,000+ samples, else "
-        f"ceil(n_noisy / 20)). Values are means over seeds.",
+        f"ceil(n_noisy / 20)). Values are means over seeds"
+        + (f"; with a mistaken user, also over {meta['user_draws']} draws of which answers are wrong."
+           if meta.get("user_draws", 1) > 1 else "."),
         "",
         *([meta["note"], ""] if meta.get("note") else []),
         "DeepDebugger trajectories: " + ", ".join(sorted({s for e in result["runs"] for s in
@@ -428,6 +452,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", default="0.05,0.1,0.2,0.4")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--mistakes", default="0,0.03,0.05,0.1,0.2")
+    p.add_argument("--user-draws", type=int, default=5,
+                   help="sessions (different mistaken answers) averaged per run for each mistake rate > 0")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--synthetic-samples", type=int, default=20000)
@@ -504,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                     t_cv = time.perf_counter() - t0
                     data = RankingInput(store, table, scores, cv_probabilities=cv, random_state=seed)
                     t0 = time.perf_counter()
-                    result = _evaluate_run(store, data, rankers, mistakes, seed, args.rounds)
+                    result = _evaluate_run(store, data, rankers, mistakes, seed, args.rounds, args.user_draws)
                     result.update(dataset=dataset, noise=kind, rate=rate, seed=seed, run=path.name,
                                   seconds={"train_or_cache": t_train, "features_and_detector": t_detect,
                                            "cross_validation": t_cv, "sessions": time.perf_counter() - t0})
@@ -520,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                  "elapsed_minutes": (time.time() - started) / 60, "datasets": datasets, "noise": kinds,
                  "rates": rates, "seeds": seeds, "mistakes": mistakes, "epochs": args.epochs, "rounds": args.rounds,
                  "rankers": rankers, "synthetic_samples": args.synthetic_samples, "cv_datasets": sorted(cv_datasets),
-                 "cv_folds": args.cv_folds, "quick": args.quick},
+                 "cv_folds": args.cv_folds, "quick": args.quick, "user_draws": args.user_draws},
         "table": _aggregate(runs),
         "latency": latency,
         "runs": runs,
