@@ -174,7 +174,9 @@ def _row(n: int, r: dict) -> dict:
 NOTES = [
     "Real `timetravel serve` in a subprocess, Debian's headless Chromium (--headless --disable-gpu): the "
     "browser has no GPU, so WebGL runs in SwiftShader on the CPU. The default renderer `auto` detects this "
-    "and draws the dots with canvas 2D; `webgl` forces WebGL. With a GPU, `auto` picks WebGL.",
+    "and draws the dots with canvas 2D: Bokeh's scatter up to 20,000 dots (`canvas`), above that the "
+    "`raster` renderer (the page rasterises the dots into one image; a transparent scatter keeps hover and "
+    "selection). `canvas` and `webgl` force those renderers. With a GPU, `auto` picks WebGL.",
     "First render: navigation start to the end of the first canvas paint with every point (auto includes "
     "the GPU probe round trip). The first load after the server starts is reported apart from later loads.",
     "Epoch step: slider value set in the page to the canvas repainted with the new positions plus one "
@@ -185,14 +187,14 @@ NOTES = [
     "Accept/reject: button click to the queue table's new first row read from the DOM on the next animation "
     "frame; it includes the fsynced append to feedback.jsonl and the recommender's re-rank.",
     "Server anon RSS excludes the memory-mapped run files; the frame cache holds at most a few epochs.",
-    "Other helpers' jobs shared the 2 CPU cores during the run (see the load average).",
+    "Nothing else ran on the 2 CPU cores unless the load average says so.",
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="timetravel bench app", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,50000,200000", help="comma-separated run sizes")
-    parser.add_argument("--renderers", default="auto,webgl", help="comma-separated: auto, webgl, canvas")
+    parser.add_argument("--renderers", default="auto,canvas,webgl", help="comma-separated: auto, webgl, canvas, raster")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--grid", type=int, default=200, help="territory grid size G")
     parser.add_argument("--loads", type=int, default=4, help="page loads per size (the first is cold)")

@@ -278,30 +278,27 @@ def bench_run(name: str, store, args) -> dict[str, Any]:
     query_all = np.sort(rng.choice(n, min(n, 2000), replace=False))
     decoder = projector.decoder_params(n)
     pp_every = max(1, len(epochs) // args.pp_epochs)
-    selections = {}
+    # (epochs, rows, kNN queries, prediction-preservation epochs) per selection, and the methods run on it
+    groups: dict[str, tuple[tuple, list[str]]] = {}
+    wanted = [m for m in ("pca", "umap", "aligned_umap") if m in args.methods]
     if not big:
-        pp_epochs = set(epochs[::pp_every])
-        selections = {m: (epochs, np.arange(n), query_all, pp_epochs, "all epochs, all samples")
-                      for m in ("pca", "umap", "aligned_umap")}
+        groups["all epochs, all samples"] = ((epochs, np.arange(n), query_all, set(epochs[::pp_every])), wanted)
     else:
-        window = epochs[args.window_start : args.window_start + args.baseline_epochs]
         sub = np.sort(rng.choice(n, min(n, args.aligned_samples), replace=False))
         sub_query = np.sort(rng.choice(len(sub), min(len(sub), 2000), replace=False))
-        note_full = f"epochs {window[0]}-{window[-1]}, all {n} samples"
-        note_sub = f"epochs {window[0]}-{window[-1]}, {len(sub)} random samples"
-        selections = {
-            "pca": (window, np.arange(n), query_all, set(window), note_full),
-            "umap": (window, np.arange(n), query_all, set(window), note_full),
-            "aligned_umap": (window, sub, sub_query, set(window), note_sub),
-        }
+        for start in args.window_starts:
+            first = start % len(epochs)
+            window = epochs[first : first + args.baseline_epochs]
+            full = [m for m in wanted if m != "aligned_umap"]
+            if full:
+                groups[f"epochs {window[0]}-{window[-1]}, all {n} samples"] = (
+                    (window, np.arange(n), query_all, set(window)), full)
+            if "aligned_umap" in wanted:
+                groups[f"epochs {window[0]}-{window[-1]}, {len(sub)} random samples"] = (
+                    (window, sub, sub_query, set(window)), ["aligned_umap"])
     rows_table = []
     layouts_for_png: dict[str, dict[int, np.ndarray]] = {"ours": ours_xy}
-    groups: dict[str, list[str]] = {}  # methods evaluated on the same epochs and samples, ours first
-    for method in ("pca", "umap", "aligned_umap"):
-        if method in args.methods:
-            groups.setdefault(selections[method][4], []).append(method)
-    for note, methods in groups.items():
-        sel_epochs, rows, query, pp_epochs, _ = selections[methods[0]]
+    for note, ((sel_epochs, rows, query, pp_epochs), methods) in groups.items():
         inverse_maps = {e: load_inverse_map(store, e) for e in pp_epochs}
         stats = evaluate(store, {e: ours_xy[e][rows] for e in sel_epochs}, rows, query, pp_epochs, decoder,
                          inverse_maps)
@@ -312,24 +309,19 @@ def bench_run(name: str, store, args) -> dict[str, Any]:
             logger.info("%s: %s on %s", name, method, note)
             layouts, sec = baseline_layouts(method, store, sel_epochs, None if len(rows) == n else rows)
             stats = evaluate(store, layouts, rows, query, pp_epochs, decoder)
-            result[method] = {"seconds_per_epoch": sec, "selection": note, **stats}
+            result.setdefault(method, {})[note] = {"seconds_per_epoch": sec, **stats}
             rows_table.append({"run": name, "method": method, "evaluated on": note,
                                "seconds/epoch": round(sec, 2), **_cells(stats)})
             if len(rows) == n:
-                layouts_for_png[method] = layouts
+                layouts_for_png.setdefault(method, {}).update(layouts)
     png = args.results_dir / f"projection_{name}.png"
-    shown_epochs = _frame_epochs(epochs, selections, big)
+    if big:  # the first and last epoch of each baseline window
+        shown_epochs = sorted({e for (sel, *_), _ in groups.values() for e in (sel[0], sel[-1])})
+    else:
+        shown_epochs = [epochs[i] for i in np.unique(np.linspace(0, len(epochs) - 1, 4).round().astype(int))]
     frames_png(png, store, layouts_for_png, np.arange(n), shown_epochs)
     result["png"] = png.name
     return {"result": result, "rows": rows_table}
-
-
-def _frame_epochs(epochs, selections, big):
-    if big and selections:
-        window = next(iter(selections.values()))[0]
-        return [epochs[0], window[0], window[-1], epochs[-1]]
-    picks = np.unique(np.linspace(0, len(epochs) - 1, 4).round().astype(int))
-    return [epochs[i] for i in picks]
 
 
 def _cells(stats: dict) -> dict[str, Any]:
@@ -362,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs with at most this many samples get every baseline on every epoch")
     parser.add_argument("--baseline-epochs", type=int, default=5,
                         help="consecutive epochs the baselines project on bigger runs (default 5)")
-    parser.add_argument("--window-start", type=int, default=10, help="first of those epochs (index, default 10)")
+    parser.add_argument("--window-starts", default="10,-5",
+                        help="first epoch (index; negative counts from the end) of each baseline window on bigger "
+                             "runs (default 10,-5: an early window and the last epochs, where the model memorises)")
     parser.add_argument("--aligned-samples", type=int, default=5000,
                         help="samples AlignedUMAP gets on bigger runs (default 5000)")
     parser.add_argument("--pp-epochs", type=int, default=10,
@@ -370,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     args.methods = set(args.methods.split(","))
+    args.window_starts = [int(v) for v in args.window_starts.split(",")]
     args.results_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -386,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     full_rows = []
     for name in args.datasets.split(","):
         o = results[name]["ours_full"]
+        umap_s = next((v["seconds_per_epoch"] for note, v in results[name].get("umap", {}).items()
+                       if "all" in note), None)  # fmt: skip
         full_rows.append({
             "run": name,
             "samples x dim x epochs": f"{results[name]['n_samples']} x {results[name]['embedding_dim']} x "
@@ -401,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             "recon train/held-out": f"{o['train_reconstruction_error_mean']:.3f} / "
                                     f"{o.get('heldout_reconstruction_error_mean', float('nan')):.3f}",
             "temporal train": round(o["train_temporal_consistency_mean"], 4),
+            "UMAP s/epoch (all samples)": round(umap_s, 2) if umap_s else None,
+            "time ours / UMAP": round(o["seconds_per_epoch"] / umap_s, 2) if umap_s else None,
             "load avg before/after": f"{o['load_average_before']:.1f} / {o['load_average_after']:.1f}",
         })
     notes = [
@@ -419,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         "Temporal (per epoch): Spearman correlation across samples between movement in embedding space and on "
         "the canvas, mean over consecutive epoch pairs (the metric of the issue). Temporal (per sample): "
         "Spearman across the epoch pairs for each sample, averaged over samples (DVI's variant).",
-        "The machine has 2 cores shared with other helpers' jobs while this ran; load averages are in the "
-        "tables and the JSON. Wall times are therefore upper bounds.",
+        "2-core machine, nothing else running unless the load averages (tables, JSON) say otherwise. "
+        "'time ours / UMAP' compares our whole projection (graphs, layouts, inverse maps, territories, metrics, "
+        "files) per epoch with umap-learn's layout alone per epoch, on all samples.",
     ]
     json_path, md_path = write_results(
         "projection", results, table, title="Projection: ours vs PCA, UMAP, AlignedUMAP",

@@ -180,17 +180,20 @@ window.__tt = {first: null, firstPaints: 0};
     if (doc == null) { return null; }
     const plot = doc.get_model_by_name("canvas");
     const view = plot && B.index.find_one(plot);
-    return view == null ? null : {doc, plot, view, src: doc.get_model_by_name("points_source")};
+    return view == null ? null : {doc, plot, view, src: doc.get_model_by_name("points_source"),
+                                  dots: doc.get_model_by_name("dots_source")};
   };
+  // the raster renderer draws the dots into dots_source's image: a frame counts once that image is in
+  const dotsIn = (m, before) => m.dots == null || ((m.dots.data.image || []).length > 0 && m.dots.data !== before);
   const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve(performance.now())));
   const watchFirst = () => {
     const m = models();
     if (m == null) { requestAnimationFrame(watchFirst); return; }
-    const drawn = () => m.src.get_length() > 0 && m.view._render_count > 0;
-    if (drawn()) { window.__tt.first = performance.now(); return; }
+    const drawn = () => m.src.get_length() > 0 && dotsIn(m, null);
+    if (drawn() && m.view._render_count > 0) { window.__tt.first = performance.now(); return; }
     m.view.repainted.connect(() => {
       window.__tt.firstPaints += 1;
-      if (window.__tt.first == null && m.src.get_length() > 0) { window.__tt.first = performance.now(); }
+      if (window.__tt.first == null && drawn()) { window.__tt.first = performance.now(); }
     });
   };
   requestAnimationFrame(watchFirst);
@@ -198,7 +201,7 @@ window.__tt = {first: null, firstPaints: 0};
   window.__tt.step = (pos) => new Promise((resolve) => {
     const m = models();
     const slider = m.doc.get_model_by_name("epoch_slider");
-    const before = m.src.data.x;
+    const before = m.src.data.x, dotsBefore = m.dots == null ? null : m.dots.data;
     const t0 = performance.now();
     let arrived = null;
     const onData = () => {
@@ -206,7 +209,7 @@ window.__tt = {first: null, firstPaints: 0};
     };
     const onPaint = () => {
       onData();
-      if (arrived != null) {
+      if (arrived != null && dotsIn(m, dotsBefore)) {
         m.view.repainted.disconnect(onPaint);
         m.src.change.disconnect(onData);
         m.src.properties.data.change.disconnect(onData);

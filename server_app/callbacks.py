@@ -80,7 +80,8 @@ def _renderer_note(backend: str, gl_renderer: str) -> str:
     if backend == "webgl":
         return "<span class='tt-muted'>dots drawn with WebGL</span>"
     reason = "no WebGL" if gl_renderer in ("", "none") else "WebGL emulated without a GPU"
-    return f"<span class='tt-muted' title='{html.escape(gl_renderer)}'>dots drawn with canvas 2D ({reason})</span>"
+    how = "canvas 2D" if backend == "canvas" else "canvas 2D, rasterised in the page"
+    return f"<span class='tt-muted' title='{html.escape(gl_renderer)}'>dots drawn with {how} ({reason})</span>"
 
 
 class Controller:
@@ -148,7 +149,7 @@ class Controller:
         """The browser reported its WebGL renderer: build the canvas with the backend that suits it."""
         if self.v.canvas is not None:
             return
-        backend = backend_for(gl_renderer)
+        backend = backend_for(gl_renderer, self.data.n_samples)
         canvas = make_canvas(self.data, self.frame, backend)
         self._wire_canvas(canvas)
         self.v.canvas = canvas
@@ -160,6 +161,7 @@ class Controller:
             self._update_mask()
             canvas.set_focus(self.frame, self.target)
         self.v.canvas_slot.children = [canvas.figure, *self.v.canvas_slot.children[1:]]
+        canvas.redraw_dots()
         self._update_trails()
 
     def _show_canvas_options(self) -> None:
@@ -173,6 +175,8 @@ class Controller:
         v = self.v
         if v.canvas is None:
             self.doc.js_on_event(DocumentReady, CustomJS(args=dict(probe=v.probe), code=PROBE_GL_JS))
+        elif v.canvas.dots_js is not None:
+            self.doc.js_on_event(DocumentReady, v.canvas.dots_js)
         keys = dict(accept=v.queue.accept, reject=v.queue.reject, undo=v.queue.undo,
                     back=v.timeline.back, forward=v.timeline.forward, play=v.timeline.play)  # fmt: skip
         self.doc.js_on_event(DocumentReady, CustomJS(args=keys, code=_KEYS_JS))

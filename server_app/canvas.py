@@ -1,7 +1,18 @@
-"""The canvas: every sample as a WebGL scatter over the epoch's territory image.
+"""The canvas: every sample as a scatter over the epoch's territory image.
 
 Positions travel as float32 binary arrays; an epoch change sends only the columns
 that change (``x``, ``y``, ``pred``, ``conf``) and the territory image.
+
+Three ways to draw the dots, chosen from the browser's WebGL renderer:
+
+* ``webgl`` (a GPU): Bokeh's WebGL scatter;
+* ``canvas`` (no GPU, up to :data:`CANVAS_RASTER_DOTS` dots): Bokeh's canvas-2D
+  scatter, outlined circles;
+* ``raster`` (no GPU, more dots): the browser rasterises the dots itself into one
+  RGBA image (:data:`RASTER_JS`, a few milliseconds for 50k dots) drawn over the
+  territory; the scatter stays, transparent, for hover, tap and box/lasso
+  selection. Canvas 2D would otherwise fill every dot as its own path, which
+  costs hundreds of milliseconds per frame at 50k.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from bokeh.models import (
     BooleanFilter,
     CDSView,
     ColumnDataSource,
+    CustomJS,
     CustomJSHover,
     HoverTool,
     LinearColorMapper,
@@ -34,10 +46,10 @@ MARK_STYLES = {
 }
 
 
-BACKENDS = ("webgl", "canvas")
-# Above this many dots the canvas (2D, no GPU) backend draws small squares without an
-# outline, several times cheaper for the browser than outlined circles.
-CANVAS_FAST_DOTS = 20000
+BACKENDS = ("webgl", "canvas", "raster")
+# Without a GPU, runs above this many dots are drawn by the raster backend.
+CANVAS_RASTER_DOTS = 20000
+FILL_ALPHA, NONSELECTION_ALPHA = 0.9, 0.15
 # WebGL renderers that are emulated on the CPU; such browsers draw faster with canvas 2D.
 SOFTWARE_GL = re.compile(r"swiftshader|llvmpipe|softpipe|software|basic render", re.IGNORECASE)
 
@@ -47,12 +59,14 @@ def point_size(n_samples: int) -> float:
     return float(np.clip(13.0 - 1.9 * np.log10(max(n_samples, 1)), 3.0, 8.0))
 
 
-def backend_for(gl_renderer: str) -> str:
-    """``"webgl"`` for a GPU, ``"canvas"`` when the browser's WebGL is software (or missing).
+def backend_for(gl_renderer: str, n_samples: int) -> str:
+    """``"webgl"`` for a GPU; without one (software or missing WebGL) ``"canvas"``, or ``"raster"`` for big runs.
 
     ``gl_renderer`` is the browser's ``UNMASKED_RENDERER_WEBGL`` string ("none" without WebGL).
     """
-    return "canvas" if gl_renderer in ("", "none") or SOFTWARE_GL.search(gl_renderer) else "webgl"
+    if gl_renderer not in ("", "none") and not SOFTWARE_GL.search(gl_renderer):
+        return "webgl"
+    return "raster" if n_samples > CANVAS_RASTER_DOTS else "canvas"
 
 
 # Runs in the browser once the page is ready: reports the WebGL renderer to the server.
@@ -69,6 +83,55 @@ probe.value = renderer;
 """
 
 
+# Browser side of the raster dot layer. Runs on every change that moves or recolours
+# dots (positions, colour column, filter, selection, zoom/pan); writes the image
+# straight into the ``dots`` source without syncing it back to the server.
+RASTER_JS = """
+const draw = (attempt) => {
+  const view = Bokeh.index.find_one(fig);
+  const W0 = view == null ? 0 : view.frame.bbox.width, H0 = view == null ? 0 : view.frame.bbox.height;
+  if (!(W0 > 0 && H0 > 0)) {  // not laid out yet
+    if (attempt < 600) { requestAnimationFrame(() => draw(attempt + 1)); }
+    return;
+  }
+  const dpr = window.devicePixelRatio || 1;
+  const W = Math.max(1, Math.round(W0 * dpr)), H = Math.max(1, Math.round(H0 * dpr));
+  const x0 = xr.start, y0 = yr.start, kx = W / (xr.end - x0), ky = H / (yr.end - y0);
+  const data = points.data, xs = data.x, ys = data.y, cs = data[dots.tags[0]];
+  const img = new Uint32Array(W * H);
+  const side = Math.max(1, Math.round(size * dpr)), lo = Math.floor(side / 2), hi = side - lo;
+  const paint = (i, alpha) => {
+    const px = Math.floor((xs[i] - x0) * kx), py = Math.floor((ys[i] - y0) * ky);
+    if (!(px > -side && px < W + side && py > -side && py < H + side)) { return; }
+    const c = (colors[cs[i]] & 0xffffff) | (alpha << 24);
+    const r0 = Math.max(0, py - lo), r1 = Math.min(H, py + hi), c0 = Math.max(0, px - lo), c1 = Math.min(W, px + hi);
+    for (let r = r0; r < r1; r++) { img.fill(c, r * W + c0, r * W + c1); }
+  };
+  const shown = view_filter.booleans;
+  const picked = points.selected.indices;
+  const n = xs.length;
+  if (picked.length == 0) {
+    for (let i = 0; i < n; i++) { if (shown == null || shown[i]) { paint(i, alpha_on); } }
+  } else {
+    const isPicked = new Uint8Array(n);
+    for (const i of picked) { isPicked[i] = 1; }
+    for (let i = 0; i < n; i++) { if (!isPicked[i] && (shown == null || shown[i])) { paint(i, alpha_off); } }
+    for (const i of picked) { if (shown == null || shown[i]) { paint(i, 255); } }
+  }
+  const { ndarray } = Bokeh.require("core/util/ndarray");
+  target.setv({data: {image: [ndarray(img, {dtype: "uint32", shape: [H, W]})],
+                      x: [x0], y: [y0], dw: [xr.end - x0], dh: [yr.end - y0]}}, {sync: false});
+};
+draw(0);
+"""
+
+
+def _abgr(color: str) -> int:
+    """``"#rrggbb"`` as the little-endian RGBA uint32 (alpha left 0) of an RGBA image."""
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return r | g << 8 | b << 16
+
+
 @dataclass
 class CanvasView:
     """The canvas figure and the sources the callbacks update."""
@@ -83,6 +146,8 @@ class CanvasView:
     color_mapper: LinearColorMapper
     scatter: object
     territory_renderer: object
+    dots: object | None = None  # the raster dot layer's renderer (None: Bokeh draws the dots)
+    dots_js: object | None = None  # its CustomJS, to run once the page is ready
 
     @contextmanager
     def one_paint(self) -> Iterator[None]:
@@ -107,6 +172,13 @@ class CanvasView:
     def color_by(self, column: str) -> None:
         """Colour the dots by ``"label"`` (given) or ``"pred"`` (the model's prediction)."""
         self.scatter.glyph.fill_color = field(column, self.color_mapper)
+        if self.dots is not None:
+            self.dots.tags = [column, self.dots.tags[1]]
+
+    def redraw_dots(self) -> None:
+        """Have the browser rasterise the dots again (after the figure joined the page)."""
+        if self.dots is not None:
+            self.dots.tags = [self.dots.tags[0], self.dots.tags[1] + 1]
 
     def set_mask(self, mask: np.ndarray | None) -> None:
         """Show only the samples where ``mask`` is true (None shows all).
@@ -171,7 +243,7 @@ def _hover(data: RunData, renderer) -> HoverTool:
 
 
 def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> CanvasView:
-    """Build the canvas figure showing ``frame``, drawn with ``backend`` ("webgl" or "canvas").
+    """Build the canvas figure showing ``frame``, drawn with ``backend`` (one of :data:`BACKENDS`).
 
     The territory image and the dots are on the primary layer. The decision rings, the
     focus ring and the trails are plain canvas glyphs on Bokeh's overlay layer: changing
@@ -184,7 +256,7 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
     x_range, y_range = _ranges(data)
     fig = figure(
         name="canvas",
-        output_backend=backend,
+        output_backend="webgl" if backend == "webgl" else "canvas",
         x_range=x_range,
         y_range=y_range,
         tools="pan,wheel_zoom,box_select,lasso_select,reset,save",
@@ -211,24 +283,44 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
     )
     view = CDSView(filter=BooleanFilter(booleans=None))
     size = point_size(data.n_samples)
-    fast = backend == "canvas" and data.n_samples > CANVAS_FAST_DOTS
+    raster = backend == "raster"
+    dots = dots_js = None
+    if raster:
+        dots_source = ColumnDataSource(dict(image=[], x=[], y=[], dw=[], dh=[]), name="dots_source")
+        dots = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=dots_source, name="dots")
+        dots.tags = ["label", 0]  # colour column, redraw counter (see CanvasView.color_by)
     scatter = fig.scatter(
         x="x",
         y="y",
         source=points,
         view=view,
-        marker="square" if fast else "circle",
+        marker="square" if raster else "circle",
         size=size,
         fill_color=field("label", mapper),
-        line_color=None if fast else "white",
-        line_width=0.4 if data.n_samples > 20000 else 0.6,
-        fill_alpha=0.9,
-        selection_fill_alpha=1.0,
-        selection_line_color="black",
-        nonselection_fill_alpha=0.15,
-        nonselection_line_alpha=0.1,
+        line_color=None if raster else "white",
+        line_width=0.4 if data.n_samples > CANVAS_RASTER_DOTS else 0.6,
+        fill_alpha=0.0 if raster else FILL_ALPHA,
+        selection_fill_alpha=0.0 if raster else 1.0,
+        selection_line_color=None if raster else "black",
+        nonselection_fill_alpha=0.0 if raster else NONSELECTION_ALPHA,
+        nonselection_line_alpha=0.0 if raster else 0.1,
         name="points",
     )
+    if raster:
+        colors = np.array([_abgr(c) for c in data.palette], dtype=np.uint32)
+        dots_js = CustomJS(
+            args=dict(fig=fig, points=points, view_filter=view.filter, target=dots.data_source, dots=dots,
+                      xr=x_range, yr=y_range, colors=colors, size=size, alpha_on=round(255 * FILL_ALPHA),
+                      alpha_off=round(255 * NONSELECTION_ALPHA)),
+            code=RASTER_JS,
+        )  # fmt: skip
+        points.js_on_change("data", dots_js)
+        points.selected.js_on_change("indices", dots_js)
+        view.filter.js_on_change("booleans", dots_js)
+        dots.js_on_change("tags", dots_js)
+        for r in (x_range, y_range):
+            r.js_on_change("start", dots_js)
+            r.js_on_change("end", dots_js)
     trails = ColumnDataSource(dict(x0=[], y0=[], x1=[], y1=[]), name="trails_source")
     fig.segment(x0="x0", y0="y0", x1="x1", y1="y1", source=trails, line_color="#37474f", line_alpha=0.5,
                 line_width=1.2, level="overlay", name="trails")  # fmt: skip
@@ -241,6 +333,7 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
                 source=focus, fill_alpha=0.0, line_color="black", line_width=3, level="overlay",
                 name="focus")  # fmt: skip
     fig.add_tools(_hover(data, scatter))
-    canvas = CanvasView(fig, points, view, territory, marks, focus, trails, mapper, scatter, territory_renderer)
+    canvas = CanvasView(fig, points, view, territory, marks, focus, trails, mapper, scatter, territory_renderer,
+                        dots, dots_js)
     canvas.show_frame(frame)
     return canvas

@@ -148,6 +148,51 @@ def test_box_selection_lists_the_selected_samples_with_webgl(browser, run):
         _shot(page, "app-box-selection")
 
 
+_RASTER_JS = """(column) => {
+  const doc = Bokeh.documents[0];
+  const dots = doc.get_model_by_name('dots_source').data, pts = doc.get_model_by_name('points_source').data;
+  const img = dots.image[0], [H, W] = img.shape, last = pts.x.length - 1;
+  const alphas = new Set();
+  let painted = 0;
+  for (const v of img) { if (v !== 0) { painted++; alphas.add(v >>> 24); } }
+  const px = Math.floor((pts.x[last] - dots.x[0]) / dots.dw[0] * W), py = Math.floor((pts.y[last] - dots.y[0]) / dots.dh[0] * H);
+  const palette = doc.get_model_by_name('points').glyph.fill_color.transform.palette;
+  const hex = (v) => '#' + [0, 8, 16].map((s) => ((v >>> s) & 255).toString(16).padStart(2, '0')).join('');
+  return {painted, W, H, alphas: [...alphas].sort((a, b) => a - b), colour: hex(img[py * W + px]),
+          expected: palette[pts[column][last]].toLowerCase()};
+}"""
+
+
+def test_raster_dots_follow_the_frame_colour_and_selection(browser, run):
+    with serve(run, args=["--renderer", "raster"]) as server:
+        page = _open(browser, server.url)
+        page.wait_for_function("() => (Bokeh.documents[0].get_model_by_name('dots_source').data.image || []).length")
+        first = page.evaluate(_RASTER_JS, "label")
+        assert first["painted"] > 600 and first["alphas"] == [230]  # every dot a few pixels, 90% opaque
+        assert first["colour"] == first["expected"]  # the last dot, drawn on top, in its label's colour
+        before_png = _canvas_png(page)
+        page.evaluate("() => window.__tt.step(0)")
+        assert _title(page).startswith("epoch 0 ")
+        assert _canvas_png(page) != before_png
+        page.get_by_text("Prediction", exact=True).click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('dots').tags[0] == 'pred'")
+        by_pred = page.evaluate(_RASTER_JS, "pred")
+        assert by_pred["colour"] == by_pred["expected"]
+        _shot(page, "app-raster")
+        page.locator(".bk-OnOffButton[title='Box Select']").click()
+        box = page.locator(".bk-Figure").first.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 150, cy - 150)
+        page.mouse.down()
+        page.mouse.move(cx + 150, cy + 150, steps=8)
+        page.mouse.up()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('selection_source').data.index.length > 0")
+        selected = page.evaluate(_RASTER_JS, "pred")
+        assert selected["alphas"] == [38, 255]  # the transparent scatter picked the samples; others faded
+        _shot(page, "app-raster-selection")
+        assert page.js_errors == []
+
+
 def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
     with serve(run) as server:
         page = _open(browser, server.url)

@@ -98,6 +98,27 @@ def test_auto_renderer_builds_the_canvas_the_browser_suits(run, gl_renderer, bac
     assert ("dots drawn with canvas 2D" in note) == (backend == "canvas")
 
 
+def test_big_runs_without_a_gpu_get_the_raster_dots():
+    from server_app.canvas import CANVAS_RASTER_DOTS, backend_for
+
+    swiftshader = "ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)), SwiftShader driver)"
+    assert backend_for(swiftshader, CANVAS_RASTER_DOTS) == "canvas"
+    assert backend_for(swiftshader, CANVAS_RASTER_DOTS + 1) == "raster"
+    assert backend_for("none", 10**6) == "raster"
+    assert backend_for("ANGLE (NVIDIA, NVIDIA GeForce RTX 3080)", 10**6) == "webgl"
+
+
+def test_raster_canvas_keeps_a_transparent_scatter_for_picking(run):
+    doc = _build(run, "raster")
+    assert doc.select_one({"name": "canvas"}).output_backend == "canvas"
+    dots = doc.select_one({"name": "dots"})
+    assert dots.tags == ["label", 0]
+    scatter = doc.select_one({"name": "points"})
+    assert scatter.glyph.fill_alpha == 0 and scatter.nonselection_glyph.fill_alpha == 0
+    doc.select_one({"name": "color_by"}).active = 1  # colour by prediction: the page rasterises again
+    assert dots.tags == ["pred", 0]
+
+
 def test_missing_projection_page_names_the_command(tmp_path):
     path = write_synthetic_run(tmp_path / "run", n_samples=40, n_epochs=2, project=False)
     text = _text(_build(path))

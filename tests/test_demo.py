@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from timetravel.cli import main
@@ -23,10 +25,14 @@ def test_demo_writes_a_complete_run_and_reuses_it(tmp_path, capsys, monkeypatch)
     assert detection.scores.shape == (store.n_samples,)
     assert f"serve it with: timetravel serve {out}" in capsys.readouterr().out
 
+    manifest = json.loads((out / "projection" / "manifest.json").read_text())
+    manifest["params"]["min_dist"] = 0.5  # as if an older timetravel had projected with other defaults
+    (out / "projection" / "manifest.json").write_text(json.dumps(manifest))
     mtime = (out / "epochs" / "0002" / "embedding.npy").stat().st_mtime_ns
     served = []
     monkeypatch.setattr("timetravel.commands.serve.run", lambda args: served.append(args) or 0)
     assert main(argv[:-1] + ["--no-browser", "--port", "0"]) == 0  # the second demo reuses the run, then serves
     assert (out / "epochs" / "0002" / "embedding.npy").stat().st_mtime_ns == mtime
+    assert json.loads((out / "projection" / "manifest.json").read_text())["params"]["min_dist"] == 0.1  # re-projected
     (args,) = served
     assert (args.run, args.port, args.host, args.no_browser) == (str(out), 0, "127.0.0.1", True)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from timetravel.commands import serve
     from timetravel.detect import detect
-    from timetravel.projection import TemporalProjector
+    from timetravel.projection import ProjectionError, TemporalProjector
     from timetravel.store import RunStore
     from timetravel.train import train_run
 
@@ -54,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         store = train_run(args.dataset, args.noise, args.epochs, args.out, seed=args.seed, overwrite=True)
     log.info("projecting %d epochs (resumes where a previous demo stopped)", len(store.epochs))
-    TemporalProjector(random_state=args.seed).fit(store)
+    projector = TemporalProjector(random_state=args.seed)
+    try:
+        projector.fit(store)
+    except ProjectionError as exc:  # typically a projection made by another timetravel version
+        log.warning("%s; projecting again with this version's settings", exc)
+        projector.fit(store, overwrite=True)
     log.info("ranking suspicious samples")
     detection = detect(store)
     top = detection.ranking()[:5]

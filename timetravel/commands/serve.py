@@ -18,10 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     parser.add_argument(
         "--renderer",
-        choices=("auto", "webgl", "canvas"),
+        choices=("auto", "webgl", "canvas", "raster"),  # server_app.canvas.BACKENDS (not imported: bokeh is slow)
         default="auto",
-        help="how the browser draws the dots: webgl (GPU), canvas (2D, faster where WebGL is emulated "
-        "on the CPU), or auto: webgl unless the browser reports a software WebGL (default)",
+        help="how the browser draws the dots: webgl (GPU), canvas (Bokeh's 2D scatter), raster (the page "
+        "rasterises the dots into one image: fastest without a GPU), or auto: webgl unless the browser reports "
+        "a software WebGL, then canvas up to 20,000 dots and raster above (default)",
     )
 
 
@@ -58,7 +59,7 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", rend
         Port to listen on; 0 picks a free one.
     host : str
         Address to bind.
-    renderer : {"auto", "webgl", "canvas"}
+    renderer : {"auto", "webgl", "canvas", "raster"}
         How the browser draws the dots (see ``timetravel serve --help``).
 
     Returns
