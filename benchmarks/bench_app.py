@@ -100,7 +100,8 @@ def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, de
             page.goto(server.url)
             page.wait_for_function("() => window.__tt.first != null", timeout=120_000)
             first.append(page.evaluate("() => window.__tt.first") / 1000.0)
-        backend = page.evaluate("() => window.__tt.models().plot.output_backend")
+        backend = page.evaluate("() => window.__tt.models().dots != null ? 'raster' "
+                                ": window.__tt.models().plot.output_backend")
         gl_renderer = page.evaluate("() => Bokeh.documents[0].get_model_by_name('gl_probe')?.value || ''")
         n_epochs = page.evaluate("() => window.__tt.models().doc.get_model_by_name('epoch_slider').end") + 1
         position = n_epochs - 1

@@ -19,7 +19,14 @@ from timetravel.projection import (
     temporal_consistency,
 )
 from timetravel.projection import _io as proj_io
-from timetravel.projection.graph import all_knn, fuzzy_graph, knn_search, neighbour_overlap, smooth_knn_dist
+from timetravel.projection.graph import (
+    all_knn,
+    fuzzy_graph,
+    group_graph,
+    knn_search,
+    neighbour_overlap,
+    smooth_knn_dist,
+)
 from timetravel.projection.layout import LayoutParams, align_to, find_ab_params, initial_layout, optimize_layout
 from timetravel.projection.territory import canvas_extent, grid_centers, territory_from_logits
 from timetravel.store import RunStore, RunWriter
@@ -108,6 +115,32 @@ def test_reweighted_scales_only_edges_across_groups():
     across = groups[g.head] != groups[g.tail]
     np.testing.assert_allclose(h.weight[across], g.weight[across] * 0.25, rtol=1e-6)
     np.testing.assert_array_equal(h.weight[~across], g.weight[~across])
+
+
+def test_group_graph_joins_only_points_of_one_group_and_union_adds_its_edges():
+    x = np.random.default_rng(4).normal(size=(60, 3)).astype(np.float32)
+    groups = np.r_[np.zeros(30, int), np.ones(27, int), np.full(3, 2)]  # group 2 is too small for k=4
+    g = group_graph(x, groups, 4)
+    assert (groups[g.head] == groups[g.tail]).all() and (g.head != g.tail).all()
+    assert not np.isin(np.arange(57, 60), g.head).any()
+    assert ((g.weight > 0) & (g.weight <= 1)).all()
+    base = fuzzy_graph(*all_knn(x, 5))
+    both = base.union(g)
+    pairs = lambda graph: dict(zip(zip(graph.head.tolist(), graph.tail.tolist()), graph.weight.tolist()))
+    a, b, u = pairs(base), pairs(g), pairs(both)
+    assert set(u) == set(a) | set(b)
+    for edge, w in u.items():
+        wa, wb = a.get(edge, 0.0), b.get(edge, 0.0)
+        assert w == pytest.approx(wa + wb - wa * wb, rel=1e-5)
+    np.testing.assert_array_equal(both.knn, base.knn)
+
+
+def test_prediction_neighbours_change_the_layout_and_the_settings(tiny_run, tmp_path):
+    plain = TemporalProjector(**FAST, verbose=False).fit(tiny_run)
+    other = RunStore(shutil.copytree(tiny_run.path, tmp_path / "other"))
+    TemporalProjector(**FAST, prediction_neighbors=3, verbose=False).fit(other, overwrite=True)
+    assert not np.allclose(tiny_run.projection(2), other.projection(2))
+    assert json.loads((plain.path_ / "manifest.json").read_text())["params"]["prediction_neighbors"] == 0
 
 
 def test_neighbour_overlap():
@@ -332,6 +365,7 @@ def test_other_settings_need_overwrite(tiny_run):
         ({"min_epochs": 50, "max_epochs": 10}, r"min_epochs \(50\) must not exceed max_epochs \(10\)"),
         ({"n_neighbors": 60}, "n_neighbors=60 needs more than 60 samples, the run has 60"),
         ({"cross_prediction_weight": 0}, r"cross_prediction_weight must be in \(0, 1\], got 0"),
+        ({"prediction_neighbors": -1}, "prediction_neighbors must be an integer >= 0, got -1"),
         ({"decoder_steps": 0}, "decoder_steps must be a positive integer or None, got 0"),
     ],
 )

@@ -46,6 +46,15 @@ class FuzzyGraph:
         """Number of points N."""
         return len(self.knn)
 
+    def union(self, other: FuzzyGraph) -> FuzzyGraph:
+        """Fuzzy union ``a + b - a * b`` of the edge weights of two graphs on the same points (keeps ``knn``)."""
+        from scipy import sparse
+
+        n = self.n_vertices
+        a = sparse.csr_matrix((self.weight, (self.head, self.tail)), shape=(n, n))
+        b = sparse.csr_matrix((other.weight, (other.head, other.tail)), shape=(n, n))
+        return _from_sparse(a + b - a.multiply(b), self.knn)
+
     def reweighted(self, groups: np.ndarray, factor: float) -> FuzzyGraph:
         """The same graph with the weight of every edge between different ``groups`` multiplied by ``factor``."""
         across = groups[self.head] != groups[self.tail]
@@ -271,15 +280,49 @@ def fuzzy_graph(dist: np.ndarray, index: np.ndarray) -> FuzzyGraph:
     rows = np.repeat(np.arange(n), k)
     a = sparse.csr_matrix((w.ravel(), (rows, index.ravel())), shape=(n, n))
     at = a.T.tocsr()
-    union = (a + at - a.multiply(at)).tocoo()
-    keep = union.data > 0
-    order = np.lexsort((union.col[keep], union.row[keep]))  # canonical order: deterministic sampling
+    return _from_sparse(a + at - a.multiply(at), index)
+
+
+def _from_sparse(matrix, knn: np.ndarray) -> FuzzyGraph:
+    coo = matrix.tocoo()
+    keep = coo.data > 0
+    order = np.lexsort((coo.col[keep], coo.row[keep]))  # canonical order: deterministic sampling
     return FuzzyGraph(
-        head=union.row[keep][order].astype(np.int64),
-        tail=union.col[keep][order].astype(np.int64),
-        weight=union.data[keep][order].astype(np.float32),
-        knn=index.astype(np.int64),
+        head=coo.row[keep][order].astype(np.int64),
+        tail=coo.col[keep][order].astype(np.int64),
+        weight=coo.data[keep][order].astype(np.float32),
+        knn=knn.astype(np.int64),
     )
+
+
+def group_graph(x: np.ndarray, groups: np.ndarray, k: int, *, seed: int = 0) -> FuzzyGraph:
+    """Fuzzy kNN graph where each point's k neighbours are searched among the points of its own group only.
+
+    Points of groups with at most ``k`` members get no edges. ``knn`` of the
+    result is meaningless (-1).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, D)
+    groups : ndarray of shape (N,), int
+        E.g. the model's prediction per sample.
+    k : int
+        Neighbours per point within its group.
+    seed : int
+        Seed of approximate searches on big groups.
+    """
+    n = len(x)
+    dist = np.zeros((n, k), dtype=np.float32)
+    index = np.repeat(np.arange(n)[:, None], k, axis=1)  # self-loops for points left without neighbours
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        if len(members) <= k:
+            continue
+        d, i = NeighbourIndex(x[members], seed=seed).query(None, k)
+        dist[members], index[members] = d, members[i]
+    graph = fuzzy_graph(dist, index)
+    loop = graph.head == graph.tail
+    return FuzzyGraph(graph.head[~loop], graph.tail[~loop], graph.weight[~loop], np.full((n, k), -1))
 
 
 def neighbour_overlap(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
