@@ -42,6 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, machine_info, write_results  # noqa: E402
 
+from timetravel._random import rng_for, subsample  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("ours", "pca", "umap", "aligned_umap")
 RUN_SPECS = {
@@ -219,7 +221,7 @@ def frames_png(path: Path, store, methods: dict[str, dict[int, np.ndarray]], row
     """One row per method, one column per epoch; ours drawn over its territories. Dots coloured by label."""
     from PIL import Image, ImageDraw
 
-    shown = rows if len(rows) <= 4000 else np.sort(np.random.default_rng(0).choice(rows, 4000, replace=False))
+    shown = rows[subsample(len(rows), 4000, 0, "bench-projection-png")]
     colors = np.array(PALETTE * (1 + store.n_classes // len(PALETTE)))[store.labels[shown]]
     label_w, head_h = 110, 22
     sheet = Image.new("RGB", (label_w + size * len(epochs), head_h + size * len(methods)), "white")
@@ -274,7 +276,7 @@ def bench_run(name: str, store, args) -> dict[str, Any]:
     }
     ours_xy = {e: np.asarray(store.projection(e)) for e in epochs}
     big = n > args.full_baselines_up_to
-    rng = np.random.default_rng(args.seed)
+    rng = rng_for(args.seed, "bench-projection-samples")  # not default_rng(seed): that picks the noisy samples
     query_all = np.sort(rng.choice(n, min(n, 2000), replace=False))
     decoder = projector.decoder_params(n)
     pp_every = max(1, len(epochs) // args.pp_epochs)

@@ -105,6 +105,18 @@ def _canvas_png(page) -> bytes:
     return page.locator(".bk-Figure").first.screenshot()
 
 
+def _box_select_the_middle(page) -> None:
+    """Drag a 300 px box over the middle of the canvas with the box-select tool; wait for the selection list."""
+    page.locator(".bk-OnOffButton[title='Box Select']").click()
+    box = page.locator(".bk-Figure").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 150, cy - 150)
+    page.mouse.down()
+    page.mouse.move(cx + 150, cy + 150, steps=8)
+    page.mouse.up()
+    page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('selection_source').data.index.length > 0")
+
+
 def test_page_loads_and_the_slider_changes_the_frame(browser, run):
     with serve(run) as server:
         assert server.url.startswith("http://127.0.0.1:")
@@ -132,14 +144,7 @@ def test_box_selection_lists_the_selected_samples_with_webgl(browser, run):
     with serve(run, args=["--renderer", "webgl"]) as server:
         page = _open(browser, server.url)
         assert page.evaluate("() => window.__tt.models().view.canvas_view.webgl != null")
-        page.locator(".bk-OnOffButton[title='Box Select']").click()
-        box = page.locator(".bk-Figure").first.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(cx - 150, cy - 150)
-        page.mouse.down()
-        page.mouse.move(cx + 150, cy + 150, steps=8)
-        page.mouse.up()
-        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('selection_source').data.index.length > 0")
+        _box_select_the_middle(page)
         selected = page.evaluate(
             "() => Array.from(Bokeh.documents[0].get_model_by_name('points_source').selected.indices)")
         listed = _model(page, "selection_source", "data")["index"]
@@ -179,14 +184,7 @@ def test_raster_dots_follow_the_frame_colour_and_selection(browser, run):
         by_pred = page.evaluate(_RASTER_JS, "pred")
         assert by_pred["colour"] == by_pred["expected"]
         _shot(page, "app-raster")
-        page.locator(".bk-OnOffButton[title='Box Select']").click()
-        box = page.locator(".bk-Figure").first.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(cx - 150, cy - 150)
-        page.mouse.down()
-        page.mouse.move(cx + 150, cy + 150, steps=8)
-        page.mouse.up()
-        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('selection_source').data.index.length > 0")
+        _box_select_the_middle(page)
         selected = page.evaluate(_RASTER_JS, "pred")
         assert selected["alphas"] == [38, 255]  # the transparent scatter picked the samples; others faded
         _shot(page, "app-raster-selection")

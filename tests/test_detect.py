@@ -140,3 +140,14 @@ def test_detect_command(tmp_path, capsys):
     assert "   1. sample" in text and "maybe" in text
     assert main(["-q", "detect", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_internal_samples_are_independent_of_a_noise_generator_with_the_same_seed():
+    from timetravel._random import subsample
+
+    flipped = np.random.default_rng(0).choice(50_000, 10_000, replace=False)  # what a seed-0 noise generator picks
+    rows = subsample(50_000, 2_000, 0, "detector-reference")
+    assert np.isin(rows, flipped).mean() < 0.3  # about 0.2, the noise rate; the plain default_rng(0) stream gives 1.0
+    np.testing.assert_array_equal(rows, subsample(50_000, 2_000, 0, "detector-reference"))
+    assert not np.array_equal(rows, subsample(50_000, 2_000, 0, "projection-metric-rows"))
+    np.testing.assert_array_equal(subsample(10, 20, 0, "any"), np.arange(10))

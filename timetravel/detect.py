@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from timetravel._random import subsample
 from timetravel.errors import TimetravelError
 from timetravel.features import FEATURES, FeatureTable
 
@@ -92,14 +93,13 @@ class AbnormalityDetector:
             raise DetectorError(f"need at least 4 samples to fit the detector, got {x.shape[0]}")
         if not np.isfinite(x).all():
             raise DetectorError("features contain NaN or inf values")
-        rng = np.random.default_rng(self.random_state)
         self.names_ = list(features.names)
         self.directions_ = np.asarray(features.directions, dtype=np.float64)
-        ref_rows = np.sort(rng.choice(len(x), min(len(x), _REFERENCE_SIZE), replace=False))
+        ref_rows = subsample(len(x), _REFERENCE_SIZE, self.random_state, "detector-reference")
         self.reference_ = np.sort(x[ref_rows].astype(np.float64), axis=0).T.copy()
         self.raw_ = x
         z = self.transform(x)
-        fit_rows = rng.choice(len(z), min(len(z), 50000), replace=False)
+        fit_rows = subsample(len(z), 50000, self.random_state, "detector-weights")
         if self.method == "mean":
             self.weights_ = np.full(z.shape[1], 1.0 / z.shape[1])
         else:

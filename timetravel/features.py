@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from timetravel._random import subsample
 from timetravel.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -331,8 +332,7 @@ def _reduced_embedding(store, epoch, chunk_size) -> np.ndarray:
     emb = store.embedding(epoch)
     n, d = emb.shape
     if d > _PCA_DIM:
-        rng = np.random.default_rng(0)
-        sample = np.asarray(emb[np.sort(rng.choice(n, min(n, 20000), replace=False))], dtype=np.float32)
+        sample = np.asarray(emb[subsample(n, 20000, 0, "features-pca")], dtype=np.float32)
         mean = sample.mean(axis=0)
         _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
         proj = vt[:_PCA_DIM].T.astype(np.float32)

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from timetravel._random import subsample
 from timetravel.errors import TimetravelError
 from timetravel.features import FeatureTable
 
@@ -216,9 +217,8 @@ def _trajectories(store, period: float, pca_dim: int, seed: int) -> tuple[np.nda
     projected = set(store.projected_epochs)
     if all(e in projected for e in epochs):
         return np.stack([np.asarray(store.projection(e), dtype=np.float32) for e in epochs], axis=1), "canvas"
-    rng = np.random.default_rng(seed)
     n = store.n_samples
-    rows = np.sort(rng.choice(n, min(n, 4000), replace=False))
+    rows = subsample(n, 4000, seed, "deepdebugger-pca")
     pool = np.concatenate([np.asarray(store.embedding(e)[rows], dtype=np.float64) for e in epochs])
     mean = pool.mean(axis=0)
     _, _, vt = np.linalg.svd(pool - mean, full_matrices=False)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from timetravel._random import subsample
 from timetravel.projection import _io
 from timetravel.projection._io import ProjectionError
 from timetravel.projection.graph import (
@@ -85,9 +86,7 @@ def _seeds(random_state: int, epoch: int) -> np.ndarray:
 
 def _metric_rows(n: int, size: int, random_state: int) -> np.ndarray:
     """The samples metrics are computed on: the same for every epoch."""
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(random_state).choice(n, size, replace=False))
+    return subsample(n, size, random_state, "projection-metric-rows")
 
 
 def _open(path: str) -> RunStore:
