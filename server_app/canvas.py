@@ -94,6 +94,10 @@ const draw = (attempt) => {
     if (attempt < 600) { requestAnimationFrame(() => draw(attempt + 1)); }
     return;
   }
+  if (view.__tt_resize == null) {  // Bokeh resizes the plot without a change event: redraw at the new size
+    view.__tt_resize = new ResizeObserver(() => requestAnimationFrame(() => draw(0)));
+    view.__tt_resize.observe(view.el);
+  }
   const dpr = window.devicePixelRatio || 1;
   const W = Math.max(1, Math.round(W0 * dpr)), H = Math.max(1, Math.round(H0 * dpr));
   const x0 = xr.start, y0 = yr.start, kx = W / (xr.end - x0), ky = H / (yr.end - y0);

@@ -184,6 +184,12 @@ def test_raster_dots_follow_the_frame_colour_and_selection(browser, run):
         by_pred = page.evaluate(_RASTER_JS, "pred")
         assert by_pred["colour"] == by_pred["expected"]
         _shot(page, "app-raster")
+        page.set_viewport_size({"width": 1200, "height": 950})  # the image follows the plot's new size
+        page.wait_for_function("(w) => Bokeh.documents[0].get_model_by_name('dots_source').data.image[0].shape[1] < w",
+                               arg=by_pred["W"])
+        page.set_viewport_size(VIEWPORT)
+        page.wait_for_function("(w) => Bokeh.documents[0].get_model_by_name('dots_source').data.image[0].shape[1] == w",
+                               arg=by_pred["W"])
         _box_select_the_middle(page)
         selected = page.evaluate(_RASTER_JS, "pred")
         assert selected["alphas"] == [38, 255]  # the transparent scatter picked the samples; others faded
