@@ -211,8 +211,9 @@ class TemporalProjector:
         sample the model has memorised towards others it predicts alike, where
         its plain neighbours (of its true class) would bury it: on the 50k
         benchmark run's last epochs, 10 (with ``cross_prediction_weight=0.2``)
-        raises prediction preservation from 0.82-0.85 to 0.91-0.93 but halves
-        kNN preservation (0.12 to 0.07), hence off by default.
+        raises prediction preservation from 0.82-0.85 to 0.91-0.93 but cuts the
+        kNN preservation of the memorised samples from 0.12 to 0.07, hence off
+        by default.
     min_dist, spread : float, default=0.1, 1.0
         umap's shape of the low-dimensional similarity.
     negative_sample_rate : int, default=10
