@@ -113,7 +113,6 @@ def _graph_task(path: str, epoch: int, prev_epoch: int | None, cfg: _Config) -> 
         graph = graph.reweighted(pred, cfg.cross_prediction_weight)
     if cfg.prediction_neighbors:
         graph = graph.union(group_graph(x, pred, cfg.prediction_neighbors, seed=seed))
-    del x
     moved = None
     if prev_epoch is not None:
         moved = displacement(store.embedding(prev_epoch), store.embedding(epoch))
