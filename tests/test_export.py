@@ -135,3 +135,23 @@ def test_cli_uses_the_detectors_suggestion_when_the_run_has_one(tmp_path, capsys
 def test_cli_on_a_missing_run_fails_clearly(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_cli_exports_each_decision_with_the_label_retraining_uses(tiny_run, capsys):
+    log = FeedbackLog(tiny_run.path, tiny_run.n_samples, tiny_run.n_classes)
+    new = int((tiny_run.labels[3] + 1) % tiny_run.n_classes)
+    log.append(3, "relabel", label=new)
+    log.append(4, "drop")
+    log.append(5, "flag")
+    log.append(6, "accept")
+    log.append(8, "reject")
+    assert cli(["export", str(tiny_run.path), "--format", "json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    rows = {r["index"]: r for r in payload["accepted"]}
+    assert set(rows) == {3, 4, 5, 6}
+    assert (rows[3]["decision"], rows[3]["corrected_label"]) == ("relabel", new)
+    assert rows[3]["corrected_name"] == tiny_run.class_names[new]
+    assert (rows[4]["decision"], rows[4]["corrected_label"], rows[4]["corrected_name"]) == ("drop", "", "")
+    assert (rows[5]["decision"], rows[5]["corrected_label"]) == ("flag", int(tiny_run.labels[5]))
+    assert rows[6]["decision"] == "accept"
+    assert payload["n_by_decision"] == {"accept": 1, "relabel": 1, "drop": 1, "flag": 1}

@@ -80,3 +80,50 @@ def test_concurrent_writers_never_corrupt_the_log(tmp_path):
     state = FeedbackLog(path).read()
     assert state.errors == []
     assert len(state.decisions) == 600
+
+
+def test_correction_kinds_count_as_accepted_and_keep_their_label(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=10, n_classes=3)
+    log.append(1, "relabel", label=2)
+    log.append(2, "drop")
+    log.append(3, "flag")
+    log.append(4, "reject")
+    state = log.read()
+    assert state.decisions == {1: True, 2: True, 3: True, 4: False}
+    assert {i: (e.decision, e.label) for i, e in state.standing.items()} == {
+        1: ("relabel", 2), 2: ("drop", None), 3: ("flag", None), 4: ("reject", None)}
+    assert json.loads(log.path.read_text().splitlines()[0])["label"] == 2
+
+
+def test_undo_of_a_relabel_restores_the_earlier_choice(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=10, n_classes=3)
+    log.append(1, "drop")
+    log.append(1, "relabel", label=0)
+    log.append(1, "undo")
+    state = log.read()
+    assert state.standing[1].decision == "drop" and state.decisions == {1: True}
+    log.append(1, "undo")
+    assert log.read().standing == {}
+
+
+@pytest.mark.parametrize(
+    ("decision", "label", "message"),
+    [("relabel", None, "a relabel needs the new label"), ("relabel", -1, "a relabel needs the new label"),
+     ("relabel", 3, "label 3 is out of range for a run of 3 classes"), ("drop", 1, "only a relabel takes a label")],
+)
+def test_relabel_labels_are_validated(tmp_path, decision, label, message):
+    log = FeedbackLog(tmp_path, n_samples=10, n_classes=3)
+    with pytest.raises(FeedbackLogError, match=message):
+        log.append(0, decision, label=label)
+    assert not log.path.exists()
+
+
+def test_a_relabel_line_without_a_label_is_skipped(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=10, n_classes=3)
+    with open(log.path, "a") as fh:
+        fh.write(json.dumps({"sample": 1, "decision": "relabel"}) + "\n")
+        fh.write(json.dumps({"sample": 2, "decision": "relabel", "label": 7}) + "\n")
+    log.append(3, "relabel", label=1)
+    state = log.read()
+    assert list(state.standing) == [3] and len(state.errors) == 2
+    assert "line 2 skipped (label 7 is out of range" in state.errors[1]

@@ -1,5 +1,6 @@
 """timetravel: an interactive, time-travelling debugger for deep classifiers."""
 
+from timetravel.correction import Corrections, corrections
 from timetravel.detect import AbnormalityDetector, Detection, detect, load_detection
 from timetravel.errors import DatasetError, FeedbackLogError, StoreError, TimetravelError
 from timetravel.features import FeatureTable, extract_features
@@ -8,6 +9,7 @@ from timetravel.store import RunStore, RunWriter, Territory
 
 __all__ = [
     "AbnormalityDetector",
+    "Corrections",
     "DatasetError",
     "Detection",
     "FeatureTable",
@@ -18,6 +20,7 @@ __all__ = [
     "StoreError",
     "Territory",
     "TimetravelError",
+    "corrections",
     "detect",
     "extract_features",
     "load_detection",

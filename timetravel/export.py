@@ -1,10 +1,14 @@
-"""Export the accepted samples of a review: index, given label, suggested label.
+"""Export the accepted samples of a review: index, decision, given, suggested and corrected label.
 
 Shared by the app's export buttons and ``timetravel export RUN``. The suggested
 label is the detector's suggestion when the run has one (``timetravel detect``:
 the most likely other class over training), otherwise the model's prediction at
 the last recorded epoch or, when that agrees with the given label, the
-runner-up class (the best alternative the model offers).
+runner-up class (the best alternative the model offers). ``decision`` is the
+standing decision (``accept``, ``relabel``, ``drop`` or ``flag``, see
+:mod:`timetravel.feedback`); ``corrected_label`` is the label retraining uses
+(:mod:`timetravel.correction`): the new label of a relabel, the given label
+otherwise, and empty for a dropped sample.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class ExportRecord:
     suggested_name: str
     suggested_probability: float
     suggestion_source: str
+    decision: str = "accept"
+    corrected_label: int | str = ""
+    corrected_name: str = ""
 
 
 FIELDS = tuple(ExportRecord.__dataclass_fields__)
@@ -112,7 +119,7 @@ def accepted_records(
     list of ExportRecord
     """
     if state is None:
-        state = FeedbackLog(store.path, store.n_samples).read()
+        state = FeedbackLog(store.path, store.n_samples, store.n_classes).read()
     samples = np.asarray(state.accepted, dtype=np.int64)
     if not len(samples):
         return []
@@ -127,8 +134,12 @@ def accepted_records(
     records = []
     for i, label, prob, source in zip(samples.tolist(), labels.tolist(), probs.tolist(), sources):
         given = int(store.labels[i])
+        event = state.standing.get(i)
+        decision = event.decision if event is not None else "accept"
+        corrected: int | str = "" if decision == "drop" else int(event.label) if decision == "relabel" else given
         records.append(
-            ExportRecord(i, given, names[given], int(label), names[int(label)], round(float(prob), 6), source)
+            ExportRecord(i, given, names[given], int(label), names[int(label)], round(float(prob), 6), source,
+                         decision, corrected, "" if corrected == "" else names[int(corrected)])
         )
     return records
 
@@ -143,12 +154,13 @@ def to_csv(records: list[ExportRecord]) -> str:
 
 
 def to_json(records: list[ExportRecord], store: RunStore) -> str:
-    """JSON text: the run, the count and one object per accepted sample."""
+    """JSON text: the run, the counts and one object per accepted sample."""
     payload = {
         "run": str(store.path),
         "dataset": store.manifest.get("dataset", ""),
         "n_samples": store.n_samples,
         "n_accepted": len(records),
+        "n_by_decision": {d: sum(r.decision == d for r in records) for d in ("accept", "relabel", "drop", "flag")},
         "fields": list(FIELDS),
         "accepted": [asdict(r) for r in records],
     }

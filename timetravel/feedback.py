@@ -3,10 +3,20 @@
 Each line is one event::
 
     {"sample": 17, "decision": "accept", "time": 1764427200.5, "session": "a1b2"}
+    {"sample": 18, "decision": "relabel", "label": 3, "time": 1764427201.0, "session": "a1b2"}
 
-``decision`` is ``"accept"`` (the sample is what the user is looking for),
-``"reject"`` (it is not) or ``"undo"`` (withdraw the latest standing decision
-on that sample). Lines are appended with ``O_APPEND`` and fsynced before
+``decision`` is one of
+
+- ``"accept"``: the sample is what the user is looking for (no correction chosen);
+- ``"relabel"``: accepted, and its label should be ``label`` (a class index);
+- ``"drop"``: accepted, and it should be left out of training;
+- ``"flag"``: accepted, and only marked (kept in training with its label);
+- ``"reject"``: it is not what the user is looking for;
+- ``"undo"``: withdraw the latest standing decision on that sample.
+
+Every kind but ``reject`` and ``undo`` counts as an acceptance for the
+recommender (:attr:`FeedbackState.decisions`); what the accepted samples mean
+for retraining is :mod:`timetravel.correction`'s job. Lines are appended with ``O_APPEND`` and fsynced before
 :meth:`FeedbackLog.append` returns, so several app tabs or processes can share
 one log and a crash never loses a confirmed decision. A corrupt line is
 reported and skipped; it never hides the lines after it.
@@ -26,7 +36,8 @@ from timetravel.errors import FeedbackLogError
 
 logger = logging.getLogger(__name__)
 
-DECISIONS = ("accept", "reject", "undo")
+DECISIONS = ("accept", "relabel", "drop", "flag", "reject", "undo")
+ACCEPTING = frozenset({"accept", "relabel", "drop", "flag"})
 FEEDBACK_FILE = "feedback.jsonl"
 
 
@@ -38,6 +49,14 @@ class FeedbackEvent:
     decision: str
     time: float
     session: str = ""
+    label: int | None = None  # the new label of a "relabel"
+
+    def to_json(self) -> str:
+        """The event as one line of the log (without the newline)."""
+        obj = {"sample": self.sample, "decision": self.decision, "time": self.time, "session": self.session}
+        if self.label is not None:
+            obj["label"] = self.label
+        return json.dumps(obj)
 
 
 @dataclass
@@ -47,7 +66,11 @@ class FeedbackState:
     Attributes
     ----------
     decisions : dict of int to bool
-        Sample index to accepted (True) or rejected (False), in decision order.
+        Sample index to accepted (True: accept, relabel, drop or flag) or
+        rejected (False), in decision order.
+    standing : dict of int to FeedbackEvent
+        The event behind each standing decision (its kind and, for a relabel,
+        the new label), in decision order.
     events : list of FeedbackEvent
         Every valid event, in log order.
     errors : list of str
@@ -55,8 +78,25 @@ class FeedbackState:
     """
 
     decisions: dict[int, bool] = field(default_factory=dict)
+    standing: dict[int, FeedbackEvent] = field(default_factory=dict)
     events: list[FeedbackEvent] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    _history: dict[int, list[FeedbackEvent]] = field(default_factory=dict, repr=False)
+
+    def apply(self, event: FeedbackEvent) -> None:
+        """Replay one more event: a decision stacks on the sample's earlier ones, ``undo`` pops the latest."""
+        self.events.append(event)
+        stack = self._history.setdefault(event.sample, [])
+        if event.decision == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(event)
+        self.decisions.pop(event.sample, None)
+        self.standing.pop(event.sample, None)
+        if stack:
+            self.decisions[event.sample] = stack[-1].decision in ACCEPTING
+            self.standing[event.sample] = stack[-1]
 
     @property
     def accepted(self) -> list[int]:
@@ -79,28 +119,38 @@ class FeedbackLog:
     n_samples : int, optional
         When given, events naming a sample outside ``[0, n_samples)`` are
         refused on append and reported on read.
+    n_classes : int, optional
+        When given, a relabel to a class outside ``[0, n_classes)`` is refused
+        on append and reported on read.
     """
 
-    def __init__(self, path: str | os.PathLike, n_samples: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, n_samples: int | None = None, n_classes: int | None = None) -> None:
         path = Path(path)
         self.path = path / FEEDBACK_FILE if path.is_dir() else path
         self.n_samples = n_samples
+        self.n_classes = n_classes
 
-    def _check(self, sample: int, decision: str) -> None:
+    def _check(self, sample: int, decision: str, label: int | None = None) -> None:
         if decision not in DECISIONS:
             raise FeedbackLogError(f"decision must be one of {DECISIONS}, got {decision!r}")
         if self.n_samples is not None and not 0 <= sample < self.n_samples:
             raise FeedbackLogError(f"sample {sample} is out of range for a run of {self.n_samples} samples")
+        if decision != "relabel":
+            if label is not None:
+                raise FeedbackLogError(f"only a relabel takes a label, got label={label!r} with {decision!r}")
+            return
+        if label is None or isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise FeedbackLogError(f"a relabel needs the new label as a class index >= 0, got {label!r}")
+        if self.n_classes is not None and label >= self.n_classes:
+            raise FeedbackLogError(f"label {label} is out of range for a run of {self.n_classes} classes")
 
-    def append(self, sample: int, decision: str, session: str = "") -> FeedbackEvent:
-        """Append one decision and fsync it; returns the event written."""
+    def append(self, sample: int, decision: str, session: str = "", *, label: int | None = None) -> FeedbackEvent:
+        """Append one decision (``label``: the new class of a ``"relabel"``) and fsync it; returns the event."""
         sample = int(sample)
-        self._check(sample, decision)
-        event = FeedbackEvent(sample=sample, decision=decision, time=time.time(), session=session)
-        line = json.dumps(
-            {"sample": event.sample, "decision": event.decision, "time": event.time, "session": event.session}
-        )
-        append_line_fsynced(self.path, line)
+        label = None if label is None else int(label)
+        self._check(sample, decision, label)
+        event = FeedbackEvent(sample=sample, decision=decision, time=time.time(), session=session, label=label)
+        append_line_fsynced(self.path, event.to_json())
         return event
 
     def read(self) -> FeedbackState:
@@ -108,7 +158,6 @@ class FeedbackLog:
         state = FeedbackState()
         if not self.path.exists():
             return state
-        history: dict[int, list[bool]] = {}
         with open(self.path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
@@ -120,16 +169,7 @@ class FeedbackLog:
                     logger.warning(msg)
                     state.errors.append(msg)
                     continue
-                state.events.append(event)
-                stack = history.setdefault(event.sample, [])
-                if event.decision == "undo":
-                    if stack:
-                        stack.pop()
-                else:
-                    stack.append(event.decision == "accept")
-                state.decisions.pop(event.sample, None)
-                if stack:
-                    state.decisions[event.sample] = stack[-1]
+                state.apply(event)
         return state
 
     def _parse(self, raw: bytes) -> FeedbackEvent:
@@ -139,8 +179,8 @@ class FeedbackLog:
         missing = [key for key in ("sample", "decision") if key not in obj]
         if missing:
             raise ValueError(f"missing field {missing[0]!r}")
-        sample, decision = obj["sample"], obj["decision"]
+        sample, decision, label = obj["sample"], obj["decision"], obj.get("label")
         if not isinstance(sample, int) or isinstance(sample, bool):
             raise ValueError(f"sample must be an integer, got {sample!r}")
-        self._check(sample, decision)
-        return FeedbackEvent(sample, decision, float(obj.get("time", 0.0)), str(obj.get("session", "")))
+        self._check(sample, decision, label)
+        return FeedbackEvent(sample, decision, float(obj.get("time", 0.0)), str(obj.get("session", "")), label)

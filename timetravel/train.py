@@ -8,6 +8,10 @@ held-out set and per-epoch metrics) with :class:`timetravel.capture.Recorder`.
 After every committed epoch the model and optimizer state are saved to
 ``RUN/checkpoint/state.pt`` (atomically), so ``resume=True`` continues a killed
 run from the last finished epoch and reproduces the uninterrupted run.
+
+:func:`record_training` is the same with the training labels and a keep-mask
+given (``timetravel fix`` trains on corrected labels with it), and
+:func:`train_accuracy` trains without recording anything (the fix benchmark).
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ def train_epoch(
     loader: Any,
     *,
     recorder: Recorder | None = None,
+    keep: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One pass of minibatch training with cross-entropy.
 
@@ -115,26 +120,37 @@ def train_epoch(
         ``shuffle=True, with_index=True``.
     recorder : Recorder, optional
         Given, the training-mode margins of every batch are recorded (AUM).
+    keep : bool tensor of shape (N,), optional
+        Samples to train on; the others still pass forward (their margins are
+        recorded) but get no weight in the loss. The batches stay those of the
+        whole set, so the batch order is the one of a run without ``keep``.
 
     Returns
     -------
     dict
         ``train_loss`` (mean cross-entropy) and ``train_acc`` (training-mode
-        accuracy on the labels trained on), averaged over the epoch's batches.
+        accuracy on the labels trained on), over the samples trained on.
     """
     model.train()
     loss_sum, correct, count = 0.0, 0, 0
     for x, y, index in loader:
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        if keep is None:
+            weight = None
+            loss = F.cross_entropy(logits, y)
+        else:
+            weight = keep[index]
+            loss = (F.cross_entropy(logits, y, reduction="none") * weight).sum() / weight.sum().clamp_min(1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if recorder is not None:
             recorder.record_train_margins(index, logits, y)
-        loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(dim=1) == y).sum())
-        count += len(y)
+        hits = logits.argmax(dim=1) == y
+        n = len(y) if weight is None else int(weight.sum())
+        loss_sum += loss.item() * n
+        correct += int(hits.sum() if weight is None else (hits & (weight > 0)).sum())
+        count += n
     return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1)}
 
 
@@ -210,8 +226,8 @@ def _prepare_data(config: TrainConfig) -> tuple[Any, Any, Any]:
     return splits, noisy, kind
 
 
-def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: str, model: nn.Module, *,
-                resume: bool, overwrite: bool) -> RunWriter:
+def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: str, model: nn.Module,
+                labels: np.ndarray, extra: dict[str, Any], *, resume: bool, overwrite: bool) -> RunWriter:
     exists = (out / MANIFEST).exists()
     if resume:
         if not exists:
@@ -222,7 +238,7 @@ def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: s
         if changed:
             detail = ", ".join(f"{k}: run has {a!r}, asked {b!r}" for k, (a, b) in changed.items())
             raise TrainError(f"{out}: cannot resume with different settings ({detail})")
-        if not np.array_equal(np.load(out / "labels.npy", allow_pickle=False), noisy.labels):
+        if not np.array_equal(np.load(out / "labels.npy", allow_pickle=False), labels):
             raise TrainError(f"{out}: the stored labels differ from those the settings produce; cannot resume")
         writer.update_manifest(train=config.to_manifest())
         return writer
@@ -231,7 +247,7 @@ def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: s
     train, test = splits.train, splits.test
     return RunWriter.create(
         out,
-        labels=noisy.labels,
+        labels=labels,
         n_classes=train.n_classes,
         embedding_dim=config.embedding_dim,
         class_names=train.class_names,
@@ -249,6 +265,7 @@ def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: s
                 "embedding_layer": model.embedding_layer,
                 "n_parameters": int(sum(p.numel() for p in model.parameters())),
             },
+            **extra,
         },
         overwrite=overwrite,
     )
@@ -352,19 +369,77 @@ def train_run(
         heldout=heldout, embedding_dtype=embedding_dtype,
     )
     config.validate()
+    return record_training(config, out, overwrite=overwrite, resume=resume, threads=threads,
+                           background_capture=background_capture, verbose=verbose)
+
+
+def record_training(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    labels: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+    expect_labels: np.ndarray | None = None,
+    extra: dict[str, Any] | None = None,
+    on_create: Any = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    threads: int | None = None,
+    background_capture: bool = True,
+    verbose: bool = True,
+) -> RunStore:
+    """:func:`train_run` with settings ``config`` and, optionally, the labels and keep-mask to train on.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Settings (validated by the caller).
+    out : path-like
+        Run store directory.
+    labels : array of int, shape (N,), optional
+        Labels to train on and record; default: those the noise settings produce.
+    keep : array of bool, shape (N,), optional
+        Samples to train on (see :func:`train_epoch`); every sample is recorded.
+    expect_labels : array of int, shape (N,), optional
+        The labels the settings must produce (checks that the dataset rebuilt
+        from ``config`` is the one a run was trained on).
+    extra : dict, optional
+        More manifest fields.
+    on_create : callable, optional
+        Called with the new run's path once it is created (not on resume).
+    overwrite, resume, threads, background_capture, verbose
+        As in :func:`train_run`.
+
+    Returns
+    -------
+    RunStore
+
+    Raises
+    ------
+    TrainError
+        The rebuilt dataset does not match ``expect_labels``, bad ``labels`` or
+        ``keep``, or the errors of :func:`train_run`.
+    """
     out = Path(out)
     with _torch_threads(threads):
         splits, noisy, kind = _prepare_data(config)
         train, test = splits.train, splits.test
+        if expect_labels is not None and not np.array_equal(np.asarray(expect_labels), noisy.labels):
+            raise TrainError(
+                f"{out}: the dataset rebuilt from the run's settings is not the one the run was trained on (the "
+                "labels differ; was the dataset's folder changed?); retrain with your own code on "
+                "timetravel.corrections(run)"
+            )
+        labels, keep_t = _training_labels(noisy.labels, labels, keep)
         if config.batch_size is None:
             config = dataclasses.replace(config, batch_size=auto_batch_size(len(train)))
-        torch.manual_seed(config.seed)
-        net = make_model(config.model, train.x.shape[1:], train.n_classes, config.embedding_dim)
-        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-        generator = torch.Generator().manual_seed(config.seed)
-        writer = _open_store(out, config, splits, noisy, kind, net, resume=resume, overwrite=overwrite)
+        net, optimizer, generator = _new_model(config, train)
+        writer = _open_store(out, config, splits, noisy, kind, net, labels, extra or {}, resume=resume,
+                             overwrite=overwrite)
+        if on_create is not None and not resume:
+            on_create(out)
         start = _restore(out / CHECKPOINT, net, optimizer, generator) if resume else 0
-        x, y = torch.from_numpy(train.x), torch.from_numpy(noisy.labels)
+        x, y = torch.from_numpy(train.x), torch.from_numpy(labels)
         x_test, y_test = torch.from_numpy(test.x), torch.from_numpy(test.y)
         recorder = Recorder(
             net, net.embedding_layer, writer, tensor_loader(x, y, batch_size=EVAL_BATCH_SIZE),
@@ -378,10 +453,72 @@ def train_run(
             start, config.epochs - 1, out,
         )
         _fit(net, optimizer, loader, recorder, generator, range(start, config.epochs), out,
-             test=None if config.heldout else (x_test, y_test), verbose=verbose)
+             test=None if config.heldout else (x_test, y_test), keep=keep_t, verbose=verbose)
     store = RunStore(out)
     _log_summary(store)
     return store
+
+
+def train_accuracy(
+    config: TrainConfig,
+    labels: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+    *,
+    threads: int | None = None,
+) -> list[float]:
+    """Train like :func:`record_training` without recording; the clean test accuracy after each epoch.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Settings (validated by the caller).
+    labels : array of int, shape (N,), optional
+        Labels to train on; default: those the noise settings produce.
+    keep : array of bool, shape (N,), optional
+        Samples to train on.
+    threads : int, optional
+        Torch threads (as in :func:`train_run`).
+
+    Returns
+    -------
+    list of float
+        Test accuracy after epochs ``0 .. config.epochs - 1``.
+    """
+    with _torch_threads(threads):
+        splits, noisy, _ = _prepare_data(config)
+        labels, keep_t = _training_labels(noisy.labels, labels, keep)
+        if config.batch_size is None:
+            config = dataclasses.replace(config, batch_size=auto_batch_size(len(splits.train)))
+        net, optimizer, generator = _new_model(config, splits.train)
+        x, y = torch.from_numpy(splits.train.x), torch.from_numpy(labels)
+        loader = tensor_loader(x, y, batch_size=config.batch_size, shuffle=True, generator=generator, with_index=True)
+        x_test, y_test = torch.from_numpy(splits.test.x), torch.from_numpy(splits.test.y)
+        curve = []
+        for _ in range(config.epochs):
+            train_epoch(net, optimizer, loader, keep=keep_t)
+            curve.append(accuracy(net, x_test, y_test))
+    return curve
+
+
+def _new_model(config: TrainConfig, train: Any) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
+    torch.manual_seed(config.seed)
+    net = make_model(config.model, train.x.shape[1:], train.n_classes, config.embedding_dim)
+    return net, torch.optim.Adam(net.parameters(), lr=config.lr), torch.Generator().manual_seed(config.seed)
+
+
+def _training_labels(produced: np.ndarray, labels: np.ndarray | None,
+                     keep: np.ndarray | None) -> tuple[np.ndarray, torch.Tensor | None]:
+    """The labels to train on (default: ``produced``) and the keep-mask as a float tensor, checked."""
+    n = len(produced)
+    labels = produced if labels is None else np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise TrainError(f"labels has shape {labels.shape} but the training set has {n} samples")
+    if keep is None:
+        return labels, None
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (n,) or not keep.any():
+        raise TrainError(f"keep must be a boolean mask of {n} samples keeping at least one, got shape {keep.shape}")
+    return labels, torch.from_numpy(keep.astype(np.float32))
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
@@ -399,14 +536,14 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gen
 
 def _fit(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, recorder: Recorder,
          generator: torch.Generator, epochs: range, out: Path, *, test: tuple[torch.Tensor, torch.Tensor] | None,
-         verbose: bool) -> None:
+         keep: torch.Tensor | None, verbose: bool) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(epochs, desc="train", unit="epoch", disable=not verbose)
     with recorder:  # on an error or interrupt, the epoch being recorded still completes
         for epoch in bar:
             started = time.perf_counter()
-            metrics = train_epoch(model, optimizer, loader, recorder=recorder)
+            metrics = train_epoch(model, optimizer, loader, recorder=recorder, keep=keep)
             metrics["train_seconds"] = time.perf_counter() - started
             if test is not None:
                 metrics["test_acc"] = accuracy(model, *test)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "export the accepted samples (index, given label, suggested label) as CSV or JSON"
+HELP = "export the accepted samples (index, decision, given, suggested and corrected label) as CSV or JSON"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from timetravel.store import RunStore
 
     store = RunStore(args.run)
-    state = FeedbackLog(store.path, store.n_samples).read()
+    state = FeedbackLog(store.path, store.n_samples, store.n_classes).read()
     for message in state.errors:
         print(f"timetravel export: warning: {message}", file=sys.stderr)
     records = accepted_records(store, state, suggestions=detector_suggestions(store, state.accepted))

@@ -1,0 +1,99 @@
+"""Corrections: the standing decisions of a review as corrected labels and a keep-mask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import timetravel
+from timetravel.correction import (
+    CORRECTIONS_FILE,
+    CorrectionsError,
+    apply_decisions,
+    corrections_record,
+    read_corrections,
+    write_corrections,
+)
+from timetravel.feedback import FeedbackEvent, FeedbackLog, FeedbackState
+
+
+def _state(*events):
+    state = FeedbackState()
+    for sample, decision, label in events:
+        state.apply(FeedbackEvent(sample, decision, 0.0, label=label))
+    return state
+
+
+def test_each_decision_kind_maps_to_its_correction():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    fix = apply_decisions(labels, _state((0, "relabel", 2), (1, "drop", None), (2, "flag", None),
+                                         (3, "accept", None), (4, "reject", None)))
+    assert fix.labels.tolist() == [2, 1, 2, 0, 1, 2]
+    assert fix.keep.tolist() == [True, False, True, True, True, True]
+    assert fix.flagged.tolist() == [False, False, True, False, False, False]
+    assert fix.relabeled.tolist() == [0] and fix.dropped.tolist() == [1]
+    assert fix.summary() == {"relabeled": 1, "dropped": 1, "flagged": 1, "kept": 5}
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2]  # the input is not modified
+
+
+def test_only_the_standing_decision_counts():
+    fix = apply_decisions(np.zeros(3, dtype=int), _state((1, "relabel", 2), (1, "undo", None), (2, "drop", None),
+                                                         (2, "relabel", 1)))
+    assert fix.labels.tolist() == [0, 0, 1] and fix.keep.all()
+
+
+def test_a_relabel_brings_back_an_inherited_drop():
+    keep = np.array([True, False, False])
+    fix = apply_decisions(np.zeros(3, dtype=int), _state((1, "relabel", 1)), keep=keep)
+    assert fix.keep.tolist() == [True, True, False]
+
+
+def test_out_of_range_decisions_and_shapes_are_refused():
+    with pytest.raises(CorrectionsError, match="decision on sample 5 is out of range for 3 samples"):
+        apply_decisions(np.zeros(3, dtype=int), _state((5, "drop", None)))
+    with pytest.raises(CorrectionsError, match="keep has shape"):
+        apply_decisions(np.zeros(3, dtype=int), FeedbackState(), keep=np.ones(2, dtype=bool))
+
+
+def test_corrections_of_a_run_read_its_log(tiny_run):
+    log = FeedbackLog(tiny_run.path, tiny_run.n_samples, tiny_run.n_classes)
+    new = int((tiny_run.labels[4] + 1) % tiny_run.n_classes)
+    log.append(4, "relabel", label=new)
+    log.append(7, "drop")
+    fix = timetravel.corrections(tiny_run.path)
+    assert fix.labels[4] == new and not fix.keep[7]
+    assert np.array_equal(np.delete(fix.labels, 4), np.delete(tiny_run.labels, 4))
+    assert repr(fix).startswith(f"Corrections(n_samples={tiny_run.n_samples}, relabeled=1, dropped=1")
+
+
+def test_a_fixed_run_inherits_its_corrections(tiny_run, tmp_path):
+    state = _state((2, "relabel", int((tiny_run.labels[2] + 1) % tiny_run.n_classes)), (3, "drop", None),
+                   (5, "flag", None))
+    first = apply_decisions(tiny_run.labels, state)
+    record = corrections_record(first, tiny_run.path)
+    assert record["relabeled"] == [[2, int(tiny_run.labels[2]), int(first.labels[2])]]
+    assert record["dropped"] == [3] and record["flagged"] == [5]
+    assert record["feedback"] == {"events": 0, "sha256": None}
+    # a run trained on first.labels, with its corrections file, then reviewed again
+    fixed = tmp_path / "fixed"
+    timetravel.RunWriter.create(fixed, labels=first.labels, n_classes=tiny_run.n_classes,
+                                embedding_dim=tiny_run.embedding_dim)
+    write_corrections(fixed, record)
+    assert read_corrections(fixed) == json.loads((fixed / CORRECTIONS_FILE).read_text())
+    FeedbackLog(fixed, tiny_run.n_samples, tiny_run.n_classes).append(2, "relabel", label=int(tiny_run.labels[2]))
+    FeedbackLog(fixed).append(9, "drop")
+    again = timetravel.corrections(fixed)
+    assert again.relabeled.tolist() == []  # relabelled back to the original label
+    assert again.dropped.tolist() == [3, 9] and np.flatnonzero(again.flagged).tolist() == [5]
+    assert np.array_equal(again.base_labels, tiny_run.labels)
+
+
+def test_a_damaged_corrections_file_says_what_to_do(tmp_path):
+    (tmp_path / CORRECTIONS_FILE).write_text("{")
+    with pytest.raises(CorrectionsError, match="cannot be read .*fix the run again"):
+        read_corrections(tmp_path)
+    (tmp_path / CORRECTIONS_FILE).write_text('{"format_version": 9}')
+    with pytest.raises(CorrectionsError, match="not a corrections file of format version 1"):
+        read_corrections(tmp_path)

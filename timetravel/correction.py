@@ -1,0 +1,245 @@
+"""Corrections: what a review changes in the training set (corrected labels and a keep-mask).
+
+The one owner of what the user's decisions mean for retraining, and of the
+``corrections.json`` file of a run made by ``timetravel fix``. Standing
+decisions of the feedback log (:mod:`timetravel.feedback`) map to:
+
+========== ==========================================================
+``relabel`` the sample's label becomes the event's ``label``; it is kept
+``drop``    the sample is left out of training (its label is unchanged)
+``flag``    marked only: kept, with its label
+``accept``  accepted without a chosen correction: nothing changes
+``reject``  nothing changes
+========== ==========================================================
+
+A run made by ``timetravel fix`` was trained on corrected labels (its
+``labels.npy``) and holds ``corrections.json``: every correction applied since
+the run ``timetravel train`` made, so fixing a fixed run accumulates them::
+
+    {"format_version": 1, "source": "/abs/path/of/RUN",
+     "relabeled": [[sample, label before, label after], ...],
+     "dropped": [sample, ...], "flagged": [sample, ...],
+     "feedback": {"events": 12, "sha256": "..."}}
+
+``label before`` is the label of the first run of the chain; ``feedback``
+identifies the log of ``source`` the corrections were read from.
+
+Examples
+--------
+>>> import timetravel                                        # doctest: +SKIP
+>>> fix = timetravel.corrections("runs/demo")                # doctest: +SKIP
+>>> x_train, y_train = x[fix.keep], fix.labels[fix.keep]     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from timetravel._io import write_json_atomic
+from timetravel.errors import TimetravelError
+from timetravel.feedback import FEEDBACK_FILE, FeedbackLog, FeedbackState
+
+CORRECTIONS_FILE = "corrections.json"
+FORMAT_VERSION = 1
+
+
+class CorrectionsError(TimetravelError, ValueError):
+    """A corrections file or a set of decisions cannot be used."""
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """Corrected labels and keep-mask of a training set.
+
+    Attributes
+    ----------
+    labels : ndarray of int64, shape (N,)
+        The labels to train on.
+    keep : ndarray of bool, shape (N,)
+        False for the samples to leave out of training.
+    flagged : ndarray of bool, shape (N,)
+        Samples marked by the user, kept with their label.
+    base_labels : ndarray of int64, shape (N,)
+        The labels of the first run of the chain (``timetravel train``'s, or the
+        user's own run), against which ``relabeled`` is measured.
+    """
+
+    labels: np.ndarray
+    keep: np.ndarray
+    flagged: np.ndarray
+    base_labels: np.ndarray
+
+    @property
+    def relabeled(self) -> np.ndarray:
+        """Indices of the samples whose label differs from ``base_labels``."""
+        return np.flatnonzero(self.labels != self.base_labels)
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """Indices of the samples left out of training."""
+        return np.flatnonzero(~self.keep)
+
+    def summary(self) -> dict[str, int]:
+        """Counts: ``relabeled``, ``dropped``, ``flagged``, ``kept`` (samples trained on)."""
+        return {"relabeled": len(self.relabeled), "dropped": len(self.dropped),
+                "flagged": int(self.flagged.sum()), "kept": int(self.keep.sum())}
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in self.summary().items())
+        return f"Corrections(n_samples={len(self.labels)}, {counts})"
+
+
+def apply_decisions(
+    labels: np.ndarray,
+    state: FeedbackState,
+    *,
+    keep: np.ndarray | None = None,
+    flagged: np.ndarray | None = None,
+    base_labels: np.ndarray | None = None,
+) -> Corrections:
+    """Apply the standing decisions of a review to a training set's labels.
+
+    Parameters
+    ----------
+    labels : array of int, shape (N,)
+        The labels the reviewed run was trained on.
+    state : FeedbackState
+        ``FeedbackLog(...).read()`` (only ``standing`` is used).
+    keep, flagged : array of bool, shape (N,), optional
+        Corrections applied before (a fixed run's); default: keep all, none flagged.
+    base_labels : array of int, shape (N,), optional
+        Labels of the first run of the chain; default ``labels``.
+
+    Returns
+    -------
+    Corrections
+
+    Raises
+    ------
+    CorrectionsError
+        A decision names a sample outside ``[0, N)``.
+
+    Examples
+    --------
+    >>> from timetravel.feedback import FeedbackEvent, FeedbackState
+    >>> state = FeedbackState()
+    >>> state.apply(FeedbackEvent(1, "relabel", 0.0, label=2))
+    >>> state.apply(FeedbackEvent(3, "drop", 0.0))
+    >>> fix = apply_decisions(np.array([0, 0, 1, 1]), state)
+    >>> fix.labels.tolist(), fix.keep.tolist()
+    ([0, 2, 1, 1], [True, True, True, False])
+    """
+    labels = np.array(labels, dtype=np.int64)
+    n = len(labels)
+    keep = np.ones(n, dtype=bool) if keep is None else np.array(keep, dtype=bool)
+    flagged = np.zeros(n, dtype=bool) if flagged is None else np.array(flagged, dtype=bool)
+    base = labels.copy() if base_labels is None else np.array(base_labels, dtype=np.int64)
+    for name, array in (("keep", keep), ("flagged", flagged), ("base_labels", base)):
+        if array.shape != (n,):
+            raise CorrectionsError(f"{name} has shape {array.shape} but labels has {n} entries")
+    for sample, event in state.standing.items():
+        if not 0 <= sample < n:
+            raise CorrectionsError(f"decision on sample {sample} is out of range for {n} samples")
+        if event.decision == "relabel":
+            labels[sample], keep[sample] = int(event.label), True
+        elif event.decision == "drop":
+            keep[sample] = False
+        elif event.decision == "flag":
+            flagged[sample] = True
+    return Corrections(labels=labels, keep=keep, flagged=flagged, base_labels=base)
+
+
+def corrections(run: Any, state: FeedbackState | None = None) -> Corrections:
+    """The corrected labels and keep-mask of a reviewed run.
+
+    Starts from the labels the run was trained on (and, for a run made by
+    ``timetravel fix``, the corrections it was trained with) and applies the
+    standing decisions of its feedback log.
+
+    Parameters
+    ----------
+    run : RunStore or path-like
+        The reviewed run.
+    state : FeedbackState, optional
+        Decisions to apply; default: the run's ``feedback.jsonl``.
+
+    Returns
+    -------
+    Corrections
+
+    Examples
+    --------
+    Retrain your own model on the corrected training set::
+
+        import timetravel
+        fix = timetravel.corrections("runs/mine")
+        train(model, x_train[fix.keep], fix.labels[fix.keep])
+    """
+    from timetravel.store import RunStore
+
+    store = run if isinstance(run, RunStore) else RunStore(run, verify="headers")
+    if state is None:
+        state = FeedbackLog(store.path, store.n_samples, store.n_classes).read()
+    return apply_decisions(store.labels, state, **inherited(store))
+
+
+def inherited(store: Any) -> dict[str, np.ndarray]:
+    """``keep``, ``flagged`` and ``base_labels`` a fixed run was trained with (empty for other runs)."""
+    saved = read_corrections(store.path)
+    if saved is None:
+        return {}
+    n = store.n_samples
+    keep, flagged = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    base = np.array(store.labels, dtype=np.int64)
+    try:
+        keep[np.asarray(saved["dropped"], dtype=np.int64)] = False
+        flagged[np.asarray(saved["flagged"], dtype=np.int64)] = True
+        for sample, before, _after in saved["relabeled"]:
+            base[int(sample)] = int(before)
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise CorrectionsError(f"{store.path / CORRECTIONS_FILE}: malformed ({exc}); fix the run again") from None
+    return {"keep": keep, "flagged": flagged, "base_labels": base}
+
+
+def read_corrections(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``corrections.json`` of a fixed run, or None for a run that was not fixed."""
+    path = Path(run_dir) / CORRECTIONS_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CorrectionsError(f"{path}: cannot be read ({exc}); fix the run again") from None
+    if not isinstance(saved, dict) or saved.get("format_version") != FORMAT_VERSION:
+        raise CorrectionsError(f"{path}: not a corrections file of format version {FORMAT_VERSION}")
+    return saved
+
+
+def corrections_record(fix: Corrections, source: str | os.PathLike) -> dict[str, Any]:
+    """The JSON content of ``corrections.json`` for a run trained with ``fix``, read from run ``source``."""
+    relabeled = fix.relabeled
+    log = Path(source) / FEEDBACK_FILE
+    raw = log.read_bytes() if log.exists() else b""
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": str(Path(source).resolve()),
+        "relabeled": [[int(i), int(fix.base_labels[i]), int(fix.labels[i])] for i in relabeled],
+        "dropped": fix.dropped.tolist(),
+        "flagged": np.flatnonzero(fix.flagged).tolist(),
+        "feedback": {"events": sum(1 for line in raw.splitlines() if line.strip()),
+                     "sha256": hashlib.sha256(raw).hexdigest() if raw else None},
+    }
+
+
+def write_corrections(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``corrections.json`` (from :func:`corrections_record`) into a run, atomically."""
+    path = Path(run_dir) / CORRECTIONS_FILE
+    write_json_atomic(path, record)
+    return path
