@@ -67,6 +67,7 @@ class TrainConfig:
     lr: float
     root: str | None
     n_samples: int | None
+    image_size: int | list[int] | None
     heldout: bool
     embedding_dtype: str
 
@@ -218,7 +219,8 @@ def _prepare_data(config: TrainConfig) -> tuple[Any, Any, Any]:
     from timetravel.noise import class_similarity, inject_noise, parse_noise_spec
 
     kind, rate = parse_noise_spec(config.noise)
-    splits = load_dataset(config.dataset, root=config.root, seed=config.seed, n_samples=config.n_samples)
+    options = {} if config.image_size is None else {"image_size": config.image_size}
+    splits = load_dataset(config.dataset, root=config.root, seed=config.seed, n_samples=config.n_samples, **options)
     train = splits.train
     # class-conditional noise flips labels towards the classes that look alike, as annotators do
     similarity = class_similarity(train.x, train.y, train.n_classes) if kind == "matrix" else None
@@ -284,6 +286,7 @@ def train_run(
     lr: float = 3e-3,
     root: str | os.PathLike | None = None,
     n_samples: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     heldout: bool = True,
     embedding_dtype: str = "float16",
     overwrite: bool = False,
@@ -297,7 +300,9 @@ def train_run(
     Parameters
     ----------
     dataset : str, default="digits"
-        A name accepted by :func:`timetravel.data.load_dataset`.
+        A name accepted by :func:`timetravel.data.load_dataset`, including
+        ``"folder:PATH"`` (your images in class subfolders) and ``"arrays:PATH"``
+        (your ``.npz`` with ``x`` and ``y``).
     noise : str, default="symmetric:0.2"
         Noise spec for :func:`timetravel.noise.parse_noise_spec` (``"none"`` for clean labels).
     epochs : int, default=30
@@ -322,6 +327,9 @@ def train_run(
         Folder of file-based datasets.
     n_samples : int, optional
         Training-set size (subsample, or number of synthetic samples).
+    image_size : int or (int, int), optional
+        Resize the images of ``"folder:PATH"`` and ``"arrays:PATH"`` to this
+        side length or ``(height, width)`` (the side of ``"synthetic"`` images).
     heldout : bool, default=True
         Record the test split as the held-out set (its accuracy is the clean
         test accuracy in the history either way).
@@ -366,7 +374,8 @@ def train_run(
     config = TrainConfig(
         dataset=dataset, noise=noise, epochs=epochs, seed=seed, model=model, embedding_dim=embedding_dim,
         batch_size=batch_size, lr=float(lr), root=None if root is None else str(root), n_samples=n_samples,
-        heldout=heldout, embedding_dtype=embedding_dtype,
+        image_size=list(image_size) if isinstance(image_size, tuple) else image_size, heldout=heldout,
+        embedding_dtype=embedding_dtype,
     )
     config.validate()
     return record_training(config, out, overwrite=overwrite, resume=resume, threads=threads,

@@ -12,11 +12,12 @@ HELP = "train a bundled model on a dataset with injected label noise, recording 
 
 # Flags that map 1:1 onto timetravel.train.TrainConfig fields (None = not given).
 _SETTINGS = ("dataset", "noise", "epochs", "seed", "model", "embedding_dim", "batch_size", "lr", "root", "n_samples",
-             "heldout", "embedding_dtype")
+             "image_size", "heldout", "embedding_dtype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", help="digits (default), synthetic, mnist, fashion-mnist, cifar10")
+    parser.add_argument("--dataset", help="digits (default), synthetic, mnist, fashion-mnist, cifar10, "
+                        "folder:PATH (your images in PATH/<class>/), arrays:PATH (your .npz with x and y)")
     parser.add_argument("--noise", help="label noise: symmetric:RATE, pairflip:RATE, matrix:RATE or none (default symmetric:0.2)")
     parser.add_argument("--epochs", type=int, help="epochs to train and record (default 30)")
     parser.add_argument("--out", required=True, help="run store directory to write")
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
     parser.add_argument("--root", help="folder with the files of mnist, fashion-mnist or cifar10")
     parser.add_argument("--n-samples", type=int, help="training-set size (subsample, or synthetic count)")
+    parser.add_argument("--image-size", type=_image_size, metavar="N|HxW",
+                        help="resize folder:/arrays: images to N x N or H x W pixels (needed when their sizes differ)")
     parser.add_argument("--heldout", action=argparse.BooleanOptionalAction,
                         help="record the test split as held-out set (default on)")
     parser.add_argument("--embedding-dtype", choices=("float16", "float32"), help="storage of embeddings (default float16)")
@@ -37,6 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run at --out")
     mode.add_argument("--resume", action="store_true",
                       help="continue the run at --out from its last finished epoch (settings not given are kept)")
+
+
+def _image_size(text: str) -> int | list[int]:
+    """``"32"`` -> 32, ``"48x64"`` -> [48, 64] (height x width)."""
+    try:
+        sizes = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive integers, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
