@@ -4,7 +4,7 @@ For each run size, a synthetic run is written with ``RunWriter`` (projection fil
 docs/run-store.md, detection by ``timetravel.detect``), the real ``timetravel serve`` is
 started in a subprocess and driven by Debian's headless Chromium through Playwright.
 Every time is measured in the browser (``performance.now()``), see
-``server_app._testing.INSTRUMENT_JS``:
+``server_app/assets/instrument.js``:
 
 * first render: page request (navigation start) to the end of the first canvas paint
   showing all points; the first load after the server starts and later loads are
@@ -49,7 +49,7 @@ def _proc_memory(pid: int) -> dict[str, float]:
 
 def _prepare_run(n: int, epochs: int, grid: int) -> tuple[Path, dict]:
     """Write (or reuse) the synthetic run of ``n`` samples and its detection; returns timings of what was done."""
-    from server_app._testing import write_synthetic_run
+    from timetravel.server_app._testing import write_synthetic_run
     from timetravel.detect import detect, load_detection
     from timetravel.store import RunStore
 
@@ -83,7 +83,7 @@ def _p95(values: list[float]) -> float:
 def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, decisions: int, seed: int) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from server_app._testing import INSTRUMENT_JS, launch_chromium, serve
+    from timetravel.server_app._testing import INSTRUMENT_JS, launch_chromium, serve
 
     rng = np.random.default_rng(seed)
     out: dict = {}

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from server_app._testing import INSTRUMENT_JS, launch_chromium, serve
+from timetravel.server_app._testing import INSTRUMENT_JS, launch_chromium, serve
 
 
 def main(argv: list[str] | None = None) -> int:

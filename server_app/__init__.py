@@ -1,7 +1,9 @@
-"""The timetravel debugger app: a Bokeh server directory app (``main.py`` builds each session's document).
+"""The timetravel debugger app: a Bokeh directory app, installed as ``timetravel.server_app``.
 
-Started by ``timetravel serve RUN``; the run directory arrives as the app's ``sys.argv[1]``.
-One module per view (:mod:`canvas`, :mod:`timeline`, :mod:`inspector`, :mod:`queue`, :mod:`filters`),
-run data shared by all sessions of the process (:mod:`data`, :mod:`review`), and all callbacks wired in
-:mod:`callbacks`.
+Started by ``timetravel serve RUN`` or ``bokeh serve server_app --args RUN`` (the same thing):
+``app_hooks.py`` opens the run once per server (:mod:`context`), ``main.py`` builds each
+session's page from one module per view (:mod:`canvas`, :mod:`timeline`, :mod:`filters`,
+:mod:`inspector`, :mod:`recommendations`) and one controller per job (:mod:`time_travel`,
+:mod:`interaction`, :mod:`inspecting`, :mod:`reviewing`) over the session's state
+(:mod:`session`). Browser-side JavaScript and CSS are in ``assets/``.
 """

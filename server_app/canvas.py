@@ -9,7 +9,7 @@ Three ways to draw the dots, chosen from the browser's WebGL renderer:
 * ``canvas`` (no GPU, up to :data:`CANVAS_RASTER_DOTS` dots): Bokeh's canvas-2D
   scatter, outlined circles;
 * ``raster`` (no GPU, more dots): the browser rasterises the dots itself into one
-  RGBA image (:data:`RASTER_JS`, a few milliseconds for 50k dots) drawn over the
+  RGBA image (``assets/raster.js``, a few milliseconds for 50k dots) drawn over the
   territory; the scatter stays, transparent, for hover, tap and box/lasso
   selection. Canvas 2D would otherwise fill every dot as its own path, which
   costs hundreds of milliseconds per frame at 50k.
@@ -20,15 +20,15 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from bokeh.core.properties import field
+from bokeh.events import Tap
 from bokeh.models import (
     BooleanFilter,
     CDSView,
     ColumnDataSource,
-    CustomJS,
     CustomJSHover,
     HoverTool,
     LinearColorMapper,
@@ -36,7 +36,8 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
-from server_app.data import EpochFrame, RunData
+from timetravel.server_app._bokeh import custom_js
+from timetravel.server_app.data import EpochFrame, RunData
 
 # Overlay rings per mark kind: (colour, extra diameter in px, line width).
 MARK_STYLES = {
@@ -69,65 +70,6 @@ def backend_for(gl_renderer: str, n_samples: int) -> str:
     return "raster" if n_samples > CANVAS_RASTER_DOTS else "canvas"
 
 
-# Runs in the browser once the page is ready: reports the WebGL renderer to the server.
-PROBE_GL_JS = """
-let renderer = "none";
-try {
-    const gl = document.createElement("canvas").getContext("webgl");
-    if (gl != null) {
-        const info = gl.getExtension("WEBGL_debug_renderer_info");
-        renderer = String(gl.getParameter(info != null ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
-    }
-} catch (error) { renderer = "none"; }
-probe.value = renderer;
-"""
-
-
-# Browser side of the raster dot layer. Runs on every change that moves or recolours
-# dots (positions, colour column, filter, selection, zoom/pan); writes the image
-# straight into the ``dots`` source without syncing it back to the server.
-RASTER_JS = """
-const draw = (attempt) => {
-  const view = Bokeh.index.find_one(fig);
-  const W0 = view == null ? 0 : view.frame.bbox.width, H0 = view == null ? 0 : view.frame.bbox.height;
-  if (!(W0 > 0 && H0 > 0)) {  // not laid out yet
-    if (attempt < 600) { requestAnimationFrame(() => draw(attempt + 1)); }
-    return;
-  }
-  if (view.__tt_resize == null) {  // Bokeh resizes the plot without a change event: redraw at the new size
-    view.__tt_resize = new ResizeObserver(() => requestAnimationFrame(() => draw(0)));
-    view.__tt_resize.observe(view.el);
-  }
-  const dpr = window.devicePixelRatio || 1;
-  const W = Math.max(1, Math.round(W0 * dpr)), H = Math.max(1, Math.round(H0 * dpr));
-  const x0 = xr.start, y0 = yr.start, kx = W / (xr.end - x0), ky = H / (yr.end - y0);
-  const data = points.data, xs = data.x, ys = data.y, cs = data[dots.tags[0]];
-  const img = new Uint32Array(W * H);
-  const side = Math.max(1, Math.round(size * dpr)), lo = Math.floor(side / 2), hi = side - lo;
-  const paint = (i, alpha) => {
-    const px = Math.floor((xs[i] - x0) * kx), py = Math.floor((ys[i] - y0) * ky);
-    if (!(px > -side && px < W + side && py > -side && py < H + side)) { return; }
-    const c = (colors[cs[i]] & 0xffffff) | (alpha << 24);
-    const r0 = Math.max(0, py - lo), r1 = Math.min(H, py + hi), c0 = Math.max(0, px - lo), c1 = Math.min(W, px + hi);
-    for (let r = r0; r < r1; r++) { img.fill(c, r * W + c0, r * W + c1); }
-  };
-  const shown = view_filter.booleans;
-  const picked = points.selected.indices;
-  const n = xs.length;
-  if (picked.length == 0) {
-    for (let i = 0; i < n; i++) { if (shown == null || shown[i]) { paint(i, alpha_on); } }
-  } else {
-    const isPicked = new Uint8Array(n);
-    for (const i of picked) { isPicked[i] = 1; }
-    for (let i = 0; i < n; i++) { if (!isPicked[i] && (shown == null || shown[i])) { paint(i, alpha_off); } }
-    for (const i of picked) { if (shown == null || shown[i]) { paint(i, 255); } }
-  }
-  const { ndarray } = Bokeh.require("core/util/ndarray");
-  target.setv({data: {image: [ndarray(img, {dtype: "uint32", shape: [H, W]})],
-                      x: [x0], y: [y0], dw: [xr.end - x0], dh: [yr.end - y0]}}, {sync: false});
-};
-draw(0);
-"""
 
 
 def _abgr(color: str) -> int:
@@ -172,6 +114,33 @@ class CanvasView:
         self.points.data.update(x=frame.x, y=frame.y, pred=frame.pred, conf=frame.confidence)
         x0, x1, y0, y1 = frame.extent
         self.territory.data = dict(image=[frame.territory], x=[x0], y=[y0], dw=[x1 - x0], dh=[y1 - y0])
+
+    def set_title(self, text: str) -> None:
+        self.figure.title.text = text
+
+    def show_territory(self, shown: bool) -> None:
+        self.territory_renderer.visible = shown
+
+    def on_tap(self, callback: Callable[[float, float], None]) -> None:
+        """Call ``callback(x, y)`` (data coordinates) when the canvas is tapped."""
+        self.figure.on_event(Tap, lambda event: callback(event.x, event.y))
+
+    def on_select(self, callback: Callable[[np.ndarray], None]) -> None:
+        """Call ``callback(indices)`` when the box or lasso selection changes."""
+        self.points.selected.on_change("indices", lambda _a, _o, new: callback(np.asarray(new, dtype=np.int64)))
+
+    def select(self, indices: np.ndarray) -> None:
+        """Select ``indices`` on the canvas (as a box selection would)."""
+        self.points.selected.indices = np.asarray(indices, dtype=np.int64).tolist()
+
+    def nearest_dot(self, frame: EpochFrame, x: float, y: float, radius: float) -> int | None:
+        """The shown dot of ``frame`` nearest to ``(x, y)``, if it lies within ``radius``."""
+        mask = self.points_view.filter.booleans
+        d2 = (frame.x - x) ** 2 + (frame.y - y) ** 2
+        if mask is not None:
+            d2 = np.where(np.asarray(mask, dtype=bool), d2, np.inf)
+        nearest = int(np.argmin(d2))
+        return nearest if d2[nearest] <= radius**2 else None
 
     def color_by(self, column: str) -> None:
         """Colour the dots by ``"label"`` (given) or ``"pred"`` (the model's prediction)."""
@@ -312,12 +281,9 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
     )
     if raster:
         colors = np.array([_abgr(c) for c in data.palette], dtype=np.uint32)
-        dots_js = CustomJS(
-            args=dict(fig=fig, points=points, view_filter=view.filter, target=dots.data_source, dots=dots,
-                      xr=x_range, yr=y_range, colors=colors, size=size, alpha_on=round(255 * FILL_ALPHA),
-                      alpha_off=round(255 * NONSELECTION_ALPHA)),
-            code=RASTER_JS,
-        )  # fmt: skip
+        dots_js = custom_js("raster.js", fig=fig, points=points, view_filter=view.filter, target=dots.data_source,
+                            dots=dots, xr=x_range, yr=y_range, colors=colors, size=size,
+                            alpha_on=round(255 * FILL_ALPHA), alpha_off=round(255 * NONSELECTION_ALPHA))  # fmt: skip
         points.js_on_change("data", dots_js)
         points.selected.js_on_change("indices", dots_js)
         view.filter.js_on_change("booleans", dots_js)

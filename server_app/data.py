@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server_app.palette import class_palette, territory_image, territory_lut
+from timetravel.server_app.palette import class_palette, territory_image, territory_lut
 from timetravel.store import RunStore, softmax
 
 logger = logging.getLogger(__name__)
@@ -147,6 +147,10 @@ class RunData:
             float(extents[:, 2].min()),
             float(extents[:, 3].max()),
         )
+
+    def close(self) -> None:
+        """Stop the background executor (the server is shutting down); queued work is dropped."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def unprojected_epochs(self) -> list[int]:
@@ -303,18 +307,3 @@ def _png_uri(image: np.ndarray) -> str:
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
-
-_RUNS: dict[Path, RunData] = {}
-_RUNS_LOCK = threading.Lock()
-
-
-def open_run(path: str | Path) -> RunData:
-    """The process-wide :class:`RunData` of a run (opened once, refreshed if re-projected)."""
-    key = Path(path).resolve()
-    with _RUNS_LOCK:
-        data = _RUNS.get(key)
-        if data is None:
-            data = _RUNS[key] = RunData(key)
-            return data
-    data.refresh()
-    return data

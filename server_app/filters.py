@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from bokeh.layouts import column
@@ -18,8 +19,8 @@ from bokeh.models import (
     TableColumn,
 )
 
-from server_app._bokeh import redraw_table_on_new_data
-from server_app.data import RunData
+from timetravel.server_app._bokeh import redraw_table_on_new_data
+from timetravel.server_app.data import RunData
 
 COLOR_BY = ("label", "pred")
 DECISION_FILTERS = (
@@ -56,6 +57,42 @@ class FilterView:
 
     def color_column(self) -> str:
         return COLOR_BY[self.color_by.active]
+
+    def territory_shown(self) -> bool:
+        return bool(self.territory.active)
+
+    def trails_shown(self) -> bool:
+        return bool(self.trails.active)
+
+    def depends_on_prediction(self) -> bool:
+        """Whether the mask changes with the epoch (the prediction ≠ label filter is on)."""
+        return bool(self.disagree.active)
+
+    def depends_on_review(self) -> bool:
+        """Whether the mask changes with the decisions or the queue."""
+        return self.decision.value != "all"
+
+    def on_display_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the colouring or the territory toggle changes."""
+        self.color_by.on_change("active", lambda _a, _o, _n: callback())
+        self.territory.on_change("active", lambda _a, _o, _n: callback())
+
+    def on_filter_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when any filter of :meth:`mask` changes."""
+        for widget, attr in ((self.classes, "value"), (self.disagree, "active"), (self.decision, "value")):
+            widget.on_change(attr, lambda _a, _o, _n: callback())
+
+    def on_trails_change(self, callback: Callable[[], None]) -> None:
+        self.trails.on_change("active", lambda _a, _o, _n: callback())
+
+    def on_selection_row(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(sample)`` when a row of the selection list is clicked."""
+
+        def clicked(_attr: str, _old: list[int], new: list[int]) -> None:
+            if new:
+                callback(int(self.selection.data["index"][new[0]]))
+
+        self.selection.selected.on_change("indices", clicked)
 
     def mask(
         self, labels: np.ndarray, pred: np.ndarray, decisions: dict[int, bool], queue: list[int]

@@ -10,7 +10,7 @@ from bokeh.layouts import column
 from bokeh.models import BasicTicker, ColumnDataSource, Div, LinearAxis, Range1d, Span
 from bokeh.plotting import figure
 
-from server_app.data import RunData, SampleHistory
+from timetravel.server_app.data import RunData, SampleHistory
 
 EMPTY_TEXT = "<span class='tt-muted'>Click a dot or a queue entry to inspect a sample.</span>"
 

@@ -1,55 +1,40 @@
-"""Builds one session's document: ``bokeh serve`` runs this for every page load.
+"""Builds one session's document: ``bokeh serve`` runs this file for every page load.
 
-The run directory is ``sys.argv[1]`` (``timetravel serve RUN`` passes it). A run
-that cannot be shown (not a run store, no projection yet) gets a page saying what
-to run instead of a stack trace.
+The run was opened once for the whole server by ``app_hooks.py``; this file builds the
+views (one small function per view module), connects them to the session's controllers
+and lays them out. A run that cannot be shown (not a run store, no projection yet) gets
+a page saying what to run instead of a stack trace.
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
-import sys
+from dataclasses import dataclass
+from typing import Any
 
 from bokeh.document import Document
+from bokeh.events import DocumentReady
 from bokeh.io import curdoc
 from bokeh.layouts import column, row
-from bokeh.models import Div, InlineStyleSheet, TextInput
+from bokeh.models import Div, TextInput
 
-from server_app.callbacks import Controller, Views
-from server_app.canvas import BACKENDS, make_canvas
-from server_app.data import EpochFrame, RunData, open_run
-from server_app.filters import make_filters
-from server_app.inspector import make_inspector
-from server_app.queue import make_queue
-from server_app.review import open_review
-from server_app.timeline import make_timeline
 from timetravel.errors import TimetravelError
+from timetravel.server_app._bokeh import custom_js, stylesheet
+from timetravel.server_app.canvas import CanvasView, make_canvas
+from timetravel.server_app.context import AppContext, context_of
+from timetravel.server_app.data import EpochFrame, RunData
+from timetravel.server_app.filters import FilterView, make_filters
+from timetravel.server_app.inspecting import Inspecting
+from timetravel.server_app.inspector import InspectorView, make_inspector
+from timetravel.server_app.interaction import CanvasInteraction
+from timetravel.server_app.recommendations import QueueView, make_queue
+from timetravel.server_app.reviewing import Reviewing
+from timetravel.server_app.session import Session
+from timetravel.server_app.time_travel import TimeTravel
+from timetravel.server_app.timeline import TimelineView, make_timeline
 
 logger = logging.getLogger(__name__)
-
-CSS = """
-:host { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; font-size: 13px; color: #263238; }
-.tt-app-title { font-size: 18px; font-weight: 700; }
-.tt-muted { color: #78909c; }
-.tt-title { font-size: 15px; font-weight: 600; margin-bottom: 2px; }
-.tt-h { font-size: 15px; font-weight: 600; }
-.tt-sub { font-weight: 600; color: #455a64; margin: 6px 0 2px; }
-.tt-swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 4px; }
-.tt-thumb-big { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid #cfd8dc; }
-.tt-thumb { width: 40px; height: 40px; image-rendering: pixelated; border: 1px solid #eceff1; }
-.tt-nbs { display: flex; flex-wrap: wrap; gap: 6px; }
-.tt-nb { font-size: 11px; text-align: center; line-height: 1.2; }
-.tt-reasons { margin: 2px 0; padding-left: 18px; }
-.tt-row { display: flex; gap: 12px; align-items: flex-start; }
-.tt-note { background: #fff8e1; border-left: 4px solid #ffb300; padding: 6px 10px; margin: 2px 0; }
-.tt-error { background: #ffebee; border-left: 4px solid #c62828; padding: 6px 10px; margin: 2px 0; display: block; }
-.tt-error ul { margin: 4px 0 0; padding-left: 18px; }
-.tt-ok { color: #2e7d32; }
-.tt-message { max-width: 760px; margin: 40px auto; font-size: 15px; line-height: 1.5; }
-.tt-message code, .tt-note code { background: #eceff1; padding: 1px 4px; border-radius: 3px; }
-"""
 
 
 def _style_divs(root) -> None:
@@ -58,7 +43,7 @@ def _style_divs(root) -> None:
     Done before ``root`` joins a document: assigning a model-valued property in a document
     makes Bokeh re-scan all its models, which costs a quarter second per Div at 50k dots.
     """
-    style = InlineStyleSheet(css=CSS)
+    style = stylesheet()
     for div in root.select({"type": Div}):
         div.stylesheets = [style]
 
@@ -87,11 +72,32 @@ def _header(data: RunData) -> Div:
     )
 
 
+@dataclass
+class Views:
+    """The views of one session's document.
+
+    ``canvas`` is None until the browser has said whether its WebGL runs on a GPU
+    (renderer "auto"); ``canvas_slot`` is the column whose first child is the canvas
+    figure, or a placeholder until then.
+    """
+
+    canvas: CanvasView | None
+    canvas_slot: Any
+    probe: TextInput
+    renderer_note: Div
+    timeline: TimelineView
+    inspector: InspectorView
+    queue: QueueView
+    filters: FilterView
+    notice: Div
+    status: Div
+
+
 def build_views(data: RunData, frame: EpochFrame, renderer: str) -> Views:
     """Create every view for a session starting at ``frame``.
 
     With ``renderer="auto"`` the canvas is built once the browser reports its WebGL
-    renderer (see :func:`server_app.canvas.backend_for`); a placeholder holds its place.
+    renderer (see :func:`timetravel.server_app.canvas.backend_for`); a placeholder holds its place.
     """
     timeline = make_timeline(data, frame.epoch)
     canvas = None if renderer == "auto" else make_canvas(data, frame, renderer)
@@ -127,23 +133,27 @@ def layout(data: RunData, v: Views):
     )
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The app's arguments: ``RUN [--renderer auto|webgl|canvas]`` (from ``timetravel serve``)."""
-    parser = argparse.ArgumentParser(prog="server_app", add_help=False)
-    parser.add_argument("run", nargs="?")
-    parser.add_argument("--renderer", choices=("auto", *BACKENDS), default="auto")
-    return parser.parse_args(argv)
+def controllers(session: Session, v: Views) -> list:
+    """The session's controllers, one per job; each has ``wire()`` and optionally ``start()``."""
+    return [
+        TimeTravel(session, v.timeline),
+        CanvasInteraction(session, v.canvas, v.canvas_slot, v.probe, v.renderer_note, v.filters),
+        Inspecting(session, v.inspector),
+        Reviewing(session, v.queue, v.notice),
+    ]
 
 
-def build(doc: Document, argv: list[str]) -> None:
-    """Fill ``doc`` for the run named in ``argv`` (or with a message page)."""
-    args = parse_args(argv)
-    if not args.run:
+def _show_failure(status: Div, text: str) -> None:
+    status.text = f"<span class='tt-error'>{html.escape(text)}</span>"
+
+
+def build(doc: Document, context: AppContext) -> None:
+    """Fill ``doc`` for the context's run (or with a message page)."""
+    if not context.args.run:
         message_page(doc, "No run given", "<p>Start the app with <code>timetravel serve RUN</code>.</p>")
         return
-    run = args.run
     try:
-        data = open_run(run)
+        data, review = context.open()
     except TimetravelError as exc:
         message_page(doc, "This run cannot be opened", f"<p>{html.escape(str(exc))}</p>")
         return
@@ -162,22 +172,29 @@ def build(doc: Document, argv: list[str]) -> None:
     except TimetravelError as exc:
         message_page(doc, "The projection cannot be read", f"<p>{html.escape(str(exc))}</p>")
         return
-    review = open_review(data)
-    views = build_views(data, frame, args.renderer)
+    views = build_views(data, frame, context.args.renderer)
     doc.title = f"timetravel: {data.store.manifest.get('dataset') or data.path.name}"
-    controller = Controller(doc, data, review, views, frame)
-    controller.wire()
+    session = Session(doc, data, review, frame, views.queue.k())
+    session.on_failure(lambda text: _show_failure(views.status, text))
+    jobs = controllers(session, views)
+    for job in jobs:  # before the layout joins the document (see CanvasInteraction.wire)
+        job.wire()
     root = layout(data, views)
     _style_divs(root)
     doc.add_root(views.queue.export_source)  # not drawn; a root so the browser has it for downloads
     doc.add_root(root)  # last: each add_root re-scans the document's models
-    controller.start()
+    doc.js_on_event(DocumentReady, custom_js("keys.js", **views.queue.shortcuts(), **views.timeline.shortcuts()))
+    for job in jobs:
+        if hasattr(job, "start"):
+            job.start()
+    snap = session.snap
+    session.change(frame=frame, snap=snap, **({"target": snap.queue[0]} if snap.queue else {}))
 
 
-def main(doc: Document, argv: list[str]) -> None:
+def main(doc: Document, context: AppContext) -> None:
     """Build the document; an unexpected failure becomes a message page, and the log has the traceback."""
     try:
-        build(doc, argv)
+        build(doc, context)
     except Exception as exc:  # noqa: BLE001 - the user gets a sentence, the log gets the traceback
         logger.exception("building the app failed")
         doc.clear()
@@ -188,4 +205,4 @@ def main(doc: Document, argv: list[str]) -> None:
 # Bokeh runs this file as a fresh module named "bokeh_app_<id>" for every session; importing
 # it elsewhere (tests) only defines the functions above.
 if __name__.startswith("bokeh_app_"):
-    main(curdoc(), sys.argv[1:])
+    main(curdoc(), context_of(curdoc().session_context.server_context))

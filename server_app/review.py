@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from server_app.data import RunData
+from timetravel.server_app.data import RunData
 from timetravel.errors import TimetravelError
 from timetravel.feedback import FeedbackEvent, FeedbackLog, FeedbackState
 
@@ -306,34 +306,3 @@ class Review:
         self._queue, self._scores = self._ranking.recommend(QUEUE_DEPTH)
         self._version += 1
 
-
-_REVIEWS: dict[object, Review] = {}
-_REVIEWS_LOCK = threading.Lock()
-
-
-def open_review(data: RunData) -> Review:
-    """The process-wide :class:`Review` of a run, started on first use."""
-    with _REVIEWS_LOCK:
-        review = _REVIEWS.get(data.path)
-        if review is None:
-            review = _REVIEWS[data.path] = Review(data)
-    review.start()
-    return review
-
-
-def warm_up(path) -> None:
-    """Open a run, load its last projected epoch and start ranking, before the first page is requested.
-
-    Problems are left for the app to show (it explains them on the page), so this never raises
-    for a bad run.
-    """
-    from server_app.data import open_run
-
-    try:
-        data = open_run(path)
-        if data.epochs:
-            data.frame(data.epochs[-1])
-    except TimetravelError as exc:
-        logger.warning("%s", exc)
-        return
-    open_review(data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 from bokeh.layouts import column, row
 from bokeh.models import (
@@ -17,7 +19,7 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
-from server_app.data import RunData
+from timetravel.server_app.data import RunData
 
 # Frames per second offered by the play control.
 SPEEDS = ("1", "2", "4", "8")
@@ -43,10 +45,53 @@ class TimelineView:
     def epoch(self) -> int:
         return self.epochs[self.position()]
 
-    def caption(self, epoch: int, metrics: dict) -> str:
-        """The canvas title for ``epoch``: its place among the epochs and its training metrics."""
-        shown = ", ".join(f"{name} {metrics[key]:.1%}" for key, name, _ in METRICS if key in metrics)
-        return f"epoch {epoch} ({self.epochs.index(epoch) + 1} of {len(self.epochs)}){': ' + shown if shown else ''}"
+    def at_last(self) -> bool:
+        return self.position() >= len(self.epochs) - 1
+
+    def set_position(self, position: int) -> None:
+        """Move the slider to ``position`` (clipped to the epochs)."""
+        self.slider.value = int(min(max(position, 0), len(self.epochs) - 1))
+
+    def show_epoch(self, epoch: int) -> None:
+        """Move the training curves' cursor to ``epoch``."""
+        self.cursor.location = epoch
+
+    def fps(self) -> float:
+        return float(self.speed.value)
+
+    def playing(self) -> bool:
+        return bool(self.play.active)
+
+    def stop_playing(self) -> None:
+        self.play.active = False
+
+    def show_playing(self, playing: bool) -> None:
+        self.play.label = "❚❚ Pause" if playing else "▶ Play"
+
+    def on_epoch(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(epoch)`` whenever the slider moves."""
+        self.slider.on_change("value", lambda _a, _o, new: callback(self.epochs[int(new)]))
+
+    def on_step(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(-1)`` / ``callback(1)`` for the step buttons."""
+        self.back.on_click(partial(callback, -1))
+        self.forward.on_click(partial(callback, 1))
+
+    def on_play(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(playing)`` when play is toggled or the speed changes while playing."""
+        self.play.on_change("active", lambda _a, _o, active: callback(bool(active)))
+        self.speed.on_change("value", lambda _a, _o, _n: self.playing() and callback(True))
+
+    def shortcuts(self) -> dict[str, object]:
+        """The buttons the keyboard drives (see ``assets/keys.js``)."""
+        return dict(back=self.back, forward=self.forward, play=self.play)
+
+
+def caption(data: RunData, epoch: int) -> str:
+    """The canvas title for ``epoch``: its place among the projected epochs and its training metrics."""
+    metrics = next((h for h in data.store.history if h.get("epoch") == epoch), {})
+    shown = ", ".join(f"{name} {metrics[key]:.1%}" for key, name, _ in METRICS if key in metrics)
+    return f"epoch {epoch} ({data.epochs.index(epoch) + 1} of {len(data.epochs)}){': ' + shown if shown else ''}"
 
 
 def _history_figure(data: RunData, epoch: int) -> tuple[object, Span]:

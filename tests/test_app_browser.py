@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server_app._testing import INSTRUMENT_JS, launch_chromium, serve, wait_until, write_synthetic_run
+from timetravel.server_app._testing import INSTRUMENT_JS, launch_chromium, serve, wait_until, write_synthetic_run
 from timetravel.feedback import FeedbackLog
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from server_app._testing import write_synthetic_run
-from server_app.data import RunData
-from server_app.palette import class_palette, hex_to_rgb, territory_image, territory_lut
+from timetravel.server_app._testing import write_synthetic_run
+from timetravel.server_app.data import RunData
+from timetravel.server_app.palette import class_palette, hex_to_rgb, territory_image, territory_lut
 from timetravel.errors import StoreError
 from timetravel.store import softmax
 

@@ -8,8 +8,9 @@ from bokeh.document import Document
 from bokeh.events import ButtonClick, Tap
 from bokeh.models import Div
 
-from server_app import main as app
-from server_app._testing import write_synthetic_run
+from timetravel.server_app import main as app
+from timetravel.server_app._testing import write_synthetic_run
+from timetravel.server_app.context import AppContext
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +18,20 @@ def run(tmp_path_factory):
     return write_synthetic_run(tmp_path_factory.mktemp("doc") / "run", n_samples=200, n_epochs=4, grid=8)
 
 
+_CONTEXTS: dict[tuple[str, str], AppContext] = {}
+
+
+def _context(path, renderer: str = "webgl") -> AppContext:
+    """One context per run and renderer, as one server would hold (sessions share its cached frames)."""
+    key = (str(path), renderer)
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = AppContext([str(path), "--renderer", renderer])
+    return _CONTEXTS[key]
+
+
 def _build(path, renderer: str = "webgl") -> Document:
     doc = Document()
-    app.main(doc, [str(path), "--renderer", renderer])
+    app.main(doc, _context(path, renderer))
     return doc
 
 
@@ -38,10 +50,9 @@ def test_document_has_every_view(run):
 
 
 def test_slider_and_step_buttons_swap_in_the_epoch(run):
-    from server_app.data import open_run
     from timetravel.store import RunStore
 
-    data = open_run(run)
+    data, _ = _context(run).open()
     for e in data.epochs:  # cached frames are applied synchronously, without the server's event loop
         data.frame(e)
     doc = _build(run)
@@ -99,7 +110,7 @@ def test_auto_renderer_builds_the_canvas_the_browser_suits(run, gl_renderer, bac
 
 
 def test_big_runs_without_a_gpu_get_the_raster_dots():
-    from server_app.canvas import CANVAS_RASTER_DOTS, backend_for
+    from timetravel.server_app.canvas import CANVAS_RASTER_DOTS, backend_for
 
     swiftshader = "ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)), SwiftShader driver)"
     assert backend_for(swiftshader, CANVAS_RASTER_DOTS) == "canvas"
@@ -133,5 +144,5 @@ def test_not_a_run_page_says_why(tmp_path):
 
 def test_no_run_argument_page():
     doc = Document()
-    app.main(doc, [])
+    app.main(doc, AppContext([]))
     assert "timetravel serve RUN" in _text(doc)

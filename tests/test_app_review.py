@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from server_app._testing import wait_until, write_synthetic_run
-from server_app.data import RunData
-from server_app.review import QUEUE_DEPTH, Review
+from timetravel.server_app._testing import wait_until, write_synthetic_run
+from timetravel.server_app.data import RunData
+from timetravel.server_app.review import QUEUE_DEPTH, Review
 from timetravel.errors import FeedbackLogError
 from timetravel.feedback import FeedbackLog
 

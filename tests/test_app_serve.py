@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from server_app._testing import serve, write_synthetic_run
+from timetravel.server_app._testing import serve, write_synthetic_run
 from timetravel.cli import main as cli
 from timetravel.commands.serve import app_directory, make_server, url_of
 
@@ -45,3 +45,72 @@ def test_serve_subprocess_prints_its_url_and_serves_the_page(tmp_path):
         assert "timetravel" in page and "bokeh" in page.lower()
     assert server.proc.returncode == 0
     assert "timetravel app stopped" in server.output
+
+
+def _loaded_context(server):
+    """Run the server's loop until app_hooks.on_server_loaded has attached the app context."""
+    from timetravel.server_app.context import context_of
+
+    app_context = server._tornado._applications["/"]
+    deadline = server.io_loop.time() + 30
+
+    async def wait():
+        import asyncio
+
+        while getattr(app_context.server_context, "timetravel", None) is None and server.io_loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    server.io_loop.run_sync(wait)
+    return context_of(app_context.server_context)
+
+
+@pytest.mark.parametrize("launcher", ["timetravel serve", "bokeh serve"])
+def test_server_start_opens_and_warms_the_run(tmp_path, launcher):
+    """app_hooks.py warms the run however the server was started, before any page is requested."""
+    from bokeh.application import Application
+    from bokeh.application.handlers import DirectoryHandler
+    from bokeh.server.server import Server
+
+    run = write_synthetic_run(tmp_path / "run", n_samples=30, n_epochs=3, grid=4)
+    if launcher == "timetravel serve":
+        server = make_server(str(run), port=0)
+    else:  # what `bokeh serve server_app --args RUN` builds
+        handler = DirectoryHandler(filename=str(app_directory()), argv=[str(run)])
+        server = Server({"/": Application(handler)}, port=0, address="127.0.0.1")
+        server.start()
+    try:
+        context = _loaded_context(server)
+        assert context.args.run == str(run)
+        data, review = context.open()
+        assert data.cached_epochs() == [2]  # the last projected epoch, loaded at start
+        assert review.snapshot().status in ("loading", "ready", "missing")
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_bokeh_serve_of_the_app_directory_serves_the_app(tmp_path):
+    """`bokeh serve server_app --args RUN` needs nothing from the timetravel command line."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    run = write_synthetic_run(tmp_path / "run", n_samples=30, n_epochs=2, grid=4)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bokeh", "serve", str(app_directory()), "--port", "0", "--args", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines, url, deadline = [], None, time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            match = re.search(r"Bokeh app running at: (http://\S+)", line)
+            url = match.group(1) if match else None
+        assert url, "".join(lines)
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert "<title>timetravel: synthetic-app-30</title>" in page  # the run's app, not a message page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

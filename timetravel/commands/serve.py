@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     parser.add_argument(
         "--renderer",
-        choices=("auto", "webgl", "canvas", "raster"),  # server_app.canvas.BACKENDS (not imported: bokeh is slow)
+        choices=("auto", "webgl", "canvas", "raster"),  # timetravel.server_app.canvas.BACKENDS (bokeh is slow to import)
         default="auto",
         help="how the browser draws the dots: webgl (GPU), canvas (Bokeh's 2D scatter), raster (the page "
         "rasterises the dots into one image: fastest without a GPU), or auto: webgl unless the browser reports "
@@ -27,15 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def app_directory():
-    """The ``server_app`` directory (the Bokeh directory app), wherever the package is installed."""
+    """The Bokeh directory app (``server_app/`` of the checkout, installed as ``timetravel.server_app``)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.find_spec("server_app")
+    spec = importlib.util.find_spec("timetravel.server_app")
     if spec is None or not spec.submodule_search_locations:
         from timetravel.errors import TimetravelError
 
-        raise TimetravelError("the server_app package is not installed; reinstall timetravel (pip install -e .)")
+        raise TimetravelError("timetravel.server_app is not installed; reinstall timetravel (pip install -e .)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -50,6 +50,9 @@ def _free_port(host: str) -> int:
 
 def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", renderer: str = "auto"):
     """A started-but-not-running Bokeh ``Server`` serving the app for ``run_dir`` at ``/``.
+
+    The same directory app as ``bokeh serve server_app --args RUN``: its ``app_hooks.py``
+    opens and warms the run when the server's event loop starts.
 
     Parameters
     ----------
@@ -103,10 +106,7 @@ def url_of(server) -> str:
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    from server_app.review import warm_up
-
     server = make_server(args.run, port=args.port, host=args.host, renderer=args.renderer)
-    warm_up(args.run)
     url = url_of(server)
     print(f"timetravel app for {args.run} at {url}  (Ctrl+C stops it)", flush=True)
     if not args.no_browser:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
     ColumnDataSource,
-    CustomJS,
     DataTable,
     Div,
     HTMLTemplateFormatter,
@@ -18,26 +19,11 @@ from bokeh.models import (
     TableColumn,
 )
 
-from server_app._bokeh import redraw_table_on_new_data
-from server_app.data import RunData
-from server_app.review import ReviewSnapshot
+from timetravel.server_app._bokeh import custom_js, redraw_table_on_new_data
+from timetravel.server_app.data import RunData
+from timetravel.server_app.review import ReviewSnapshot
 
 QUEUE_SIZES = ("5", "10", "20")
-
-# Runs in the browser when the server fills export_source: hands the text to the user as a download.
-_DOWNLOAD_JS = """
-const text = source.data.text[0];
-if (!text) { return; }
-const blob = new Blob([text], {type: source.data.mime[0]});
-const link = document.createElement("a");
-link.href = URL.createObjectURL(blob);
-link.download = source.data.filename[0];
-document.body.appendChild(link);
-link.click();
-link.remove();
-setTimeout(() => URL.revokeObjectURL(link.href), 10000);
-"""
-
 
 @dataclass
 class QueueView:
@@ -56,9 +42,44 @@ class QueueView:
     export_source: ColumnDataSource
     export_note: Div
     layout: object
+    _showing: bool = False  # show() is selecting the inspected row: not a user's click
 
     def k(self) -> int:
         return int(self.size.value)
+
+    def on_row(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(sample)`` when the user clicks a queue row (not when :meth:`show` selects one)."""
+
+        def clicked(_attr: str, _old: list[int], new: list[int]) -> None:
+            if new and not self._showing:
+                callback(int(self.table_source.data["index"][new[0]]))
+
+        self.table_source.selected.on_change("indices", clicked)
+
+    def on_size(self, callback: Callable[[int], None]) -> None:
+        self.size.on_change("value", lambda _a, _o, _n: callback(self.k()))
+
+    def on_decide(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback("accept" | "reject")`` for the decision buttons."""
+        self.accept.on_click(partial(callback, "accept"))
+        self.reject.on_click(partial(callback, "reject"))
+
+    def on_undo(self, callback: Callable[[], None]) -> None:
+        self.undo.on_click(callback)
+
+    def on_export(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback("csv" | "json")`` for the export buttons."""
+        self.export_csv.on_click(partial(callback, "csv"))
+        self.export_json.on_click(partial(callback, "json"))
+
+    def offer_download(self, text: str, filename: str, mime: str, note: str) -> None:
+        """Hand ``text`` to the browser as a download named ``filename`` (see ``assets/download.js``)."""
+        self.export_source.data = dict(text=[text], filename=[filename], mime=[mime])
+        self.export_note.text = f"<span class='tt-muted'>{html.escape(note)}</span>"
+
+    def shortcuts(self) -> dict[str, object]:
+        """The buttons the keyboard drives (see ``assets/keys.js``)."""
+        return dict(accept=self.accept, reject=self.reject, undo=self.undo)
 
     def show(self, data: RunData, snap: ReviewSnapshot, target: int | None) -> None:
         """Render a review snapshot: status line, queue rows, counters and button states."""
@@ -74,7 +95,11 @@ class QueueView:
             score=[snap.scores.get(i, float("nan")) for i in queue],
             reason=[html.escape((snap.reasons.get(i) or [""])[0]) for i in queue],
         )
-        self.table_source.selected.indices = [queue.index(target)] if target in queue else []
+        self._showing = True
+        try:
+            self.table_source.selected.indices = [queue.index(target)] if target in queue else []
+        finally:
+            self._showing = False
         self.accept.disabled = self.reject.disabled = target is None
         self.undo.disabled = not snap.decisions
         self.export_csv.disabled = self.export_json.disabled = not any(snap.decisions.values())
@@ -132,7 +157,7 @@ def make_queue(data: RunData) -> QueueView:
     export_csv = Button(label="Export CSV", name="export_csv", disabled=True, width=100)
     export_json = Button(label="Export JSON", name="export_json", disabled=True, width=100)
     export_source = ColumnDataSource(dict(text=[], filename=[], mime=[]), name="export_source")
-    export_source.js_on_change("data", CustomJS(args=dict(source=export_source), code=_DOWNLOAD_JS))
+    export_source.js_on_change("data", custom_js("download.js", source=export_source))
     export_note = Div(text="", name="export_note")
     layout = column(
         row(Div(text="<div class='tt-h'>Recommendations</div>"), Div(text="show"), size, sizing_mode="stretch_width"),
