@@ -4,8 +4,10 @@ from timetravel.correction import Corrections, corrections
 from timetravel.detect import AbnormalityDetector, Detection, detect, load_detection
 from timetravel.errors import DatasetError, FeedbackLogError, StoreError, TimetravelError
 from timetravel.features import FeatureTable, extract_features
+from timetravel.notebook import show
 from timetravel.recommend import FeedbackRecommender
 from timetravel.store import RunStore, RunWriter, Territory
+from timetravel.table import Table, features_table, ranking_table
 
 __all__ = [
     "AbnormalityDetector",
