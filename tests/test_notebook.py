@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import timetravel
-from server_app._testing import write_synthetic_run
+from timetravel.server_app._testing import write_synthetic_run
 from timetravel.errors import StoreError, TimetravelError
 from timetravel.table import Table
 
@@ -153,7 +153,7 @@ def test_embedded_app_renders_in_chromium(run, tmp_path):
     from nbclient import NotebookClient
     from playwright.sync_api import sync_playwright
 
-    from server_app._testing import INSTRUMENT_JS, launch_chromium
+    from timetravel.server_app._testing import INSTRUMENT_JS, launch_chromium
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     page_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -100,10 +100,11 @@ def show(
     >>> import timetravel  # doctest: +SKIP
     >>> app = timetravel.show("runs/demo")  # doctest: +SKIP
     """
+    from timetravel.commands.serve import RENDERERS
     from timetravel.store import RunStore
 
-    if renderer not in ("auto", "webgl", "canvas", "raster"):
-        raise TimetravelError(f"renderer must be auto, webgl, canvas or raster, got {renderer!r}")
+    if renderer not in RENDERERS:
+        raise TimetravelError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
     if resources not in RESOURCES:
         raise TimetravelError(f"resources must be one of {', '.join(RESOURCES)}, got {resources!r}")
     if not _in_kernel():
@@ -115,14 +116,12 @@ def show(
 
 
 def _embed(run: str, notebook_url: str, renderer: str, resources: str, port: int) -> NotebookApp:
-    from bokeh.application import Application
-    from bokeh.application.handlers import DirectoryHandler
     from bokeh.io import output_notebook
     from bokeh.io import show as bokeh_show
     from bokeh.io.state import curstate
     from bokeh.resources import CDN, INLINE
 
-    from timetravel.commands.serve import app_directory
+    from timetravel.commands.serve import MAX_MESSAGE_BYTES, make_application
 
     origin = notebook_url.split("//", 1)[-1].rstrip("/")
 
@@ -132,10 +131,10 @@ def _embed(run: str, notebook_url: str, renderer: str, resources: str, port: int
             return origin
         return f"http://127.0.0.1:{server_port}/"
 
-    app = Application(DirectoryHandler(filename=str(app_directory()), argv=[run, "--renderer", renderer]))
+    app = make_application(run, renderer)
     output_notebook(resources=INLINE if resources == "inline" else CDN, hide_banner=True)
     before = set(curstate().uuid_to_server)
-    bokeh_show(app, notebook_url=urls, address="127.0.0.1", port=port, websocket_max_message_size=512 * 2**20)
+    bokeh_show(app, notebook_url=urls, address="127.0.0.1", port=port, websocket_max_message_size=MAX_MESSAGE_BYTES)
     (server_id,) = set(curstate().uuid_to_server) - before
     server = curstate().uuid_to_server[server_id]
     return NotebookApp(run, f"http://127.0.0.1:{server.port}/", server, server_id)

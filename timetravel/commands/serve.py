@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+RENDERERS = ("auto", "webgl", "canvas", "raster")  # timetravel.server_app.canvas.BACKENDS (bokeh is slow to import)
+MAX_MESSAGE_BYTES = 512 * 2**20  # one epoch of a large run in one websocket message
 HELP = "serve the debugger app for a run (Bokeh server, bound to 127.0.0.1 unless --host says otherwise)"
 
 
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     parser.add_argument(
         "--renderer",
-        choices=("auto", "webgl", "canvas", "raster"),  # timetravel.server_app.canvas.BACKENDS (bokeh is slow to import)
+        choices=RENDERERS,
         default="auto",
         help="how the browser draws the dots: webgl (GPU), canvas (Bokeh's 2D scatter), raster (the page "
         "rasterises the dots into one image: fastest without a GPU), or auto: webgl unless the browser reports "
@@ -37,6 +39,14 @@ def app_directory():
 
         raise TimetravelError("timetravel.server_app is not installed; reinstall timetravel (pip install -e .)")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def make_application(run_dir: str, renderer: str = "auto"):
+    """The Bokeh ``Application`` of the app for ``run_dir`` (what ``timetravel serve`` and ``timetravel.show`` serve)."""
+    from bokeh.application import Application
+    from bokeh.application.handlers import DirectoryHandler
+
+    return Application(DirectoryHandler(filename=str(app_directory()), argv=[str(run_dir), "--renderer", renderer]))
 
 
 def _free_port(host: str) -> int:
@@ -74,8 +84,6 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", rend
     StoreError
         ``run_dir`` is not a readable run store.
     """
-    from bokeh.application import Application
-    from bokeh.application.handlers import DirectoryHandler
     from bokeh.server.server import Server
 
     from timetravel.store import RunStore
@@ -84,13 +92,12 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", rend
     if port == 0:
         port = _free_port(host)
     origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"})
-    handler = DirectoryHandler(filename=str(app_directory()), argv=[str(store.path), "--renderer", renderer])
     server = Server(
-        {"/": Application(handler)},
+        {"/": make_application(str(store.path), renderer)},
         port=port,
         address=host,
         allow_websocket_origin=origins,
-        websocket_max_message_size=512 * 2**20,
+        websocket_max_message_size=MAX_MESSAGE_BYTES,
     )
     server.start()
     return server
