@@ -18,11 +18,17 @@ the run ``timetravel train`` made, so fixing a fixed run accumulates them::
 
     {"format_version": 1, "source": "/abs/path/of/RUN",
      "relabeled": [[sample, label before, label after], ...],
-     "dropped": [sample, ...], "flagged": [sample, ...],
+     "dropped": [sample, ...], "flagged": [sample, ...], "suspects_threshold": 0.5 or null,
      "feedback": {"events": 12, "sha256": "..."}}
 
 ``label before`` is the label of the first run of the chain; ``feedback``
 identifies the log of ``source`` the corrections were read from.
+
+A review covers the most suspicious samples; :func:`drop_suspects` (``timetravel
+fix --drop-suspects``) also leaves out the samples nobody reviewed whose given
+label the model gave less than half of its probability on average over
+training (the detector's ``confidence`` feature below ``SUSPECT_CONFIDENCE``):
+the samples the model itself kept voting against.
 
 Examples
 --------
@@ -48,6 +54,7 @@ from timetravel.feedback import FEEDBACK_FILE, FeedbackLog, FeedbackState
 
 CORRECTIONS_FILE = "corrections.json"
 FORMAT_VERSION = 1
+SUSPECT_CONFIDENCE = 0.5
 
 
 class CorrectionsError(TimetravelError, ValueError):
@@ -156,7 +163,41 @@ def apply_decisions(
     return Corrections(labels=labels, keep=keep, flagged=flagged, base_labels=base)
 
 
-def corrections(run: Any, state: FeedbackState | None = None) -> Corrections:
+def drop_suspects(
+    fix: Corrections,
+    confidence: np.ndarray,
+    state: FeedbackState,
+    *,
+    threshold: float = SUSPECT_CONFIDENCE,
+) -> Corrections:
+    """Also leave out the unreviewed samples whose given label the model doubted throughout training.
+
+    Parameters
+    ----------
+    fix : Corrections
+        The corrections of the review (:func:`apply_decisions`).
+    confidence : array of float, shape (N,)
+        Mean probability of the given label over the epochs (the ``confidence``
+        feature of ``timetravel detect``).
+    state : FeedbackState
+        The review: samples with a standing decision are left as the user decided.
+    threshold : float, default=0.5
+        Unreviewed samples with ``confidence < threshold`` are dropped.
+
+    Returns
+    -------
+    Corrections
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if confidence.shape != fix.keep.shape:
+        raise CorrectionsError(f"confidence has shape {confidence.shape} but the run has {len(fix.keep)} samples")
+    suspect = confidence < threshold
+    reviewed = np.fromiter(state.standing, dtype=np.int64, count=len(state.standing))
+    suspect[reviewed] = False
+    return Corrections(labels=fix.labels, keep=fix.keep & ~suspect, flagged=fix.flagged, base_labels=fix.base_labels)
+
+
+def corrections(run: Any, state: FeedbackState | None = None, *, suspects: bool = False) -> Corrections:
     """The corrected labels and keep-mask of a reviewed run.
 
     Starts from the labels the run was trained on (and, for a run made by
@@ -169,6 +210,9 @@ def corrections(run: Any, state: FeedbackState | None = None) -> Corrections:
         The reviewed run.
     state : FeedbackState, optional
         Decisions to apply; default: the run's ``feedback.jsonl``.
+    suspects : bool, default=False
+        Also drop the unreviewed suspects (:func:`drop_suspects`); needs the
+        run's detection (``timetravel detect RUN``).
 
     Returns
     -------
@@ -187,7 +231,12 @@ def corrections(run: Any, state: FeedbackState | None = None) -> Corrections:
     store = run if isinstance(run, RunStore) else RunStore(run, verify="headers")
     if state is None:
         state = FeedbackLog(store.path, store.n_samples, store.n_classes).read()
-    return apply_decisions(store.labels, state, **inherited(store))
+    fix = apply_decisions(store.labels, state, **inherited(store))
+    if not suspects:
+        return fix
+    from timetravel.detect import load_detection
+
+    return drop_suspects(fix, load_detection(store).features.column("confidence"), state)
 
 
 def inherited(store: Any) -> dict[str, np.ndarray]:
@@ -222,8 +271,11 @@ def read_corrections(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return saved
 
 
-def corrections_record(fix: Corrections, source: str | os.PathLike) -> dict[str, Any]:
-    """The JSON content of ``corrections.json`` for a run trained with ``fix``, read from run ``source``."""
+def corrections_record(fix: Corrections, source: str | os.PathLike, *, suspects: float | None = None) -> dict[str, Any]:
+    """The JSON content of ``corrections.json`` for a run trained with ``fix``, read from run ``source``.
+
+    ``suspects`` is the confidence threshold of :func:`drop_suspects` when it was applied.
+    """
     relabeled = fix.relabeled
     log = Path(source) / FEEDBACK_FILE
     raw = log.read_bytes() if log.exists() else b""
@@ -233,6 +285,7 @@ def corrections_record(fix: Corrections, source: str | os.PathLike) -> dict[str,
         "relabeled": [[int(i), int(fix.base_labels[i]), int(fix.labels[i])] for i in relabeled],
         "dropped": fix.dropped.tolist(),
         "flagged": np.flatnonzero(fix.flagged).tolist(),
+        "suspects_threshold": suspects,
         "feedback": {"events": sum(1 for line in raw.splitlines() if line.strip()),
                      "sha256": hashlib.sha256(raw).hexdigest() if raw else None},
     }

@@ -17,7 +17,14 @@ import os
 from functools import partial
 from pathlib import Path
 
-from timetravel.correction import corrections, corrections_record, inherited, read_corrections, write_corrections
+from timetravel.correction import (
+    SUSPECT_CONFIDENCE,
+    corrections,
+    corrections_record,
+    inherited,
+    read_corrections,
+    write_corrections,
+)
 from timetravel.errors import TimetravelError
 from timetravel.feedback import FeedbackLog
 from timetravel.store import RunStore
@@ -33,6 +40,7 @@ def fix_run(
     run: str | os.PathLike,
     out: str | os.PathLike,
     *,
+    suspects: bool = False,
     overwrite: bool = False,
     resume: bool = False,
     threads: int | None = None,
@@ -47,6 +55,9 @@ def fix_run(
         A run made by ``timetravel train`` (or by ``fix``), reviewed in the app.
     out : path-like
         The new run's directory.
+    suspects : bool, default=False
+        Also leave out the unreviewed samples the model doubted throughout
+        training (:func:`timetravel.correction.drop_suspects`); needs ``timetravel detect RUN``.
     overwrite : bool, default=False
         Replace an existing run at ``out``.
     resume : bool, default=False
@@ -82,7 +93,7 @@ def fix_run(
     config = TrainConfig(**{**TrainConfig.defaults(), **{k: v for k, v in settings.items() if k in names}})
     config.validate()
     state = FeedbackLog(store.path, store.n_samples, store.n_classes).read()
-    fix = corrections(store, state)
+    fix = corrections(store, state, suspects=suspects)
     before = inherited(store)
     unchanged_keep = (fix.keep == before["keep"]).all() if before else fix.keep.all()
     if (fix.labels == store.labels).all() and unchanged_keep:
@@ -92,7 +103,7 @@ def fix_run(
             f"{store.path}: the review has no correction to apply{hint}; relabel or drop samples in "
             f"`timetravel serve {store.path}` first"
         )
-    record = corrections_record(fix, store.path)
+    record = corrections_record(fix, store.path, suspects=SUSPECT_CONFIDENCE if suspects else None)
     if resume:
         _check_resume(Path(out), record)
     summary = fix.summary()

@@ -11,6 +11,9 @@ HELP = "retrain a run made by `timetravel train` on the labels corrected in revi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="the reviewed run (made by `timetravel train`, with its feedback.jsonl)")
     parser.add_argument("--out", required=True, help="directory of the fixed run to write")
+    parser.add_argument("--drop-suspects", action="store_true",
+                        help="also leave out the unreviewed samples whose label the model gave < 50%% probability on "
+                             "average over training (needs `timetravel detect RUN`)")
     parser.add_argument("--threads", type=int, help="torch threads for training (default: cores - 1, at least 1)")
     parser.add_argument("--sync-capture", action="store_true",
                         help="record each epoch in the training thread instead of alongside the next epoch")
@@ -25,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from timetravel.store import RunStore
 
     started = time.perf_counter()
-    fixed = fix_run(args.run, args.out, overwrite=args.overwrite, resume=args.resume, threads=args.threads,
+    fixed = fix_run(args.run, args.out, suspects=args.drop_suspects, overwrite=args.overwrite, resume=args.resume, threads=args.threads,
                     background_capture=not args.sync_capture, verbose=not args.quiet)
     _print_summary(fixed, time.perf_counter() - started)
     counts = fixed.manifest["fixed_from"]["corrections"]
