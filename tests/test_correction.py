@@ -97,3 +97,26 @@ def test_a_damaged_corrections_file_says_what_to_do(tmp_path):
     (tmp_path / CORRECTIONS_FILE).write_text('{"format_version": 9}')
     with pytest.raises(CorrectionsError, match="not a corrections file of format version 1"):
         read_corrections(tmp_path)
+
+
+def test_drop_suspects_leaves_out_only_unreviewed_doubted_samples():
+    from timetravel.correction import drop_suspects
+
+    labels = np.zeros(5, dtype=int)
+    state = _state((1, "reject", None), (2, "relabel", 1))
+    fix = drop_suspects(apply_decisions(labels, state), np.array([0.9, 0.1, 0.2, 0.3, 0.5]), state)
+    assert fix.keep.tolist() == [True, True, True, False, True]  # 1 and 2 were decided by the user
+    assert fix.labels.tolist() == [0, 0, 1, 0, 0]
+    with pytest.raises(CorrectionsError, match="confidence has shape"):
+        drop_suspects(fix, np.ones(3), state)
+
+
+def test_suspects_need_the_runs_detection(tiny_run):
+    from timetravel import StoreError, detect
+
+    with pytest.raises(StoreError, match="run `timetravel detect"):
+        timetravel.corrections(tiny_run, suspects=True)
+    detection = detect(tiny_run, verbose=False)
+    fix = timetravel.corrections(tiny_run, suspects=True)
+    confidence = detection.features.column("confidence")
+    assert np.array_equal(fix.keep, confidence >= 0.5)

@@ -130,3 +130,19 @@ def test_cli_fix_prints_the_corrections_and_the_accuracy_change(reviewed, tmp_pa
     assert main(["-q", "fix", str(reviewed.path), "--out", str(tmp_path / "fixed")]) == 2
     assert "a run already exists here" in capsys.readouterr().err
     assert json.loads((tmp_path / "fixed" / "run.json").read_text())["fixed_from"]["corrections"]["kept"] == 195
+
+
+def test_cli_drop_suspects_needs_the_detection_and_records_the_rule(tmp_path, capsys):
+    from timetravel.detect import detect
+
+    store = train_run(out=tmp_path / "run", epochs=3, **TINY)
+    FeedbackLog(store.path, store.n_samples, store.n_classes).append(0, "flag")
+    args = ["-q", "fix", str(store.path), "--out", str(tmp_path / "fixed"), "--drop-suspects"]
+    assert main(args) == 2
+    assert "run `timetravel detect" in capsys.readouterr().err
+    confidence = detect(store, verbose=False).features.column("confidence")
+    assert main(args) == 0
+    saved = read_corrections(tmp_path / "fixed")
+    expected = np.flatnonzero(confidence < 0.5)
+    assert saved["suspects_threshold"] == 0.5
+    assert saved["dropped"] == [i for i in expected.tolist() if i != 0]
