@@ -88,10 +88,17 @@ class TimelineView:
 
 
 def caption(data: RunData, epoch: int) -> str:
-    """The canvas title for ``epoch``: its place among the projected epochs and its training metrics."""
-    metrics = next((h for h in data.store.history if h.get("epoch") == epoch), {})
+    """The canvas title for ``epoch``: its place among the projected epochs, how it was recorded, its metrics.
+
+    Runs that mix train-pass and eval-pass epochs say which this one is: train-pass dots carry dropout and
+    augmentation noise, so a jump at an eval-pass epoch is the change of mode, not of the model.
+    """
+    store = data.store
+    metrics = next((h for h in store.history if h.get("epoch") == epoch), {})
     shown = ", ".join(f"{name} {metrics[key]:.1%}" for key, name, _ in METRICS if key in metrics)
-    return f"epoch {epoch} ({data.epochs.index(epoch) + 1} of {len(data.epochs)}){': ' + shown if shown else ''}"
+    kind = f", {store.epoch_pass(epoch)} pass" if "epoch_passes" in store.manifest else ""
+    return (f"epoch {epoch} ({data.epochs.index(epoch) + 1} of {len(data.epochs)}{kind})"
+            f"{': ' + shown if shown else ''}")
 
 
 def _history_figure(data: RunData, epoch: int) -> tuple[object, Span]:

@@ -12,6 +12,8 @@ Layout (see ``docs/run-store.md`` for the full description)::
       epochs/EEEE/logits.npy       (N, K) float32
       epochs/EEEE/head_weight.npy, head_bias.npy   (K, D), (K,) float32: the linear head
       epochs/EEEE/train_margin.npy optional (N,) float32, training-mode margins
+      epochs/EEEE/observed.npy     optional (N,) bool, train-pass epochs only: False where a row was
+                                   carried over from the sample's previous epoch
       epochs/EEEE/heldout_embedding.npy, heldout_logits.npy   optional
       projection/ features/ ...    derived data, each with its own manifest
       feedback.jsonl               append-only log of user decisions
@@ -46,6 +48,8 @@ FORMAT_VERSION = 1
 MANIFEST = "run.json"
 EMBEDDING_DTYPES = ("float16", "float32")
 SPLITS = ("train", "heldout")
+# How an epoch's rows were recorded: an eval-mode pass after the epoch, or the epoch's own training forward passes.
+PASSES = ("eval", "train")
 # Stores below this size are checked for NaN/inf in full when opened; larger
 # ones are checked epoch by epoch on first access, so opening stays instant.
 FULL_VERIFY_BYTES = 256 * 2**20
@@ -250,6 +254,7 @@ class RunStore:
         }
         optional = {
             d / "train_margin.npy": ((n,), "f"),
+            d / "observed.npy": ((n,), "b"),
             d / "heldout_embedding.npy": ((self.n_heldout, dim), "f"),
             d / "heldout_logits.npy": ((self.n_heldout, k), "f"),
         }
@@ -282,6 +287,11 @@ class RunStore:
             shown = f"{self.epochs[0]}..{self.epochs[-1]}" if self.epochs else "none"
             raise StoreError(f"{self.path}: epoch {epoch} is not recorded (recorded epochs: {shown})")
 
+    def has_heldout(self, epoch: int) -> bool:
+        """Whether an epoch holds held-out rows (train-pass epochs do not: no eval pass ran)."""
+        self._require_epoch(epoch)
+        return bool(self.n_heldout) and (self.epoch_dir(epoch) / "heldout_embedding.npy").exists()
+
     def _split_file(self, epoch: int, name: str, split: str) -> Path:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -289,6 +299,9 @@ class RunStore:
         if split == "heldout":
             if not self.n_heldout:
                 raise StoreError(f"{self.path}: the run has no held-out set")
+            if not self.has_heldout(epoch):
+                raise StoreError(f"{self.path}: epoch {epoch} was recorded by a {self.epoch_pass(epoch)} pass "
+                                 "without the held-out set (see RunStore.has_heldout)")
             name = f"heldout_{name}"
         return self.epoch_dir(epoch) / f"{name}.npy"
 
@@ -309,6 +322,17 @@ class RunStore:
         self._require_epoch(epoch)
         d = self.epoch_dir(epoch)
         return np.asarray(self._mmap(d / "head_weight.npy")), np.asarray(self._mmap(d / "head_bias.npy"))
+
+    def epoch_pass(self, epoch: int) -> str:
+        """How an epoch was recorded: ``"eval"`` (an eval-mode pass after it) or ``"train"`` (its training pass)."""
+        self._require_epoch(epoch)
+        return str(self.manifest.get("epoch_passes", {}).get(str(epoch), "eval"))
+
+    def observed(self, epoch: int) -> np.ndarray | None:
+        """Of a train-pass epoch with carried rows: which samples its training pass saw; else None (all)."""
+        self._require_epoch(epoch)
+        path = self.epoch_dir(epoch) / "observed.npy"
+        return np.asarray(self._mmap(path)) if path.exists() else None
 
     def train_margin(self, epoch: int) -> np.ndarray | None:
         """Training-mode margins of one epoch (for AUM), or None when not recorded."""
@@ -424,6 +448,7 @@ class EpochWriter:
         self._arrays: dict[str, np.ndarray] = {}
         self._filled: dict[str, int] = {}
         self._metrics: dict[str, float] = {}
+        self._pass = "eval"
         self._done = False
 
     def _array(self, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -488,6 +513,23 @@ class EpochWriter:
         self._array("train_margin", margin.shape, "float32")[:] = margin
         self._filled["train_margin"] = -1
 
+    def set_pass(self, kind: str, observed: np.ndarray | None = None) -> None:
+        """Say how the epoch was recorded (one of :data:`PASSES`), and for a train pass which rows it saw.
+
+        ``observed`` (bool, one per sample) is stored only when some rows were
+        carried over from an earlier epoch (False there).
+        """
+        if kind not in PASSES:
+            raise StoreError(f"pass must be one of {PASSES}, got {kind!r}")
+        self._pass = kind
+        if observed is not None:
+            observed = np.asarray(observed, dtype=bool)
+            if observed.shape != (self._writer.n_samples,):
+                raise StoreError(f"observed has shape {observed.shape}, expected ({self._writer.n_samples},)")
+            if not observed.all():
+                self._array("observed", observed.shape, "bool")[:] = observed
+                self._filled["observed"] = -1
+
     def set_metrics(self, **metrics: float) -> None:
         """Attach scalar training metrics (loss, accuracies) to this epoch's history entry."""
         self._metrics.update({k: float(v) for k, v in metrics.items()})
@@ -518,7 +560,7 @@ class EpochWriter:
             shutil.rmtree(final)
         os.replace(self._tmp, final)
         fsync_dir(final.parent)
-        w._epoch_committed(self.epoch, self._metrics)
+        w._epoch_committed(self.epoch, self._metrics, self._pass)
         self._done = True
 
     def abort(self) -> None:
@@ -541,9 +583,13 @@ class RunWriter:
     Use :meth:`create` for a new run and :meth:`resume` to continue one.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], *, labels: np.ndarray,
+                 heldout_labels: np.ndarray | None = None, true_labels: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self.labels = labels
+        self.heldout_labels = heldout_labels
+        self.true_labels = true_labels
         self.n_samples = int(manifest["n_samples"])
         self.n_classes = int(manifest["n_classes"])
         self.embedding_dim = int(manifest["embedding_dim"])
@@ -622,10 +668,7 @@ class RunWriter:
             save_npy_atomic(path / "true_labels.npy", true_labels)
             save_npy_atomic(path / "noise_mask.npy", labels != true_labels)
         if thumbs is not None:
-            thumbs = np.asarray(thumbs)
-            if thumbs.dtype != np.uint8 or thumbs.ndim not in (3, 4) or len(thumbs) != n:
-                raise StoreError(f"thumbs must be ({n}, H, W[, 3]) uint8, got {thumbs.shape} {thumbs.dtype}")
-            save_npy_atomic(path / "thumbs.npy", thumbs)
+            save_npy_atomic(path / "thumbs.npy", _as_thumbs(thumbs, n))
         n_heldout = 0
         if heldout_labels is not None:
             heldout_labels = _as_labels(heldout_labels, "heldout_labels", n_classes)
@@ -649,13 +692,14 @@ class RunWriter:
         if true_labels is not None:
             manifest["noise_rate_actual"] = float(np.mean(labels != true_labels))
         write_json_atomic(path / MANIFEST, manifest)
-        return cls(path, manifest)
+        return cls(path, manifest, labels=labels, heldout_labels=heldout_labels, true_labels=true_labels)
 
     @classmethod
     def resume(cls, path: str | os.PathLike) -> RunWriter:
         """Open an existing run to append more epochs (the store is validated first)."""
         store = RunStore(path, verify="headers")
-        return cls(store.path, store.manifest)
+        return cls(store.path, store.manifest, labels=store.labels, heldout_labels=store.heldout_labels,
+                   true_labels=store.true_labels)
 
     @property
     def epochs(self) -> list[int]:
@@ -692,18 +736,35 @@ class RunWriter:
 
     def update_manifest(self, **fields: Any) -> None:
         """Set extra manifest fields and rewrite ``run.json`` atomically."""
-        reserved = {"format_version", "n_samples", "n_classes", "embedding_dim", "epochs", "history"}
+        reserved = {"format_version", "n_samples", "n_classes", "embedding_dim", "epochs", "history", "epoch_passes"}
         if reserved & fields.keys():
             raise StoreError(f"cannot overwrite manifest fields {sorted(reserved & fields.keys())}")
         self.manifest.update(fields)
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
-    def _epoch_committed(self, epoch: int, metrics: dict[str, float]) -> None:
+    def _epoch_committed(self, epoch: int, metrics: dict[str, float], kind: str = "eval") -> None:
+        passes = {k: v for k, v in self.manifest.get("epoch_passes", {}).items() if k != str(epoch)}
+        if kind != "eval" or passes:  # runs recorded only by eval passes keep their old manifest
+            self.manifest["epoch_passes"] = dict(sorted({**passes, str(epoch): kind}.items(), key=lambda kv: int(kv[0])))
         epochs = [e for e in self.manifest["epochs"] if e != epoch]
         self.manifest["epochs"] = sorted(epochs + [epoch])
         history = [h for h in self.manifest["history"] if h.get("epoch") != epoch]
         self.manifest["history"] = sorted(history + [{"epoch": epoch, **metrics}], key=lambda h: h["epoch"])
         write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def _as_thumbs(thumbs: np.ndarray, n: int) -> np.ndarray:
+    """Thumbnails as ``(N, H, W)`` or ``(N, H, W, 3)`` uint8; channels-first ``(N, C, H, W)`` is transposed."""
+    thumbs = np.asarray(thumbs)
+    if thumbs.ndim == 4 and thumbs.shape[1] in (1, 3) and thumbs.shape[3] not in (1, 3):
+        thumbs = np.ascontiguousarray(thumbs.transpose(0, 2, 3, 1))  # PyTorch's (N, C, H, W) layout
+    if thumbs.ndim == 4 and thumbs.shape[3] == 1:
+        thumbs = thumbs[..., 0]
+    if thumbs.dtype != np.uint8 or thumbs.ndim not in (3, 4) or len(thumbs) != n or (
+            thumbs.ndim == 4 and thumbs.shape[3] != 3):
+        raise StoreError(f"thumbs must be ({n}, H, W) or ({n}, H, W, 3) uint8 (or channels-first ({n}, 3, H, W)), "
+                         f"got {thumbs.shape} {thumbs.dtype}")
+    return thumbs
 
 
 def _as_labels(labels: Iterable[int], name: str, n_classes: int) -> np.ndarray:

@@ -117,7 +117,7 @@ def _graph_task(path: str, epoch: int, prev_epoch: int | None, cfg: _Config) -> 
     if prev_epoch is not None:
         moved = displacement(store.embedding(prev_epoch), store.embedding(epoch))
     heldout = None
-    if store.n_heldout:
+    if store.has_heldout(epoch):
         dist, neighbours = index.query(_embedding(store, epoch, "heldout"), cfg.n_neighbors)
         heldout = (neighbours, membership(dist, *smooth_knn_dist(dist)))
     return {"graph": graph, "moved": moved, "heldout": heldout, "seconds": time.perf_counter() - t0}
@@ -168,7 +168,8 @@ def _finish(path, epoch, prev, xy, heldout_xy, cfg) -> dict[str, Any]:
             head,
             rows=hrows,
             k=cfg.metric_k,
-            x_prev=None if prev is None else store.embedding(prev[0], "heldout"),
+            # a train-pass epoch before this one has no held-out rows to compare with
+            x_prev=None if prev is None or prev[2] is None else store.embedding(prev[0], "heldout"),
             xy_prev=None if prev is None else prev[2],
         )
     arrays, blobs = inverse.files()
@@ -487,7 +488,7 @@ class TemporalProjector:
             prev = _Previous(
                 epoch=last,
                 xy=_io.read_xy(out, last),
-                heldout_xy=_io.read_xy(out, last, "heldout_xy") if store.n_heldout else None,
+                heldout_xy=_io.read_xy(out, last, "heldout_xy") if store.has_heldout(last) else None,
             )
             logger.info("resuming the projection of %s after epoch %d (%d to go)", store.path, last, len(todo))
 
