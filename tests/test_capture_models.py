@@ -226,8 +226,11 @@ def test_model_kind_end_to_end(tmp_path, kind):
     assert detection.scores.shape == (N,) and np.isfinite(detection.scores).all()
     TemporalProjector(decoder_steps=30, grid_size=12, init_epochs=40, max_epochs=20, min_epochs=5, metric_samples=20,
                       verbose=False).fit(store)
-    frame = RunData(tmp_path / "run").frame(EPOCHS - 1)
-    assert frame.xy.shape == (N, 2)
+    data = RunData(tmp_path / "run")
+    assert data.epochs == [0, 1, 2]
+    frame = data.frame(EPOCHS - 1)
+    assert frame.x.shape == (N,) and np.isfinite(frame.x).all()
+    np.testing.assert_array_equal(frame.pred, expected.argmax(1))
 
 
 def test_head_inside_a_sequential_is_found_by_itself(tmp_path):
@@ -264,7 +267,8 @@ def test_checks_at_construction(tmp_path):
                                            r"Tensor\(1, 16, 8\)\)\), with no tensor of 8 values per sample; pass "
                                            "embedding="):
         Recorder(LSTMClassifier(), "lstm", tmp_path / "r", tensor_loader(tokens, y, batch_size=16), **kw)
-    with pytest.raises(CaptureError, match=r"logits=\(a key, a position or a callable\)"):
+    with pytest.raises(CaptureError, match=r"logits='scores' selects nothing in an output dict\(logits=Tensor\(48, 3\), "
+                                           r"pooled=Tensor\(48, 8\)\)"):
         Recorder(DictOutputModel(), "pooler", tmp_path / "r",
                  [{"input_ids": tokens, "attention_mask": tokens * 0 + 1, "index": torch.arange(N)}],
                  logits="scores", **kw)
