@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STATIC_MISTAKE = 0.0
@@ -114,6 +116,67 @@ def _cv_probabilities(store, path: Path, folds: int, threads: int) -> np.ndarray
             probs[held] = torch.softmax(net(x[held]), dim=1).numpy()
     np.save(cached, probs, allow_pickle=False)
     return probs
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in _names(text)]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in _names(text)]
+
+
+def _subject_store(cache: Path, subject: str, kind: str, rate: float, seed: int, epochs: int, all_epochs: list[int],
+                   threads: int):
+    """The cached subject run of ``epochs`` epochs, recording it (and its shorter snapshots) when missing."""
+    import subjects
+
+    from timetravel.errors import StoreError
+    from timetravel.store import RunStore
+
+    path = cache / subjects.run_name(subject, epochs, kind, rate, seed)
+    try:
+        store = RunStore(path, verify="headers")
+        if len(store.epochs) == epochs and store.noise_mask is not None:
+            return store
+    except StoreError:
+        pass
+    logger.info("recording %s (%d epochs, snapshots %s)", subject, max(all_epochs), all_epochs)
+    subjects.record_run(subject, kind, rate, seed, max(all_epochs), cache, snapshots=all_epochs, threads=threads)
+    return RunStore(path, verify="headers")
+
+
+def _settings(args: argparse.Namespace, cache: Path):
+    """(label, noise kind, rate, seed, run path, store factory, cross-validation possible) of every run.
+
+    Bundled datasets are trained with ``timetravel train``; subjects (``benchmarks/subjects.py``) are
+    recorded from a plain PyTorch loop through the public ``Recorder``, as a user records their own.
+    """
+    import subjects
+
+    kinds = args.noise.split(",")
+    for dataset in _names(args.datasets):
+        n = args.synthetic_samples if dataset == "synthetic" else None
+        for kind in kinds:
+            for rate in _floats(args.rates):
+                for seed in _ints(args.seeds):
+                    path = _run_dir(cache, dataset, kind, rate, seed, n)
+                    yield (dataset, kind, rate, seed, path, lambda p=path, d=dataset, k=kind, r=rate, s=seed, n=n:
+                           _train(p, d, k, r, s, args.epochs, n, args.threads), True)
+    epochs = _ints(args.subject_epochs)
+    for subject in _names(args.subjects):
+        for kind in kinds:
+            for rate in _floats(args.subject_rates):
+                for seed in _ints(args.subject_seeds):
+                    for e in epochs:
+                        path = cache / subjects.run_name(subject, e, kind, rate, seed)
+                        yield (f"{subject}-{subjects.SUBJECTS[subject].model_kind}-{e}ep", kind, rate, seed, path,
+                               lambda sub=subject, k=kind, r=rate, s=seed, e=e:
+                               _subject_store(cache, sub, k, r, s, e, epochs, args.threads), False)
 
 
 # --------------------------------------------------------------------------- sessions
@@ -445,9 +508,16 @@ def _jsonable(obj):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="timetravel bench recommend", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="a small subset for development and CI smoke tests (digits, symmetric 20%%, one seed, "
-                        "10 epochs, mistake rates 0 and 10%%, latency at 50k only)")
-    p.add_argument("--datasets", default="digits,synthetic")
+                   help="a small subset for development and CI smoke tests (digits and the tabular subject, symmetric "
+                        "20%%, one seed, 10 and 8 epochs, mistake rates 0 and 10%%, latency at 50k only)")
+    p.add_argument("--datasets", default="digits,synthetic",
+                   help="bundled datasets trained with `timetravel train` (empty: none)")
+    p.add_argument("--subjects", default="shapes,text,tabular",
+                   help="subject runs recorded from a plain loop (benchmarks/subjects.py): shapes (CNN on 3x32x32 "
+                        "images), text (EmbeddingBag), tabular (MLP); empty: none")
+    p.add_argument("--subject-epochs", default="8,30", help="training lengths of the subject runs")
+    p.add_argument("--subject-rates", default="0.1,0.2,0.4")
+    p.add_argument("--subject-seeds", default="0,1")
     p.add_argument("--noise", default="symmetric,pairflip,class-conditional")
     p.add_argument("--rates", default="0.05,0.1,0.2,0.4")
     p.add_argument("--seeds", default="0,1,2")
@@ -485,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.datasets, args.noise, args.rates, args.seeds = "digits", "symmetric", "0.2", "0"
         args.mistakes, args.epochs, args.latency_sizes, args.latency_updates = "0,0.1", 10, "50000", 200
+        args.subjects, args.subject_epochs, args.subject_rates, args.subject_seeds = "tabular", "8", "0.2", "0"
         args.name = "recommend_quick" if args.name == "recommend" else args.name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -496,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     from timetravel.features import extract_features
     from timetravel.rankers import RankingInput
 
-    datasets = args.datasets.split(",")
+    datasets, subjects = _names(args.datasets), _names(args.subjects)
     kinds = args.noise.split(",")
     rates = [float(r) for r in args.rates.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -510,41 +581,37 @@ def main(argv: list[str] | None = None) -> int:
     # the code that runs is the code at the start; later commits in a shared checkout must not be named
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     runs = []
-    for dataset in datasets:
-        n = args.synthetic_samples if dataset == "synthetic" else None
-        for kind in kinds:
-            for rate in rates:
-                for seed in seeds:
-                    path = _run_dir(cache, dataset, kind, rate, seed, n)
-                    t0 = time.perf_counter()
-                    store = _train(path, dataset, kind, rate, seed, args.epochs, n, args.threads)
-                    t_train = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    table = extract_features(store, verbose=False)
-                    scores = AbnormalityDetector().fit(table).score_samples()
-                    n_features = table.values.shape[1]
-                    t_detect = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    cv = (_cv_probabilities(store, path, args.cv_folds, args.threads) if dataset in cv_datasets
-                          else None)
-                    t_cv = time.perf_counter() - t0
-                    data = RankingInput(store, table, scores, cv_probabilities=cv, random_state=seed)
-                    t0 = time.perf_counter()
-                    result = _evaluate_run(store, data, rankers, mistakes, seed, args.rounds, args.user_draws)
-                    result.update(dataset=dataset, noise=kind, rate=rate, seed=seed, run=path.name,
-                                  seconds={"train_or_cache": t_train, "features_and_detector": t_detect,
-                                           "cross_validation": t_cv, "sessions": time.perf_counter() - t0})
-                    runs.append(result)
-                    tt = result["rankers"].get("timetravel", {}).get(str(STATIC_MISTAKE), {})
-                    logger.info("%s k=%d timetravel precision %s (%.0f s)", path.name, result["k"],
-                                _fmt(tt.get("precision")), sum(result["seconds"].values()))
+    for label, kind, rate, seed, path, make_store, cv_ok in _settings(args, cache):
+        t0 = time.perf_counter()
+        store = make_store()
+        t_train = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        table = extract_features(store, verbose=False)
+        scores = AbnormalityDetector().fit(table).score_samples()
+        n_features = table.values.shape[1]
+        t_detect = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cv = _cv_probabilities(store, path, args.cv_folds, args.threads) if cv_ok and label in cv_datasets else None
+        t_cv = time.perf_counter() - t0
+        data = RankingInput(store, table, scores, cv_probabilities=cv, random_state=seed)
+        t0 = time.perf_counter()
+        result = _evaluate_run(store, data, rankers, mistakes, seed, args.rounds, args.user_draws)
+        result.update(dataset=label, noise=kind, rate=rate, seed=seed, run=path.name,
+                      seconds={"train_or_cache": t_train, "features_and_detector": t_detect,
+                               "cross_validation": t_cv, "sessions": time.perf_counter() - t0})
+        runs.append(result)
+        tt = result["rankers"].get("timetravel", {}).get(str(STATIC_MISTAKE), {})
+        logger.info("%s k=%d timetravel precision %s (%.0f s)", path.name, result["k"],
+                    _fmt(tt.get("precision")), sum(result["seconds"].values()))
     latency = _latency([int(s) for s in args.latency_sizes.split(",") if s], n_features, args.latency_updates)
     result = {
         "meta": {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
                  "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
                  "machine": platform.platform(), "python": sys.version.split()[0],
                  "elapsed_minutes": (time.time() - started) / 60, "datasets": datasets, "noise": kinds,
-                 "rates": rates, "seeds": seeds, "mistakes": mistakes, "epochs": args.epochs, "rounds": args.rounds,
+                 "rates": rates, "seeds": seeds, "subjects": subjects, "subject_epochs": _ints(args.subject_epochs),
+                 "subject_rates": _floats(args.subject_rates), "subject_seeds": _ints(args.subject_seeds),
+                 "mistakes": mistakes, "epochs": args.epochs, "rounds": args.rounds,
                  "rankers": rankers, "synthetic_samples": args.synthetic_samples, "cv_datasets": sorted(cv_datasets),
                  "cv_folds": args.cv_folds, "quick": args.quick, "user_draws": args.user_draws},
         "table": _aggregate(runs),
