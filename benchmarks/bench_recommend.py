@@ -59,18 +59,25 @@ def _run_dir(cache: Path, dataset: str, kind: str, rate: float, seed: int, n: in
     return cache / f"{dataset}{size}-{kind}-{int(round(rate * 100)):02d}-s{seed}"
 
 
-def _train(path: Path, dataset: str, kind: str, rate: float, seed: int, epochs: int, n: int | None,
-           threads: int | None):
+def _cached(path: Path, epochs: int):
+    """The run at ``path`` when it is complete (``epochs`` epochs, a noise mask), else None."""
     from timetravel.errors import StoreError
     from timetravel.store import RunStore
-    from timetravel.train import train_run
 
     try:
         store = RunStore(path, verify="headers")
-        if len(store.epochs) == epochs and store.noise_mask is not None:
-            return store
     except StoreError:
-        pass
+        return None
+    return store if len(store.epochs) == epochs and store.noise_mask is not None else None
+
+
+def _train(path: Path, dataset: str, kind: str, rate: float, seed: int, epochs: int, n: int | None,
+           threads: int | None):
+    from timetravel.train import train_run
+
+    store = _cached(path, epochs)
+    if store is not None:
+        return store
     logger.info("training %s", path.name)
     return train_run(dataset, f"{kind}:{rate}", epochs, path, seed=seed, n_samples=n, overwrite=True,
                      threads=threads, verbose=False)
@@ -135,16 +142,12 @@ def _subject_store(cache: Path, subject: str, kind: str, rate: float, seed: int,
     """The cached subject run of ``epochs`` epochs, recording it (and its shorter snapshots) when missing."""
     import subjects
 
-    from timetravel.errors import StoreError
     from timetravel.store import RunStore
 
     path = cache / subjects.run_name(subject, epochs, kind, rate, seed)
-    try:
-        store = RunStore(path, verify="headers")
-        if len(store.epochs) == epochs and store.noise_mask is not None:
-            return store
-    except StoreError:
-        pass
+    store = _cached(path, epochs)
+    if store is not None:
+        return store
     logger.info("recording %s (%d epochs, snapshots %s)", subject, max(all_epochs), all_epochs)
     subjects.record_run(subject, kind, rate, seed, max(all_epochs), cache, snapshots=all_epochs, threads=threads)
     return RunStore(path, verify="headers")
