@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import re
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -86,6 +88,21 @@ def test_show_outside_a_notebook_points_to_serve(run):
 # --------------------------------------------------------------------------- in a real kernel
 
 
+KERNEL = "timetravel-test"
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch) -> str:
+    """A kernelspec running this interpreter (the one timetravel is installed in), whatever else is installed."""
+    pytest.importorskip("ipykernel")
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return KERNEL
+
+
 def _notebook(run: Path, page_origin: str):
     import nbformat
 
@@ -103,13 +120,12 @@ def _outputs(cell, mime: str) -> list[str]:
 
 
 @pytest.fixture
-def kernel_notebook(run, tmp_path):
+def kernel_notebook(run, tmp_path, kernel):
     """The notebook executed in a live kernel: yields ``(notebook, client)`` while the kernel still runs."""
-    pytest.importorskip("ipykernel")
     from nbclient import NotebookClient
 
     nb = _notebook(run, "127.0.0.1:8888")
-    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(nb, timeout=180, kernel_name=kernel, resources={"metadata": {"path": str(tmp_path)}})
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
@@ -147,9 +163,8 @@ def test_notebook_shows_tables_and_embeds_the_app(kernel_notebook, run):
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_embedded_app_renders_in_chromium(run, tmp_path):
+def test_embedded_app_renders_in_chromium(run, tmp_path, kernel):
     """The cell's outputs, put in a page the way Jupyter does, show the live app in headless Chromium."""
-    pytest.importorskip("ipykernel")
     from nbclient import NotebookClient
     from playwright.sync_api import sync_playwright
 
@@ -160,7 +175,7 @@ def test_embedded_app_renders_in_chromium(run, tmp_path):
     threading.Thread(target=page_server.serve_forever, daemon=True).start()
     origin = f"127.0.0.1:{page_server.server_port}"
     nb = _notebook(run, origin)
-    client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(nb, timeout=180, kernel_name=kernel, resources={"metadata": {"path": str(tmp_path)}})
     try:
         with client.setup_kernel():
             for index, cell in enumerate(nb.cells):
