@@ -55,17 +55,19 @@ def label_margins(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     >>> label_margins(np.array([[2.0, 0.5, 1.0]]), np.array([2])).tolist()
     [-1.0]
     """
-    if isinstance(logits, np.ndarray):  # may be a read-only memory map
-        logits = np.array(logits, dtype=np.float32)
-    if isinstance(labels, np.ndarray):
-        labels = np.array(labels, dtype=np.int64)
-    logits = torch.as_tensor(logits).detach().to("cpu", torch.float32)
-    labels = torch.as_tensor(labels).detach().to("cpu", torch.int64)
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().to("cpu", torch.float32).numpy()
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    logits = np.asarray(logits, dtype=np.float32)  # also copies a read-only memory map out
+    labels = np.asarray(labels).astype(np.int64, copy=False)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise CaptureError(f"logits must be (B, K) and labels (B,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    given = logits.gather(1, labels[:, None])[:, 0]
-    others = logits.scatter(1, labels[:, None], float("-inf"))
-    return (given - others.max(dim=1).values).numpy()
+        raise CaptureError(f"logits must be (B, K) and labels (B,), got {logits.shape} and {labels.shape}")
+    rows = np.arange(len(labels))
+    given = logits[rows, labels]
+    others = logits.copy()
+    others[rows, labels] = -np.inf
+    return given - others.max(axis=1, initial=-np.inf)
 
 
 class EpochSink:
@@ -108,9 +110,8 @@ class EpochSink:
 
     def add_margins(self, index: np.ndarray, margin: np.ndarray) -> None:
         """Add training-mode margins of some samples to this epoch's sums."""
-        n = self.writer.n_samples
-        self._margin_sum += np.bincount(index, weights=margin, minlength=n)
-        self._margin_count += np.bincount(index, minlength=n)
+        np.add.at(self._margin_sum, index, margin)  # a sample may appear twice (sampler padding)
+        np.add.at(self._margin_count, index, 1)
 
     def _take_margins(self, fallback: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
         """Mean margin per sample this epoch (``fallback(missing)`` where none), then reset; None if none at all."""
