@@ -25,7 +25,8 @@ benchmark) and the AUPRC are compared.
 Scenarios: ``digits`` (MLP on 8x8 digits), ``synthetic`` (MLP, 50,000 samples,
 D = 512), ``seq1d`` (a 1-D CNN on sequences) and ``resnet32`` (a small ResNet
 on 3x32x32 images), the last two with generated data whose forward pass is a
-real share of training time.
+real share of training time (the images are the generated shapes of
+``benchmarks/subjects.py``).
 
 Writes ``benchmarks/results/recorder.json``, ``recorder.md`` and ``recorder.png``.
 """
@@ -92,26 +93,6 @@ def _sequences(n: int, n_classes: int, length: int, seed: int):
     return x[:, None, :].astype(np.float32), y.astype(np.int64)
 
 
-def _images(n: int, n_classes: int, seed: int):
-    """3x32x32 images: a smooth random template per class, shifted and scaled, under pixel noise."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    world = torch.Generator().manual_seed(1234)
-    templates = F.interpolate(torch.randn(n_classes, 3, 4, 4, generator=world), size=32, mode="bilinear",
-                              align_corners=False)
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, n_classes, n)
-    scale = torch.from_numpy(rng.uniform(0.6, 1.4, (n, 1, 1, 1)).astype(np.float32))
-    x = templates[torch.from_numpy(y)] * scale
-    shifts = rng.integers(-3, 4, (n, 2))
-    for i, (a, b) in enumerate(shifts):
-        x[i] = torch.roll(x[i], shifts=(int(a), int(b)), dims=(1, 2))
-    x += torch.from_numpy(rng.normal(0, 1.0, tuple(x.shape)).astype(np.float32))
-    return x.numpy(), y.astype(np.int64)
-
-
 def _seq_model(n_classes: int, dim: int):
     from torch import nn
 
@@ -147,9 +128,11 @@ def _scenario(name: str, n_samples: int | None) -> Scenario:
         xt, yt = _sequences(n // 4, k, 128, seed=1)
         build = lambda: _seq_model(k, dim)  # noqa: E731
     elif name == "resnet32":
+        from subjects import make_shapes
+
         k, dim, n = 10, 64, n_samples or 6000
-        x, y = _images(n, k, seed=0)
-        xt, yt = _images(n // 4, k, seed=1)
+        x, y = make_shapes(n, seed=0)
+        xt, yt = make_shapes(n // 4, seed=1)
         build = lambda: make_model("resnet", (3, 32, 32), k, dim, width=16)  # noqa: E731
     else:
         raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")

@@ -108,6 +108,15 @@ def test_eval_every_and_the_last_epoch_by_eval_pass(tmp_path):
     assert store.manifest["epoch_passes"]["4"] == "eval"
 
 
+def test_a_one_epoch_run_ends_as_an_eval_pass(tmp_path):
+    x, y = _data()
+    model = _Net()
+    rec = Recorder(model, "body", _writer(tmp_path / "run", y), tensor_loader(x, y), head="head", train_pass=True)
+    _train(rec, model, tensor_loader(x, y, batch_size=10, with_index=True), 1)
+    rec.close()
+    assert RunStore(tmp_path / "run").epoch_pass(0) == "eval"
+
+
 def test_writes_happen_off_the_training_thread(tmp_path, monkeypatch):
     threads = set()
     original = EpochWriter.write

@@ -743,9 +743,10 @@ class RunWriter:
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
     def _epoch_committed(self, epoch: int, metrics: dict[str, float], kind: str = "eval") -> None:
-        passes = {k: v for k, v in self.manifest.get("epoch_passes", {}).items() if k != str(epoch)}
+        passes = self.manifest.get("epoch_passes", {})
         if kind != "eval" or passes:  # runs recorded only by eval passes keep their old manifest
-            self.manifest["epoch_passes"] = dict(sorted({**passes, str(epoch): kind}.items(), key=lambda kv: int(kv[0])))
+            passes = {**passes, str(epoch): kind}
+            self.manifest["epoch_passes"] = dict(sorted(passes.items(), key=lambda kv: int(kv[0])))
         epochs = [e for e in self.manifest["epochs"] if e != epoch]
         self.manifest["epochs"] = sorted(epochs + [epoch])
         history = [h for h in self.manifest["history"] if h.get("epoch") != epoch]
