@@ -257,14 +257,15 @@ def test_cli_trains_on_an_image_folder_with_thumbnails(tmp_path, capsys):
     write_folder(tmp_path / "imgs", {"circle": 12, "square": 12}, size=(12, 10), rgb=True)
     out = tmp_path / "run"
     assert main(["-q", "train", "--dataset", f"folder:{tmp_path / 'imgs'}", "--image-size", "8", "--epochs", "2",
-                 "--embedding-dim", "8", "--noise", "none", "--out", str(out)]) == 0
+                 "--embedding-dim", "8", "--out", str(out)]) == 0
     store = RunStore(out)
+    assert store.manifest["train"]["noise"] == "none" and not store.manifest.get("noise")  # the user's labels as given
     assert store.class_names == ["circle", "square"] and store.epochs == [0, 1]
     thumbs = np.load(out / "thumbs.npy", allow_pickle=False)
     assert thumbs.shape == (store.n_samples, 8, 8, 3) and thumbs.dtype == np.uint8
     assert store.manifest["train"]["image_size"] == 8
     assert main(["-q", "train", "--out", str(out), "--epochs", "3", "--resume"]) == 0
     assert RunStore(out).epochs == [0, 1, 2]
-    capsys.readouterr()
+    assert "read images" not in capsys.readouterr().err  # -q silences the progress bars
     assert main(["-q", "train", "--dataset", "arrays:/nonexistent.npz", "--out", str(tmp_path / "r2")]) == 2
     assert "/nonexistent.npz: no such file or folder" in capsys.readouterr().err

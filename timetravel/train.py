@@ -214,13 +214,20 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _prepare_data(config: TrainConfig) -> tuple[Any, Any, Any]:
+def default_noise(dataset: str) -> str:
+    """The noise injected when none is asked for: none into the user's own data, 20% symmetric otherwise."""
+    user_data = str(dataset).strip().split(":", 1)[0].lower() in ("folder", "arrays")
+    return "none" if user_data else "symmetric:0.2"
+
+
+def _prepare_data(config: TrainConfig, verbose: bool = True) -> tuple[Any, Any, Any]:
     from timetravel.data import load_dataset
     from timetravel.noise import class_similarity, inject_noise, parse_noise_spec
 
     kind, rate = parse_noise_spec(config.noise)
     options = {} if config.image_size is None else {"image_size": config.image_size}
-    splits = load_dataset(config.dataset, root=config.root, seed=config.seed, n_samples=config.n_samples, **options)
+    splits = load_dataset(config.dataset, root=config.root, seed=config.seed, n_samples=config.n_samples,
+                          verbose=verbose, **options)
     train = splits.train
     # class-conditional noise flips labels towards the classes that look alike, as annotators do
     similarity = class_similarity(train.x, train.y, train.n_classes) if kind == "matrix" else None
@@ -275,7 +282,7 @@ def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: s
 
 def train_run(
     dataset: str = "digits",
-    noise: str = "symmetric:0.2",
+    noise: str | None = None,
     epochs: int = 30,
     out: str | os.PathLike = "runs/digits",
     *,
@@ -303,8 +310,10 @@ def train_run(
         A name accepted by :func:`timetravel.data.load_dataset`, including
         ``"folder:PATH"`` (your images in class subfolders) and ``"arrays:PATH"``
         (your ``.npz`` with ``x`` and ``y``).
-    noise : str, default="symmetric:0.2"
-        Noise spec for :func:`timetravel.noise.parse_noise_spec` (``"none"`` for clean labels).
+    noise : str, optional
+        Noise spec for :func:`timetravel.noise.parse_noise_spec` (``"none"`` for
+        clean labels). Default: ``"symmetric:0.2"``, or ``"none"`` for the
+        user's own data (``"folder:PATH"``, ``"arrays:PATH"``).
     epochs : int, default=30
         Epochs to train; epochs ``0 .. epochs-1`` are recorded (epoch ``e`` is
         the state after ``e + 1`` passes). With ``resume`` it may exceed the
@@ -372,7 +381,7 @@ def train_run(
     [0, 1]
     """
     config = TrainConfig(
-        dataset=dataset, noise=noise, epochs=epochs, seed=seed, model=model, embedding_dim=embedding_dim,
+        dataset=dataset, noise=default_noise(dataset) if noise is None else noise, epochs=epochs, seed=seed, model=model, embedding_dim=embedding_dim,
         batch_size=batch_size, lr=float(lr), root=None if root is None else str(root), n_samples=n_samples,
         image_size=list(image_size) if isinstance(image_size, tuple) else image_size, heldout=heldout,
         embedding_dtype=embedding_dtype,
@@ -431,7 +440,7 @@ def record_training(
     """
     out = Path(out)
     with _torch_threads(threads):
-        splits, noisy, kind = _prepare_data(config)
+        splits, noisy, kind = _prepare_data(config, verbose)
         train, test = splits.train, splits.test
         if expect_labels is not None and not np.array_equal(np.asarray(expect_labels), noisy.labels):
             raise TrainError(

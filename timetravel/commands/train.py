@@ -18,7 +18,8 @@ _SETTINGS = ("dataset", "noise", "epochs", "seed", "model", "embedding_dim", "ba
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="digits (default), synthetic, mnist, fashion-mnist, cifar10, "
                         "folder:PATH (your images in PATH/<class>/), arrays:PATH (your .npz with x and y)")
-    parser.add_argument("--noise", help="label noise: symmetric:RATE, pairflip:RATE, matrix:RATE or none (default symmetric:0.2)")
+    parser.add_argument("--noise", help="label noise: symmetric:RATE, pairflip:RATE, matrix:RATE or none "
+                        "(default symmetric:0.2; none for folder:/arrays: data)")
     parser.add_argument("--epochs", type=int, help="epochs to train and record (default 30)")
     parser.add_argument("--out", required=True, help="run store directory to write")
     parser.add_argument("--seed", type=int, help="seed of the split, noise, weights and batch order (default 0)")
