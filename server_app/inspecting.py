@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from functools import partial
 
 import numpy as np
@@ -9,6 +10,10 @@ import numpy as np
 from timetravel.server_app.data import SampleHistory
 from timetravel.server_app.inspector import InspectorView
 from timetravel.server_app.session import FRAME, REVIEW, TARGET, Session
+
+
+_STATES = {"accept": "accepted", "relabel": "relabelled", "drop": "accepted, dropped", "flag": "accepted, flagged",
+           "reject": "rejected"}
 
 
 class Inspecting:
@@ -45,8 +50,10 @@ class Inspecting:
 
     def _show_summary(self) -> None:
         s = self.s
-        decision = s.snap.decisions.get(s.target)
-        state = "not reviewed" if decision is None else ("accepted" if decision else "rejected")
+        event = s.snap.standing.get(s.target)
+        state = "not reviewed" if event is None else _STATES[event.decision]
+        if event is not None and event.label is not None:
+            state += f" as {html.escape(s.data.class_names[event.label])}"
         self.inspector.show(s.data, s.target, decision=state, reasons=s.review.reasons(s.target), note=s.snap.message)
 
     def _show_epoch(self) -> None:

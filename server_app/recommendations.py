@@ -1,4 +1,5 @@
-"""The recommendation queue: next recommendations with reasons, accept / reject / undo, counters, export."""
+"""The recommendation queue: next recommendations with reasons, accept (relabel / drop / flag) / reject / undo,
+counters, export."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
     ColumnDataSource,
+    CustomJS,
     DataTable,
     Div,
     HTMLTemplateFormatter,
     NumberFormatter,
+    RadioButtonGroup,
     Select,
     TableColumn,
 )
@@ -24,6 +27,8 @@ from timetravel.server_app.data import RunData
 from timetravel.server_app.review import ReviewSnapshot
 
 QUEUE_SIZES = ("5", "10", "20")
+ACTIONS = ("relabel", "drop", "flag")  # what Accept does, in the order of the action buttons
+
 
 @dataclass
 class QueueView:
@@ -33,6 +38,8 @@ class QueueView:
     table_source: ColumnDataSource
     table: DataTable
     size: Select
+    action: RadioButtonGroup
+    relabel_to: Select
     accept: Button
     reject: Button
     undo: Button
@@ -43,6 +50,7 @@ class QueueView:
     export_note: Div
     layout: object
     _showing: bool = False  # show() is selecting the inspected row: not a user's click
+    _preselected_for: int | None = None  # the sample whose suggested label relabel_to was set to
 
     def k(self) -> int:
         return int(self.size.value)
@@ -59,10 +67,19 @@ class QueueView:
     def on_size(self, callback: Callable[[int], None]) -> None:
         self.size.on_change("value", lambda _a, _o, _n: callback(self.k()))
 
-    def on_decide(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback("accept" | "reject")`` for the decision buttons."""
-        self.accept.on_click(partial(callback, "accept"))
-        self.reject.on_click(partial(callback, "reject"))
+    def on_decide(self, callback: Callable[[str, int | None], None]) -> None:
+        """Call ``callback(decision, label)`` for the decision buttons.
+
+        Accept sends the chosen action: ``("relabel", class)``, ``("drop", None)`` or
+        ``("flag", None)``; Reject sends ``("reject", None)``.
+        """
+        self.accept.on_click(lambda: callback(*self.chosen()))
+        self.reject.on_click(partial(callback, "reject", None))
+
+    def chosen(self) -> tuple[str, int | None]:
+        """The decision Accept makes now, with the relabel target."""
+        action = ACTIONS[self.action.active]
+        return action, int(self.relabel_to.value) if action == "relabel" else None
 
     def on_undo(self, callback: Callable[[], None]) -> None:
         self.undo.on_click(callback)
@@ -81,8 +98,11 @@ class QueueView:
         """The buttons the keyboard drives (see ``assets/keys.js``)."""
         return dict(accept=self.accept, reject=self.reject, undo=self.undo)
 
-    def show(self, data: RunData, snap: ReviewSnapshot, target: int | None) -> None:
-        """Render a review snapshot: status line, queue rows, counters and button states."""
+    def show(self, data: RunData, snap: ReviewSnapshot, target: int | None, suggestion: int | None = None) -> None:
+        """Render a review snapshot: status line, queue rows, counters and button states.
+
+        ``suggestion`` is preselected as the relabel target when the inspected sample changes.
+        """
         ready = snap.status == "ready"
         self.status.text = "" if ready else f"<div class='tt-note'>{html.escape(snap.message)}</div>"
         queue = snap.queue[: self.k()]
@@ -100,26 +120,33 @@ class QueueView:
             self.table_source.selected.indices = [queue.index(target)] if target in queue else []
         finally:
             self._showing = False
+        if target != self._preselected_for and suggestion is not None:
+            self.relabel_to.value = str(suggestion)
+            self._preselected_for = target
         self.accept.disabled = self.reject.disabled = target is None
         self.undo.disabled = not snap.decisions
         self.export_csv.disabled = self.export_json.disabled = not any(snap.decisions.values())
-        self.counters.text = _counters(snap)
+        self.counters.text = _counters(snap, names)
 
 
-_PAST = {"accept": "accepted", "reject": "rejected", "undo": "undid the decision on"}
+_PAST = {"accept": "accepted", "relabel": "relabelled", "drop": "dropped", "flag": "flagged", "reject": "rejected",
+         "undo": "undid the decision on"}
 
 
-def _counters(snap: ReviewSnapshot) -> str:
+def _counters(snap: ReviewSnapshot, names: list[str]) -> str:
     """Counters, and the latest decision confirmed once it is in feedback.jsonl (one Div: one page re-layout)."""
     reviewed = len(snap.decisions)
     accepted = sum(snap.decisions.values())
     parts = [f"reviewed <b name='reviewed'>{reviewed}</b>", f"accepted <b name='accepted'>{accepted}</b>"]
     if snap.hits is not None and reviewed:
         parts.append(f"hit rate <b>{snap.hits / reviewed:.0%}</b> <span class='tt-muted'>(truly mislabelled)</span>")
-    text = " · ".join(parts)
+    kinds = [e.decision for e in snap.standing.values()]
+    fixes = [f"{_PAST[kind]} <b name='n_{kind}'>{kinds.count(kind)}</b>" for kind in ACTIONS if kind in kinds]
+    text = " · ".join(parts) + ("<br>" + " · ".join(fixes) if fixes else "")
     event = snap.last_event
     if event is not None:
-        text += (f"<br><span class='tt-ok' name='last_decision'>✓ {_PAST[event.decision]} #{event.sample}, "
+        target = f" as {html.escape(names[event.label])}" if event.label is not None else ""
+        text += (f"<br><span class='tt-ok' name='last_decision'>✓ {_PAST[event.decision]} #{event.sample}{target}, "
                  "saved to feedback.jsonl</span>")  # fmt: skip
     return text
 
@@ -148,8 +175,13 @@ def make_queue(data: RunData) -> QueueView:
     )
     redraw_table_on_new_data(table)
     size = Select(value="10", options=list(QUEUE_SIZES), width=60, name="queue_size")
+    action = RadioButtonGroup(labels=["Relabel to", "Drop", "Flag only"], active=0, name="accept_action",
+                              width=230, css_classes=["tt-accept-action"])  # fmt: skip
+    relabel_to = Select(value="0", options=[(str(k), name) for k, name in enumerate(data.class_names)], width=110,
+                        name="relabel_to", css_classes=["tt-relabel-to"])  # fmt: skip
+    action.js_on_change("active", CustomJS(args=dict(target=relabel_to), code="target.disabled = this.active != 0"))
     accept = Button(label="✓ Accept (a)", button_type="success", name="accept", disabled=True,
-                    html_attributes={"title": "accept the inspected sample (key a)"})
+                    html_attributes={"title": "accept the inspected sample with the chosen correction (key a)"})
     reject = Button(label="✗ Reject (r)", button_type="danger", name="reject", disabled=True,
                     html_attributes={"title": "reject the inspected sample (key r)"})
     undo = Button(label="↶ Undo (u)", name="undo", disabled=True)
@@ -163,10 +195,11 @@ def make_queue(data: RunData) -> QueueView:
         row(Div(text="<div class='tt-h'>Recommendations</div>"), Div(text="show"), size, sizing_mode="stretch_width"),
         status,
         table,
+        row(Div(text="<span class='tt-muted'>on accept:</span>"), action, relabel_to, sizing_mode="stretch_width"),
         row(accept, reject, undo, sizing_mode="stretch_width"),
         counters,
         row(export_csv, export_json, export_note, sizing_mode="stretch_width"),
         sizing_mode="stretch_width",
     )
-    return QueueView(status, source, table, size, accept, reject, undo, counters, export_csv, export_json,
-                     export_source, export_note, layout)  # fmt: skip
+    return QueueView(status, source, table, size, action, relabel_to, accept, reject, undo, counters, export_csv,
+                     export_json, export_source, export_note, layout)  # fmt: skip

@@ -46,6 +46,7 @@ class ReviewSnapshot:
     hits: int | None
     last_event: FeedbackEvent | None = None
     order: list[int] = field(default_factory=list)
+    standing: dict[int, FeedbackEvent] = field(default_factory=dict)  # the decision kind and relabel target
 
 
 class _Ranking:
@@ -89,7 +90,7 @@ class Review:
 
     def __init__(self, data: RunData) -> None:
         self.data = data
-        self.log = FeedbackLog(data.path, data.n_samples)
+        self.log = FeedbackLog(data.path, data.n_samples, data.n_classes)
         self._lock = threading.RLock()
         self._listeners: set[Callable[[ReviewSnapshot], None]] = set()
         self._ranking: _Ranking | None = None
@@ -195,6 +196,7 @@ class Review:
                 hits=self._hits(decisions),
                 last_event=self._last_event,
                 order=list(self._order),
+                standing=dict(self._state.standing),
             )
 
     def _hits(self, decisions: dict[int, bool]) -> int | None:
@@ -211,6 +213,16 @@ class Review:
             suggested = self._ranking.suggestions()
             return {i: int(suggested[i]) for i, ok in self._state.decisions.items() if ok}
 
+    def suggestion(self, sample: int) -> int:
+        """The label to preselect for relabelling ``sample``: the detector's suggestion, else the model's best other class."""
+        from timetravel.export import suggest_labels
+
+        sample = self.data.check_index(sample)
+        with self._lock:
+            if self._ranking is not None:
+                return int(self._ranking.suggestions()[sample])
+        return int(suggest_labels(self.data.store, np.array([sample]))[0][0])
+
     def reasons(self, sample: int) -> list[str] | None:
         """The detector's reasons for ``sample``, or None while there is no detection."""
         with self._lock:
@@ -218,8 +230,10 @@ class Review:
 
     # -- decisions ---------------------------------------------------------------------
 
-    def decide(self, sample: int, decision: str, session: str = "") -> ReviewSnapshot:
+    def decide(self, sample: int, decision: str, session: str = "", label: int | None = None) -> ReviewSnapshot:
         """Record ``decision`` on ``sample`` (fsynced first), re-rank, notify every session.
+
+        ``label`` is the new class of a ``"relabel"`` (see :mod:`timetravel.feedback`).
 
         Raises
         ------
@@ -228,7 +242,7 @@ class Review:
         """
         with self._lock:
             external = self._log_changed()
-            event = self.log.append(int(sample), decision, session)
+            event = self.log.append(int(sample), decision, session, label=label)
             if external:
                 self._reload_log()
             else:
@@ -278,25 +292,18 @@ class Review:
         self._log_stamp = self._stamp()
         read = self.log.read()
         self._state = FeedbackState(errors=read.errors)
-        self._stacks: dict[int, list[bool]] = {}
         self._order = []
         for event in read.events:
             self._apply(event)
 
     def _apply(self, event: FeedbackEvent) -> None:
         """Apply one event with FeedbackLog's replay rules, keeping the order for undo."""
-        self._state.events.append(event)
-        stack = self._stacks.setdefault(event.sample, [])
-        if event.decision == "undo":
-            if stack:
-                stack.pop()
-                del self._order[len(self._order) - 1 - self._order[::-1].index(event.sample)]
-        else:
-            stack.append(event.decision == "accept")
+        had = event.sample in self._state.standing
+        self._state.apply(event)
+        if event.decision != "undo":
             self._order.append(event.sample)
-        self._state.decisions.pop(event.sample, None)
-        if stack:
-            self._state.decisions[event.sample] = stack[-1]
+        elif had:
+            del self._order[len(self._order) - 1 - self._order[::-1].index(event.sample)]
         self._version += 1
 
     def _rerank(self) -> None:

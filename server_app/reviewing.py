@@ -1,4 +1,5 @@
-"""Reviewing: the recommendation queue, accept / reject / undo, other tabs' decisions, the export.
+"""Reviewing: the recommendation queue, accept (relabel / drop / flag) / reject / undo, other tabs' decisions,
+the export.
 
 Every decision goes through the run's shared :class:`~timetravel.server_app.review.Review`
 (written to ``feedback.jsonl`` and fsynced before it is shown); a session hears of every
@@ -59,18 +60,20 @@ class Reviewing:
 
     def _on_change(self, changed: frozenset[str]) -> None:
         if changed & {TARGET, REVIEW, QUEUE_SIZE}:
-            self.queue.show(self.s.data, self.s.snap, self.s.target)
+            target = self.s.target
+            suggestion = None if target is None else self.s.review.suggestion(target)
+            self.queue.show(self.s.data, self.s.snap, target, suggestion)
             self._show_notice()
 
     # -- decisions ---------------------------------------------------------------------
 
-    def decide(self, decision: str) -> None:
-        """Accept or reject the inspected sample; one decision at a time (a held key repeats)."""
+    def decide(self, decision: str, label: int | None = None) -> None:
+        """Decide on the inspected sample (``label``: a relabel's class); one decision at a time (a held key repeats)."""
         sample = self.s.target
         if sample is None or self._deciding:
             return
         self._deciding = True
-        self.s.background(partial(self.s.review.decide, sample, decision, self.s.id), self._decided,
+        self.s.background(partial(self.s.review.decide, sample, decision, self.s.id, label), self._decided,
                           f"saving the {decision} of #{sample}", failed=self._not_deciding)  # fmt: skip
 
     def _decided(self, snap: ReviewSnapshot | None) -> None:
@@ -145,12 +148,12 @@ class Reviewing:
 
     def export(self, fmt: str) -> None:
         """Write the accepted samples as ``fmt`` ("csv" or "json") and offer them as a download."""
-        decisions = dict(self.s.snap.decisions)
-        self.s.background(partial(self._write_export, fmt, decisions), self._exported, f"exporting {fmt.upper()}")
+        state = FeedbackState(decisions=dict(self.s.snap.decisions), standing=dict(self.s.snap.standing))
+        self.s.background(partial(self._write_export, fmt, state), self._exported, f"exporting {fmt.upper()}")
 
-    def _write_export(self, fmt: str, decisions: dict[int, bool]) -> tuple[str, str, int]:
+    def _write_export(self, fmt: str, state: FeedbackState) -> tuple[str, str, int]:
         store = self.s.data.store
-        records = accepted_records(store, FeedbackState(decisions=decisions), suggestions=self.s.review.suggestions())
+        records = accepted_records(store, state, suggestions=self.s.review.suggestions())
         text = render(records, store, fmt)
         path = write_export(store.path / "exports" / f"accepted.{fmt}", text)
         return text, str(path), len(records)

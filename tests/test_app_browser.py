@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from timetravel.server_app._testing import INSTRUMENT_JS, launch_chromium, serve, wait_until, write_synthetic_run
@@ -202,13 +203,15 @@ def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
         page = _open(browser, server.url)
         first = _queue(page)[0]
         assert page.evaluate("() => window.__tt.queueTop()") == str(first)
+        suggested = _suggested(run, first)
+        assert _model(page, "relabel_to", "value") == str(suggested)  # the suggested label is preselected
         page.get_by_role("button", name="✓ Accept (a)").click()
-        assert _wait_log(run, 1)[0] | {"time": 0} == {"sample": first, "decision": "accept", "time": 0,
-                                                      "session": _log(run)[0]["session"]}  # fmt: skip
+        assert _wait_log(run, 1)[0] | {"time": 0} == {"sample": first, "decision": "relabel", "label": suggested,
+                                                      "time": 0, "session": _log(run)[0]["session"]}  # fmt: skip
         queue = _wait_queue_without(page, [first])
         second = queue[0]
         page.keyboard.press("r")
-        assert [(e["sample"], e["decision"]) for e in _wait_log(run, 2)] == [(first, "accept"), (second, "reject")]
+        assert [(e["sample"], e["decision"]) for e in _wait_log(run, 2)] == [(first, "relabel"), (second, "reject")]
         queue = _wait_queue_without(page, [first, second])
         page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('counters').text.includes('>2<')")
         counters = _model(page, "counters", "text")
@@ -223,6 +226,68 @@ def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
         assert FeedbackLog(run).read().decisions == {first: True}
         page.wait_for_function(f"() => Bokeh.documents[0].get_model_by_name('inspector_summary').text"
                                f".includes('Sample #{second}')")  # fmt: skip
+        assert page.js_errors == []
+
+
+def _suggested(run, sample: int) -> int:
+    from timetravel.detect import load_detection
+    from timetravel.store import RunStore
+
+    return int(load_detection(RunStore(run)).features.suggested[sample])
+
+
+def _accept_as(page, action: str, label: int | None = None) -> None:
+    """Choose what Accept does with the real widgets (the action buttons, the class list), then click Accept."""
+    page.locator(".tt-accept-action").get_by_role("button", name=action).click()
+    page.wait_for_function("(a) => Bokeh.documents[0].get_model_by_name('accept_action').labels["
+                           "Bokeh.documents[0].get_model_by_name('accept_action').active] == a", arg=action)
+    if label is not None:
+        name = json.loads((Path(page.run) / "run.json").read_text())["class_names"][label]
+        page.locator(".tt-relabel-to select").select_option(label=name)
+        page.wait_for_function("(v) => Bokeh.documents[0].get_model_by_name('relabel_to').value == v", arg=str(label))
+    page.get_by_role("button", name="✓ Accept (a)").click()
+
+
+def test_relabel_to_any_class_drop_flag_and_undo(browser, run):
+    with serve(run) as server:
+        page = _open(browser, server.url)
+        page.run = run
+        first = _queue(page)[0]
+        given = int(np.load(Path(run) / "labels.npy")[first])
+        other = next(k for k in range(5) if k not in (_suggested(run, first), given))
+        _accept_as(page, "Relabel to", other)  # any class, not only the suggested one
+        assert (_wait_log(run, 1)[0]["decision"], _wait_log(run, 1)[0]["label"]) == ("relabel", other)
+        second = _wait_queue_without(page, [first])[0]
+        _accept_as(page, "Drop")
+        third = _wait_queue_without(page, [first, second])[0]
+        _accept_as(page, "Flag only")
+        log = _wait_log(run, 3)
+        assert [(e["sample"], e["decision"], e.get("label")) for e in log] == [
+            (first, "relabel", other), (second, "drop", None), (third, "flag", None)]
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('counters').text.includes('flagged')")
+        counters = _model(page, "counters", "text")
+        assert "relabelled <b name='n_relabel'>1</b>" in counters and "dropped <b name='n_drop'>1</b>" in counters
+        assert f"✓ flagged #{third}, saved to feedback.jsonl" in counters
+        assert "accepted <b name='accepted'>3</b>" in counters
+        _shot(page, "app-corrections")
+        page.keyboard.press("u")  # withdraws the flag, then the drop
+        page.wait_for_function(f"() => Bokeh.documents[0].get_model_by_name('inspector_summary').text"
+                               f".includes('Sample #{third}')")  # fmt: skip
+        page.get_by_role("button", name="↶ Undo (u)").click()
+        _wait_log(run, 5)
+        state = FeedbackLog(run).read()
+        assert {i: (e.decision, e.label) for i, e in state.standing.items()} == {first: ("relabel", other)}
+        page.wait_for_function(f"() => Bokeh.documents[0].get_model_by_name('inspector_summary').text"
+                               f".includes('Sample #{second}')")  # fmt: skip
+        # the undone sample is inspected again, with its suggested label preselected for a new choice
+        page.wait_for_function("(v) => Bokeh.documents[0].get_model_by_name('relabel_to').value == v",
+                               arg=str(_suggested(run, second)))
+        # what retraining will use
+        import timetravel
+
+        fix = timetravel.corrections(run)
+        assert fix.labels[first] == other and fix.keep.all()
+        _shot(page, "app-corrections-undone")
         assert page.js_errors == []
 
 
@@ -243,6 +308,7 @@ def test_export_csv_from_the_app(browser, run):
         rows = list(csv.DictReader(open(download.value.path())))
         assert [int(r["index"]) for r in rows] == accepted
         assert all(r["suggested_label"] != r["given_label"] for r in rows)
+        assert all(r["decision"] == "relabel" and r["corrected_label"] == r["suggested_label"] for r in rows)
         saved = list(csv.DictReader(open(Path(run) / "exports" / "accepted.csv")))
         assert saved == rows
         _shot(page, "app-export")

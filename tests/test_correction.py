@@ -102,13 +102,23 @@ def test_a_damaged_corrections_file_says_what_to_do(tmp_path):
 def test_drop_suspects_leaves_out_only_unreviewed_doubted_samples():
     from timetravel.correction import drop_suspects
 
-    labels = np.zeros(5, dtype=int)
+    labels = np.zeros(6, dtype=int)
     state = _state((1, "reject", None), (2, "relabel", 1))
-    fix = drop_suspects(apply_decisions(labels, state), np.array([0.9, 0.1, 0.2, 0.3, 0.5]), state)
-    assert fix.keep.tolist() == [True, True, True, False, True]  # 1 and 2 were decided by the user
-    assert fix.labels.tolist() == [0, 0, 1, 0, 0]
+    confidence = np.array([0.9, 0.1, 0.2, 0.3, 0.5, 0.9])
+    accept = np.array([0.1, 0.9, 0.9, 0.1, 0.2, 0.8])
+    fix = drop_suspects(apply_decisions(labels, state), state, confidence=confidence)
+    assert fix.keep.tolist() == [True, True, True, False, True, True]  # 1 and 2 were decided by the user
+    assert fix.labels.tolist() == [0, 0, 1, 0, 0, 0]
+    fix = drop_suspects(apply_decisions(labels, state), state, confidence=confidence, accept_probability=accept)
+    assert fix.keep.tolist() == [True, True, True, False, True, False]  # 5: like the accepted ones
+    # before any decision the recommender knows nothing: only the confidence counts
+    empty = FeedbackState()
+    assert drop_suspects(apply_decisions(labels, empty), empty, confidence=confidence,
+                         accept_probability=accept).dropped.tolist() == [1, 2, 3]
     with pytest.raises(CorrectionsError, match="confidence has shape"):
-        drop_suspects(fix, np.ones(3), state)
+        drop_suspects(fix, state, confidence=np.ones(3))
+    with pytest.raises(CorrectionsError, match="accept_probability has shape"):
+        drop_suspects(fix, state, confidence=confidence, accept_probability=np.ones(3))
 
 
 def test_suspects_need_the_runs_detection(tiny_run):
@@ -117,6 +127,11 @@ def test_suspects_need_the_runs_detection(tiny_run):
     with pytest.raises(StoreError, match="run `timetravel detect"):
         timetravel.corrections(tiny_run, suspects=True)
     detection = detect(tiny_run, verbose=False)
-    fix = timetravel.corrections(tiny_run, suspects=True)
-    confidence = detection.features.column("confidence")
-    assert np.array_equal(fix.keep, confidence >= 0.5)
+    assert np.array_equal(timetravel.corrections(tiny_run, suspects=True).keep,
+                          detection.features.column("confidence") >= 0.5)
+    FeedbackLog(tiny_run.path).append(int(np.argmin(detection.features.column("confidence"))), "accept")
+    state = FeedbackLog(tiny_run.path).read()
+    p = 1 / (1 + np.exp(-detection.recommender(feedback=state, random_state=0).score_samples()))
+    expected = (detection.features.column("confidence") < 0.5) | (p > 0.5)
+    expected[list(state.standing)] = False
+    assert np.array_equal(~timetravel.corrections(tiny_run, suspects=True).keep, expected)

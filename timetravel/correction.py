@@ -25,10 +25,12 @@ the run ``timetravel train`` made, so fixing a fixed run accumulates them::
 identifies the log of ``source`` the corrections were read from.
 
 A review covers the most suspicious samples; :func:`drop_suspects` (``timetravel
-fix --drop-suspects``) also leaves out the samples nobody reviewed whose given
-label the model gave less than half of its probability on average over
-training (the detector's ``confidence`` feature below ``SUSPECT_CONFIDENCE``):
-the samples the model itself kept voting against.
+fix --drop-suspects``) also leaves out the samples nobody reviewed that either
+look like the ones the user accepted (the feedback recommender, fitted on the
+review, gives them an acceptance probability above one half) or whose given
+label the model gave less than half of its probability on average over training
+(the detector's ``confidence`` feature: the model kept voting against it). Dropping a correct sample costs little; training on a wrong
+label costs much more (``timetravel bench fix`` measures both).
 
 Examples
 --------
@@ -165,33 +167,45 @@ def apply_decisions(
 
 def drop_suspects(
     fix: Corrections,
-    confidence: np.ndarray,
     state: FeedbackState,
     *,
+    confidence: np.ndarray,
+    accept_probability: np.ndarray | None = None,
     threshold: float = SUSPECT_CONFIDENCE,
 ) -> Corrections:
-    """Also leave out the unreviewed samples whose given label the model doubted throughout training.
+    """Also leave out the unreviewed samples that look mislabelled.
 
     Parameters
     ----------
     fix : Corrections
         The corrections of the review (:func:`apply_decisions`).
+    state : FeedbackState
+        The review: samples with a standing decision are left as the user decided.
     confidence : array of float, shape (N,)
         Mean probability of the given label over the epochs (the ``confidence``
         feature of ``timetravel detect``).
-    state : FeedbackState
-        The review: samples with a standing decision are left as the user decided.
+    accept_probability : array of float, shape (N,), optional
+        The feedback recommender's probability that the user would accept each
+        sample, fitted on ``state`` (used once the review has a decision).
     threshold : float, default=0.5
-        Unreviewed samples with ``confidence < threshold`` are dropped.
+        Unreviewed samples with ``confidence < threshold`` or
+        ``accept_probability > threshold`` are dropped.
 
     Returns
     -------
     Corrections
     """
+    n = len(fix.keep)
     confidence = np.asarray(confidence, dtype=np.float64)
-    if confidence.shape != fix.keep.shape:
-        raise CorrectionsError(f"confidence has shape {confidence.shape} but the run has {len(fix.keep)} samples")
+    if confidence.shape != (n,):
+        raise CorrectionsError(f"confidence has shape {confidence.shape} but the run has {n} samples")
     suspect = confidence < threshold
+    if accept_probability is not None and state.decisions:
+        accept_probability = np.asarray(accept_probability, dtype=np.float64)
+        if accept_probability.shape != (n,):
+            raise CorrectionsError(f"accept_probability has shape {accept_probability.shape} but the run has {n} "
+                                   "samples")
+        suspect |= accept_probability > threshold
     reviewed = np.fromiter(state.standing, dtype=np.int64, count=len(state.standing))
     suspect[reviewed] = False
     return Corrections(labels=fix.labels, keep=fix.keep & ~suspect, flagged=fix.flagged, base_labels=fix.base_labels)
@@ -211,8 +225,9 @@ def corrections(run: Any, state: FeedbackState | None = None, *, suspects: bool 
     state : FeedbackState, optional
         Decisions to apply; default: the run's ``feedback.jsonl``.
     suspects : bool, default=False
-        Also drop the unreviewed suspects (:func:`drop_suspects`); needs the
-        run's detection (``timetravel detect RUN``).
+        Also drop the unreviewed suspects (:func:`drop_suspects`, with the
+        feedback recommender of the app fitted on the review); needs the run's
+        detection (``timetravel detect RUN``).
 
     Returns
     -------
@@ -236,7 +251,10 @@ def corrections(run: Any, state: FeedbackState | None = None, *, suspects: bool 
         return fix
     from timetravel.detect import load_detection
 
-    return drop_suspects(fix, load_detection(store).features.column("confidence"), state)
+    detection = load_detection(store)
+    score = detection.recommender(feedback=state, random_state=0).score_samples().astype(np.float64)
+    return drop_suspects(fix, state, confidence=detection.features.column("confidence"),
+                         accept_probability=1.0 / (1.0 + np.exp(-score)))
 
 
 def inherited(store: Any) -> dict[str, np.ndarray]:

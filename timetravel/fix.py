@@ -11,7 +11,6 @@ resumable like ``timetravel train``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from functools import partial
@@ -89,8 +88,7 @@ def fix_run(
         )
     if Path(out).resolve() == store.path.resolve():
         raise FixError(f"--out {out} is the reviewed run itself; write the fixed run to a new directory")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{**TrainConfig.defaults(), **{k: v for k, v in settings.items() if k in names}})
+    config = TrainConfig.from_manifest(settings)
     config.validate()
     state = FeedbackLog(store.path, store.n_samples, store.n_classes).read()
     fix = corrections(store, state, suspects=suspects)

@@ -77,6 +77,12 @@ class TrainConfig:
         params = inspect.signature(train_run).parameters
         return {f.name: params[f.name].default for f in dataclasses.fields(cls)}
 
+    @classmethod
+    def from_manifest(cls, settings: dict[str, Any]) -> TrainConfig:
+        """The settings stored in a run's manifest (``"train"``); fields added since take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**cls.defaults(), **{k: v for k, v in settings.items() if k in names}})
+
     def validate(self) -> None:
         """Raise :class:`TrainError` naming the first bad field."""
         for name in ("epochs", "embedding_dim", "batch_size"):
