@@ -99,6 +99,22 @@ def test_folder_mixed_sizes_need_image_size(tmp_path):
     assert load_image_folder(root=tmp_path, image_size=5, verbose=False).train.x.shape[1:] == (1, 5, 5)
 
 
+def test_folder_turns_camera_photos_upright(tmp_path):
+    """A photo stored 6 wide x 4 high with EXIF orientation 6 (turned 90 degrees) is shown 4 wide x 6 high."""
+    write_folder(tmp_path, {"a": 2}, size=(6, 4))
+    stored = np.zeros((4, 6), np.uint8)
+    stored[0, 0] = 255  # top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "b").mkdir()
+    for k in range(2):
+        Image.fromarray(stored).save(tmp_path / "b" / f"{k}.png", exif=exif)
+    splits = load_image_folder(root=tmp_path, test_fraction=0.5, verbose=False)
+    upright = [img for img, y in zip(splits.train.images, splits.train.y) if y == 1][0]
+    assert splits.train.images.shape[1:] == (6, 4)
+    np.testing.assert_array_equal(upright, np.rot90(stored, -1))
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -8,8 +8,9 @@ Two layouts are recognised::
 
 Classes are the subfolder names in sorted order. Files with other extensions
 and hidden files are skipped. Every image is converted to grey levels when all
-of them are grey (``L``, ``1``, ``I``...), to RGB otherwise, and resized to
-``image_size`` when given; without it every image must have the same size.
+of them are grey (``L``, ``1``, ``I``...), to RGB otherwise, turned upright as
+its EXIF orientation says (camera photos), and resized to ``image_size`` when
+given; without it every image must have the same size.
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TEST_DIRS = ("test", "val", "valid", "validation")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"}
+_EXIF_ORIENTATION = 0x0112
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that show the image turned by 90 degrees
+
+
+def _header(path: str) -> tuple[str, tuple[int, int]]:
+    """The image's mode and ``(width, height)`` as shown (camera photos record their rotation in EXIF)."""
+    try:
+        with _open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(_EXIF_ORIENTATION) in _TURNED
+            return image.mode, ((height, width) if turned else (width, height))
+    except OSError as exc:  # a damaged file can fail while its metadata is read
+        raise _unreadable(path, exc) from None
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -79,7 +93,11 @@ def _open(path: str):  # -> PIL.Image.Image (pillow is imported lazily)
     try:
         return Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot be read as an image ({exc}); remove or replace the file") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: str, exc: Exception) -> DatasetError:
+    return DatasetError(f"{path}: cannot be read as an image ({exc}); remove or replace the file")
 
 
 def _common_format(paths: np.ndarray, size: tuple[int, int] | None) -> tuple[str, tuple[int, int]]:
@@ -90,16 +108,16 @@ def _common_format(paths: np.ndarray, size: tuple[int, int] | None) -> tuple[str
     grey = True
     first: tuple[str, tuple[int, int]] | None = None
     for path in sorted(paths):  # in folder order, so the file named first is the one a user looks at first
-        with _open(path) as image:
-            grey &= image.mode in _GREY_MODES
-            if size is None and first is None:
-                first = (path, image.size)
-            elif size is None and image.size != first[1]:
-                (w0, h0), (w, h) = first[1], image.size
-                raise DatasetError(
-                    f"{path}: image is {w}x{h} pixels but {first[0]} is {w0}x{h0}; pass image_size "
-                    "(--image-size) to resize every image to one size"
-                )
+        mode, shown = _header(path)
+        grey &= mode in _GREY_MODES
+        if size is None and first is None:
+            first = (path, shown)
+        elif size is None and shown != first[1]:
+            (w0, h0), (w, h) = first[1], shown
+            raise DatasetError(
+                f"{path}: image is {w}x{h} pixels but {first[0]} is {w0}x{h0}; pass image_size "
+                "(--image-size) to resize every image to one size"
+            )
     if size is None:
         width, height = first[1]
         size = (height, width)
@@ -107,13 +125,14 @@ def _common_format(paths: np.ndarray, size: tuple[int, int] | None) -> tuple[str
 
 
 def _decode(paths: np.ndarray, mode: str, size: tuple[int, int], verbose: bool) -> np.ndarray:
+    from PIL import ImageOps
     from tqdm.auto import tqdm
 
     images = np.empty((len(paths), *size, *((3,) if mode == "RGB" else ())), dtype=np.uint8)
     for i, path in enumerate(tqdm(paths, desc="read images", unit="image", disable=not verbose)):
         try:
             with _open(path) as image:
-                images[i] = resize_one(image.convert(mode), size)
+                images[i] = resize_one(ImageOps.exif_transpose(image).convert(mode), size)
         except OSError as exc:  # a truncated or damaged file fails only when decoded
             raise DatasetError(f"{path}: cannot be decoded ({exc}); remove or replace the file") from None
     return images
