@@ -343,3 +343,73 @@ def _copy_run(src: Path, dst: Path) -> None:
     shutil.copytree(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
+
+
+# --------------------------------------------------------------------------- active learning
+
+
+def pool_run_name(subject: str, labelled: float, seed: int, epochs: int) -> str:
+    """Directory name of a cached active-learning run."""
+    return f"pool-{subject}-l{int(round(labelled * 100)):02d}-e{epochs:02d}-s{seed}"
+
+
+def record_pool_run(subject: str, labelled: float, seed: int, epochs: int, out: Path, *, threads: int = 1) -> Path:
+    """Train a subject on a labelled share of its training set, recording the rest as the unlabelled pool.
+
+    DeepDebugger's active-learning protocol: ``labelled`` of the training
+    samples (stratified, clean labels) train the model; the others form the
+    pool, recorded every epoch beside them (their true labels kept for the
+    benchmark only); the test set is the labelled held-out set.
+
+    Returns
+    -------
+    Path
+        The run directory (:func:`pool_run_name`).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from timetravel.capture import Recorder, tensor_loader
+    from timetravel.store import RunWriter
+
+    spec = SUBJECTS[subject]
+    data = spec.data(seed)
+    k = len(data.class_names)
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(data.y), dtype=bool)
+    for c in range(k):
+        members = rng.permutation(np.flatnonzero(data.y == c))
+        chosen[members[: max(1, int(round(labelled * len(members))))]] = True
+    train, pool = np.flatnonzero(chosen), np.flatnonzero(~chosen)
+    path = out / pool_run_name(subject, labelled, seed, epochs)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    model = spec.model(k)
+    writer = RunWriter.create(
+        path, labels=data.y[train], n_classes=k, embedding_dim=EMBEDDING_DIM, class_names=data.class_names,
+        dataset=subject, heldout_labels=data.y_test, n_pool=len(pool), pool_true_labels=data.y[pool],
+        thumbs=None if data.thumbs is None else data.thumbs[train],
+        pool_thumbs=None if data.thumbs is None else data.thumbs[pool],
+        extra={"subject": {"name": subject, "model": spec.model_kind, "lr": spec.lr, "batch_size": spec.batch_size,
+                           "epochs": epochs, "seed": seed, "labelled": labelled}},
+        overwrite=True,
+    )
+    x, y = torch.from_numpy(data.x[train]), torch.from_numpy(data.y[train])
+    loader = tensor_loader(x, y, batch_size=spec.batch_size, shuffle=True,
+                           generator=torch.Generator().manual_seed(seed), with_index=True)
+    recorder = Recorder(model, "body", writer, tensor_loader(x, y, batch_size=500), head="fc",
+                        heldout_loader=tensor_loader(torch.from_numpy(data.x_test), torch.from_numpy(data.y_test),
+                                                     batch_size=500),
+                        pool_loader=tensor_loader(torch.from_numpy(data.x[pool]), batch_size=500))
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    for epoch in range(epochs):
+        model.train()
+        for xb, yb, ib in loader:
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            recorder.record_train_margins(ib, logits, yb)
+        recorder.capture(epoch)
+    return path

@@ -15,6 +15,8 @@ Layout (see ``docs/run-store.md`` for the full description)::
       epochs/EEEE/observed.npy     optional (N,) bool, train-pass epochs only: False where a row was
                                    carried over from the sample's previous epoch
       epochs/EEEE/heldout_embedding.npy, heldout_logits.npy   optional
+      pool_true_labels.npy, pool_thumbs.npy   optional: an unlabelled pool (active learning)
+      epochs/EEEE/pool_embedding.npy, pool_logits.npy   optional: the pool's rows
       projection/ features/ ...    derived data, each with its own manifest
       feedback.jsonl               append-only log of user decisions
 
@@ -47,7 +49,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "run.json"
 EMBEDDING_DTYPES = ("float16", "float32")
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "pool")
+_PREFIX = {"train": "", "heldout": "heldout_", "pool": "pool_"}  # file-name prefix of each split's arrays
 # How an epoch's rows were recorded: an eval-mode pass after the epoch, or the epoch's own training forward passes.
 PASSES = ("eval", "train")
 # Stores below this size are checked for NaN/inf in full when opened; larger
@@ -160,6 +163,7 @@ class RunStore:
         self.n_classes: int = int(m["n_classes"])
         self.embedding_dim: int = int(m["embedding_dim"])
         self.n_heldout: int = int(m.get("n_heldout", 0))
+        self.n_pool: int = int(m.get("n_pool", 0))
         self.class_names: list[str] = list(m.get("class_names") or [str(k) for k in range(self.n_classes)])
         self.epochs: list[int] = sorted(int(e) for e in m["epochs"])
         self._checked: set[Path] = set()
@@ -169,6 +173,9 @@ class RunStore:
         self.noise_mask = self._load_optional_mask() if m.get("has_true_labels") else None
         self.heldout_labels = (
             self._load_labels("heldout_labels.npy", self.n_heldout) if self.n_heldout else None
+        )
+        self.pool_true_labels = (
+            self._load_labels("pool_true_labels.npy", self.n_pool) if m.get("has_pool_true_labels") else None
         )
         self._check_epochs()
         full = verify == "full" or (verify == "auto" and self._epoch_bytes() <= FULL_VERIFY_BYTES)
@@ -257,6 +264,8 @@ class RunStore:
             d / "observed.npy": ((n,), "b"),
             d / "heldout_embedding.npy": ((self.n_heldout, dim), "f"),
             d / "heldout_logits.npy": ((self.n_heldout, k), "f"),
+            d / "pool_embedding.npy": ((self.n_pool, dim), "f"),
+            d / "pool_logits.npy": ((self.n_pool, k), "f"),
         }
         files.update({p: spec for p, spec in optional.items() if p.exists()})
         return files
@@ -289,21 +298,35 @@ class RunStore:
 
     def has_heldout(self, epoch: int) -> bool:
         """Whether an epoch holds held-out rows (train-pass epochs do not: no eval pass ran)."""
+        return self.has_split(epoch, "heldout")
+
+    def has_split(self, epoch: int, split: str) -> bool:
+        """Whether an epoch holds rows of ``split`` (``"train"`` always; held-out and pool rows only in eval passes)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self._require_epoch(epoch)
-        return bool(self.n_heldout) and (self.epoch_dir(epoch) / "heldout_embedding.npy").exists()
+        if split == "train":
+            return True
+        return bool(self.split_size(split)) and (self.epoch_dir(epoch) / f"{_PREFIX[split]}embedding.npy").exists()
+
+    def split_size(self, split: str) -> int:
+        """Number of samples of a split (0 when the run has none)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return {"train": self.n_samples, "heldout": self.n_heldout, "pool": self.n_pool}[split]
 
     def _split_file(self, epoch: int, name: str, split: str) -> Path:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self._require_epoch(epoch)
-        if split == "heldout":
-            if not self.n_heldout:
-                raise StoreError(f"{self.path}: the run has no held-out set")
-            if not self.has_heldout(epoch):
+        if split != "train":
+            what = {"heldout": "held-out set", "pool": "unlabelled pool"}[split]
+            if not self.split_size(split):
+                raise StoreError(f"{self.path}: the run has no {what}")
+            if not self.has_split(epoch, split):
                 raise StoreError(f"{self.path}: epoch {epoch} was recorded by a {self.epoch_pass(epoch)} pass "
-                                 "without the held-out set (see RunStore.has_heldout)")
-            name = f"heldout_{name}"
-        return self.epoch_dir(epoch) / f"{name}.npy"
+                                 f"without the {what} (see RunStore.has_split)")
+        return self.epoch_dir(epoch) / f"{_PREFIX[split]}{name}.npy"
 
     def embedding(self, epoch: int, split: str = "train") -> np.ndarray:
         """Memory-mapped ``(N, D)`` penultimate-layer embeddings of one epoch."""
@@ -349,6 +372,17 @@ class RunStore:
         array = self._mmap(path)
         if array.shape[0] != self.n_samples or array.dtype != np.uint8:
             raise StoreError(f"{path}: expected ({self.n_samples}, H, W[, 3]) uint8, got {array.shape} {array.dtype}")
+        return array
+
+    @property
+    def pool_thumbs(self) -> np.ndarray | None:
+        """Memory-mapped uint8 thumbnails of the pool ``(M, H, W[, 3])``, or None."""
+        path = self.path / "pool_thumbs.npy"
+        if not path.exists():
+            return None
+        array = self._mmap(path)
+        if array.shape[0] != self.n_pool or array.dtype != np.uint8:
+            raise StoreError(f"{path}: expected ({self.n_pool}, H, W[, 3]) uint8, got {array.shape} {array.dtype}")
         return array
 
     @property
@@ -469,8 +503,8 @@ class EpochWriter:
     ) -> None:
         """Write rows ``start : start + len(embedding)`` of the embedding and logits."""
         w = self._writer
-        n = w.n_samples if split == "train" else w.n_heldout
-        if split not in SPLITS or (split == "heldout" and not n):
+        n = w.split_size(split)
+        if not n:
             raise StoreError(f"cannot write split {split!r}: the run has no such split")
         embedding = np.asarray(embedding)
         logits = np.asarray(logits)
@@ -483,7 +517,7 @@ class EpochWriter:
             raise StoreError(f"embedding rows have shape {embedding.shape[1:]}, expected ({w.embedding_dim},)")
         if logits.shape[1:] != (w.n_classes,):
             raise StoreError(f"logits rows have shape {logits.shape[1:]}, expected ({w.n_classes},)")
-        prefix = "" if split == "train" else "heldout_"
+        prefix = _PREFIX[split]
         emb = self._array(prefix + "embedding", (n, w.embedding_dim), w.embedding_dtype)
         log = self._array(prefix + "logits", (n, w.n_classes), "float32")
         emb[start:stop] = embedding
@@ -537,9 +571,10 @@ class EpochWriter:
     def commit(self) -> None:
         """Check the epoch is complete and finite, move it into place and list it in the manifest."""
         w = self._writer
-        for split, n in (("", w.n_samples), ("heldout_", w.n_heldout)):
-            for name in (split + "embedding", split + "logits"):
-                if split and name not in self._arrays:
+        for split in SPLITS:
+            n, prefix = w.split_size(split), _PREFIX[split]
+            for name in (prefix + "embedding", prefix + "logits"):
+                if prefix and name not in self._arrays:
                     continue
                 if self._filled.get(name, 0) != n:
                     raise StoreError(
@@ -584,17 +619,26 @@ class RunWriter:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], *, labels: np.ndarray,
-                 heldout_labels: np.ndarray | None = None, true_labels: np.ndarray | None = None) -> None:
+                 heldout_labels: np.ndarray | None = None, true_labels: np.ndarray | None = None,
+                 pool_true_labels: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self.labels = labels
         self.heldout_labels = heldout_labels
         self.true_labels = true_labels
+        self.pool_true_labels = pool_true_labels
         self.n_samples = int(manifest["n_samples"])
         self.n_classes = int(manifest["n_classes"])
         self.embedding_dim = int(manifest["embedding_dim"])
         self.n_heldout = int(manifest.get("n_heldout", 0))
+        self.n_pool = int(manifest.get("n_pool", 0))
         self.embedding_dtype = manifest["embedding_dtype"]
+
+    def split_size(self, split: str) -> int:
+        """Number of samples of a split (0 when the run has none)."""
+        if split not in SPLITS:
+            raise StoreError(f"split must be one of {SPLITS}, got {split!r}")
+        return {"train": self.n_samples, "heldout": self.n_heldout, "pool": self.n_pool}[split]
 
     @classmethod
     def create(
@@ -610,6 +654,9 @@ class RunWriter:
         noise: dict[str, Any] | None = None,
         thumbs: np.ndarray | None = None,
         heldout_labels: np.ndarray | None = None,
+        n_pool: int = 0,
+        pool_true_labels: np.ndarray | None = None,
+        pool_thumbs: np.ndarray | None = None,
         embedding_dtype: str = "float16",
         extra: dict[str, Any] | None = None,
         overwrite: bool = False,
@@ -636,6 +683,14 @@ class RunWriter:
             Images shown in the inspector.
         heldout_labels : array of shape (M,), optional
             Labels of a held-out set recorded alongside the training set.
+        n_pool : int
+            Size M of an unlabelled pool recorded beside the training set
+            (active learning: the model never trains on it; the Recorder's
+            ``pool_loader`` records its rows in every eval pass).
+        pool_true_labels : array of shape (M,), optional
+            The pool's labels, for benchmarks only (the app never shows them).
+        pool_thumbs : uint8 array of shape (M, H, W) or (M, H, W, 3), optional
+            The pool's images for the inspector.
         embedding_dtype : {"float16", "float32"}
             Storage type of embeddings; float16 halves the size.
         extra : dict, optional
@@ -674,6 +729,15 @@ class RunWriter:
             heldout_labels = _as_labels(heldout_labels, "heldout_labels", n_classes)
             n_heldout = len(heldout_labels)
             save_npy_atomic(path / "heldout_labels.npy", heldout_labels)
+        if isinstance(n_pool, bool) or not isinstance(n_pool, (int, np.integer)) or n_pool < 0:
+            raise StoreError(f"n_pool must be a non-negative integer, got {n_pool!r}")
+        if pool_true_labels is not None:
+            pool_true_labels = _as_labels(pool_true_labels, "pool_true_labels", n_classes)
+            if len(pool_true_labels) != n_pool:
+                raise StoreError(f"pool_true_labels has {len(pool_true_labels)} entries but n_pool is {n_pool}")
+            save_npy_atomic(path / "pool_true_labels.npy", pool_true_labels)
+        if pool_thumbs is not None:
+            save_npy_atomic(path / "pool_thumbs.npy", _as_thumbs(pool_thumbs, int(n_pool)))
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
@@ -681,6 +745,8 @@ class RunWriter:
             "n_classes": int(n_classes),
             "embedding_dim": int(embedding_dim),
             "n_heldout": n_heldout,
+            "n_pool": int(n_pool),
+            "has_pool_true_labels": pool_true_labels is not None,
             "class_names": class_names,
             "embedding_dtype": embedding_dtype,
             "has_true_labels": true_labels is not None,
@@ -692,14 +758,15 @@ class RunWriter:
         if true_labels is not None:
             manifest["noise_rate_actual"] = float(np.mean(labels != true_labels))
         write_json_atomic(path / MANIFEST, manifest)
-        return cls(path, manifest, labels=labels, heldout_labels=heldout_labels, true_labels=true_labels)
+        return cls(path, manifest, labels=labels, heldout_labels=heldout_labels, true_labels=true_labels,
+                   pool_true_labels=pool_true_labels)
 
     @classmethod
     def resume(cls, path: str | os.PathLike) -> RunWriter:
         """Open an existing run to append more epochs (the store is validated first)."""
         store = RunStore(path, verify="headers")
         return cls(store.path, store.manifest, labels=store.labels, heldout_labels=store.heldout_labels,
-                   true_labels=store.true_labels)
+                   true_labels=store.true_labels, pool_true_labels=store.pool_true_labels)
 
     @property
     def epochs(self) -> list[int]:

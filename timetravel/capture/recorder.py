@@ -90,6 +90,12 @@ class Recorder:
     heldout_loader : iterable, optional
         The same for a held-out set (recorded at eval passes); the store must
         have ``heldout_labels``.
+    pool_loader : iterable, optional
+        The same for an unlabelled pool (active learning: samples the model
+        does not train on, whose predictions are ranked by
+        :mod:`timetravel.active`); its batches need no labels (``x``,
+        ``(x,)``, or ``(x, None, index)`` when shuffled). The store must be
+        created with ``n_pool=``.
     head : nn.Module, str or None
         The classification head: an ``nn.Linear`` from the embedding to the
         logits, or a module holding it (``nn.Sequential(nn.Dropout(),
@@ -168,6 +174,7 @@ class Recorder:
         head: nn.Module | str | None = None,
         device: str | torch.device | None = None,
         *,
+        pool_loader: Iterable | None = None,
         train_pass: bool = False,
         eval_every: int | None = None,
         inputs: Selector = None,
@@ -197,7 +204,9 @@ class Recorder:
         if heldout_loader is not None and not w.n_heldout:
             raise CaptureError(f"heldout_loader was given but the store {w.path} has no held-out set; "
                                "create it with heldout_labels=...")
-        self.eval_loader, self.heldout_loader = eval_loader, heldout_loader
+        if pool_loader is not None and not w.n_pool:
+            raise CaptureError(f"pool_loader was given but the store {w.path} has no pool; create it with n_pool=...")
+        self.eval_loader, self.heldout_loader, self.pool_loader = eval_loader, heldout_loader, pool_loader
         self.layer_name, layer_module = resolve_module(model, layer, "layer") if layer is not None else (None, None)
         self.head_name, self._linear = find_linear_head(model, head, w.n_classes, w.embedding_dim)
         self.format = BatchFormat(inputs, target, index)
@@ -222,6 +231,8 @@ class Recorder:
             self._check_loader(eval_loader, "train")
             if heldout_loader is not None:
                 self._check_loader(heldout_loader, "heldout")
+            if pool_loader is not None:
+                self._check_loader(pool_loader, "pool")
 
     # -- construction ---------------------------------------------------------------------
 
@@ -268,7 +279,7 @@ class Recorder:
 
     def _check_loader(self, loader: Iterable, split: str) -> None:
         """One batch through the model now, so a mistake shows before the first epoch trains."""
-        name = f"{'eval' if split == 'train' else 'heldout'}_loader"
+        name = _LOADER_NAMES[split]
         first = self._first_batch(loader)
         b = self.format.split(first)
         if b.index is None and is_shuffled(loader):
@@ -278,9 +289,10 @@ class Recorder:
         with self._eval_mode(target):
             rows = self._forward(target, b)
         size = len(rows.logits)
-        labels = self.sink.labels[split]
-        rows_index = PassTracker(loader, len(labels), name, split).rows(b.index, size)
-        check_labels(b.target, labels[rows_index], name)
+        labels = self.sink.labels.get(split)
+        rows_index = PassTracker(loader, self.writer.split_size(split), name, split).rows(b.index, size)
+        if labels is not None:
+            check_labels(b.target, labels[rows_index], name)
         if split == "train":
             self._check_head(rows)
         self._check_random_transforms(loader, b, name)
@@ -655,6 +667,8 @@ class Recorder:
             if self.heldout_loader is not None:
                 held = self._pass(target, self.heldout_loader, "heldout", ew, None)
                 computed["test_acc"] = float(np.mean(held["pred"] == self.sink.labels["heldout"]))
+            if self.pool_loader is not None:
+                self._pass(target, self.pool_loader, "pool", ew, None)
             if linear is not None:
                 head = linear_weights(linear)
             else:
@@ -666,11 +680,12 @@ class Recorder:
     def _pass(self, target: _Target, loader: Iterable, split: str, ew: EpochWriter,
               surrogate: LeastSquares | None) -> dict[str, np.ndarray]:
         """One eval pass over a loader: write rows; return predictions and eval margins."""
-        labels = self.sink.labels[split]
-        name = f"{'eval' if split == 'train' else 'heldout'}_loader"
-        tracker = PassTracker(loader, len(labels), name, split)
-        pred = np.zeros(len(labels), dtype=np.int64)
-        margin = np.zeros(len(labels), dtype=np.float32)
+        labels = self.sink.labels.get(split)  # None for the unlabelled pool
+        name = _LOADER_NAMES[split]
+        n = self.writer.split_size(split)
+        tracker = PassTracker(loader, n, name, split)
+        pred = np.zeros(n, dtype=np.int64)
+        margin = np.zeros(n, dtype=np.float32)
         batches = loader
         if self.verbose:
             from tqdm.auto import tqdm
@@ -680,14 +695,16 @@ class Recorder:
             b = self.format.split(batch)
             rows = self._forward(target, b)
             index = tracker.rows(b.index, len(rows.logits))
-            check_labels(b.target, labels[index], name)
+            if labels is not None:
+                check_labels(b.target, labels[index], name)
             if not self._head_checked and split == "train":
                 self._check_head(rows)
             emb, logits = rows.embedding.numpy(), rows.logits.numpy()
             if surrogate is not None:
                 surrogate.add(emb.astype(np.float32), logits)
             pred[index] = logits.argmax(axis=1)
-            margin[index] = label_margins(logits, labels[index])
+            if labels is not None:
+                margin[index] = label_margins(logits, labels[index])
             _write_rows(ew, index, emb, logits, split)
         tracker.check_complete()
         return {"pred": pred, "margin": margin}
@@ -697,6 +714,9 @@ class Recorder:
         mode += f", eval_every={self.eval_every}" if self.eval_every else ""
         mode += ", background=True" if self.background else ""
         return f"Recorder(layer={self.layer_name!r}, head={self.head_name!r}, store={str(self.writer.path)!r}{mode})"
+
+
+_LOADER_NAMES = {"train": "eval_loader", "heldout": "heldout_loader", "pool": "pool_loader"}
 
 
 def _runs(sorted_index: np.ndarray) -> list[tuple[int, int]]:

@@ -1,0 +1,98 @@
+"""The unlabelled pool: store support, recording it with the Recorder, ranking it (active learning)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from timetravel.capture import Recorder, tensor_loader
+from timetravel.errors import StoreError
+from timetravel.store import RunStore, RunWriter
+
+
+def _writer(path, n=40, n_pool=25, k=3, d=4, **kw):
+    labels = np.arange(n) % k
+    return RunWriter.create(path, labels=labels, n_classes=k, embedding_dim=d, n_pool=n_pool,
+                            embedding_dtype="float32", **kw)
+
+
+def _epoch(writer, epoch, rng, pool=True):
+    n, m, k, d = writer.n_samples, writer.n_pool, writer.n_classes, writer.embedding_dim
+    with writer.begin_epoch(epoch) as ew:
+        ew.write(0, rng.normal(size=(n, d)), rng.normal(size=(n, k)))
+        if pool:
+            ew.write(0, rng.normal(size=(m, d)), rng.normal(size=(m, k)), split="pool")
+        ew.set_head(np.zeros((k, d)), np.zeros(k))
+        ew.commit()
+
+
+def test_pool_rows_are_stored_and_read_back(tmp_path):
+    rng = np.random.default_rng(0)
+    w = _writer(tmp_path / "run", pool_true_labels=np.arange(25) % 3,
+                pool_thumbs=np.zeros((25, 4, 4), dtype=np.uint8))
+    _epoch(w, 0, rng)
+    store = RunStore(tmp_path / "run")
+    assert store.n_pool == 25 and store.split_size("pool") == 25
+    assert store.embedding(0, "pool").shape == (25, 4) and store.logits(0, "pool").shape == (25, 3)
+    assert store.has_split(0, "pool") and not store.has_split(0, "heldout")
+    np.testing.assert_array_equal(store.pool_true_labels, np.arange(25) % 3)
+    assert store.pool_thumbs.shape == (25, 4, 4)
+    assert store.manifest["n_pool"] == 25
+
+
+def test_a_run_without_pool_says_so(tmp_path):
+    w = RunWriter.create(tmp_path / "run", labels=np.arange(10) % 2, n_classes=2, embedding_dim=2)
+    w.write_epoch(0, np.zeros((10, 2)), np.zeros((10, 2)), head=(np.zeros((2, 2)), np.zeros(2)))
+    store = RunStore(tmp_path / "run")
+    assert store.n_pool == 0 and store.pool_true_labels is None
+    with pytest.raises(StoreError, match="has no unlabelled pool"):
+        store.logits(0, "pool")
+
+
+def test_an_incomplete_pool_is_not_committed(tmp_path):
+    w = _writer(tmp_path / "run")
+    with pytest.raises(StoreError, match="pool_embedding has 10 of 25 rows"):
+        with w.begin_epoch(0) as ew:
+            ew.write(0, np.zeros((40, 4)), np.zeros((40, 3)))
+            ew.write(0, np.zeros((10, 4)), np.zeros((10, 3)), split="pool")
+            ew.set_head(np.zeros((3, 4)), np.zeros(3))
+            ew.commit()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_pool=-1), "n_pool must be a non-negative integer"),
+    (dict(n_pool=5, pool_true_labels=np.zeros(4, dtype=int)), "pool_true_labels has 4 entries but n_pool is 5"),
+])
+def test_pool_arguments_are_checked(tmp_path, bad, message):
+    with pytest.raises(StoreError, match=message):
+        RunWriter.create(tmp_path / "run", labels=np.zeros(4, dtype=int), n_classes=2, embedding_dim=2, **bad)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_recorder_records_the_pool_in_every_eval_pass(tmp_path):
+    x, y, pool = torch.randn(30, 5), torch.arange(30) % 3, torch.randn(12, 5)
+    model = _model()
+    rec = Recorder(model, "1", tmp_path / "run", tensor_loader(x, y, batch_size=7), head="2",
+                   pool_loader=tensor_loader(pool, batch_size=5),
+                   store_kwargs=dict(labels=y.numpy(), n_classes=3, embedding_dim=8, n_pool=12))
+    rec.capture(0)
+    rec.capture(1)
+    store = RunStore(tmp_path / "run")
+    with torch.no_grad():
+        expected = model(pool).numpy()
+    np.testing.assert_allclose(store.logits(1, "pool"), expected, rtol=1e-5, atol=1e-5)
+    assert store.epochs == [0, 1]
+
+
+def test_recorder_refuses_a_pool_loader_without_a_pool(tmp_path):
+    x, y = torch.randn(9, 5), torch.arange(9) % 3
+    from timetravel.capture import CaptureError
+
+    with pytest.raises(CaptureError, match="has no pool; create it with n_pool"):
+        Recorder(_model(), "1", tmp_path / "run", tensor_loader(x, y), head="2", pool_loader=tensor_loader(x),
+                 store_kwargs=dict(labels=y.numpy(), n_classes=3, embedding_dim=8))
