@@ -132,6 +132,33 @@ def test_lightning_run_learns_and_goes_through_detect(tmp_path):
     assert len(detection.ranking()) == N
 
 
+def test_lightning_step_calling_a_submodule(tmp_path):
+    """training_step calls self.net(x): model="net" records that module's forward passes."""
+    import lightning.pytorch as pl
+
+    from timetravel.integrations.lightning import TimetravelCallback
+
+    class Wrapper(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, K))
+
+        def training_step(self, batch, batch_idx):
+            x, y, _ = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    out = tmp_path / "run"
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                         callbacks=[TimetravelCallback(out, model="net")])  # fmt: skip
+    trainer.fit(Wrapper(), DataLoader(IndexedDataset(_images()), batch_size=16, shuffle=True))
+    store = timetravel.RunStore(out)
+    assert store.epochs == [0, 1] and store.embedding_dim == 10 and store.epoch_pass(0) == "train"
+
+
 def test_lightning_without_indexed_dataset_says_how_to_wrap(tmp_path):
     from timetravel.integrations.lightning import TimetravelCallback
 
