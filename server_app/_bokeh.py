@@ -1,4 +1,4 @@
-"""The app's browser-side assets (``assets/``) and the Bokeh 3.9 workarounds the app depends on.
+"""The app's browser-side assets (``assets/``), Bokeh 3.9 workarounds the app depends on, tab panels.
 
 JavaScript and CSS live in ``assets/`` beside ``main.py``. The folder is not called ``static/``:
 for an app served at ``/`` Bokeh would serve that folder in place of its own ``/static/``
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from bokeh.models import CustomJS, DataTable, InlineStyleSheet
+from bokeh.models import CustomJS, DataTable, InlineStyleSheet, Tabs
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -36,3 +36,55 @@ def stylesheet() -> InlineStyleSheet:
 def redraw_table_on_new_data(table: DataTable) -> None:
     """Make ``table`` redraw whenever its source's data is replaced or updated (see ``redraw_table.js``)."""
     table.source.js_on_change("data", custom_js("redraw_table.js", table=table))
+
+
+class TabSlot:
+    """One panel of a ``Tabs``: whether it is on show, and a callback when it comes into view.
+
+    Views in hidden tabs skip their updates (an epoch step then costs only what is seen);
+    :meth:`on_shown` brings them up to date when the user opens them.
+    """
+
+    def __init__(self, tabs: Tabs, index: int) -> None:
+        self.tabs, self.index = tabs, index
+
+    def shown(self) -> bool:
+        return self.tabs.active == self.index
+
+    def on_shown(self, callback: Callable[[], None]) -> None:
+        self.tabs.on_change("active", lambda _a, _o, new: callback() if new == self.index else None)
+
+    def show(self) -> None:
+        """Bring this panel to the front."""
+        self.tabs.active = self.index
+
+
+class LazyPanel(TabSlot):
+    """A tab whose view and controller are built the first time it is opened, so the page opens fast.
+
+    The panel's child must be a column (a placeholder until then). ``build(slot)`` returns
+    ``(layout, controller)``; the controller is wired before its layout
+    joins the document (Bokeh 3.9 drops subscriptions made afterwards), started if it has a
+    ``start()``, then asked to ``refresh()``. ``prepare(layout)`` runs before the layout joins
+    (the app styles its Divs there).
+    """
+
+    def __init__(self, tabs: Tabs, index: int, build: Callable[[TabSlot], tuple[Any, Any]],
+                 prepare: Callable[[Any], None]) -> None:  # fmt: skip
+        super().__init__(tabs, index)
+        self._build, self._prepare = build, prepare
+        self.controller: Any = None
+        tabs.on_change("active", lambda _a, _o, new: self.open() if new == index else None)
+
+    def open(self) -> None:
+        """Build the panel now (once)."""
+        if self.controller is not None:
+            return
+        layout, controller = self._build(self)
+        self.controller = controller
+        controller.wire()
+        self._prepare(layout)
+        self.tabs.tabs[self.index].child.children = [layout]  # BokehJS re-renders a column's new children
+        if hasattr(controller, "start"):
+            controller.start()
+        controller.refresh()

@@ -55,6 +55,9 @@ def write_synthetic_run(
     seed: int = 0,
     project: bool = True,
     image_size: int = 8,
+    flip: np.ndarray | None = None,
+    metadata: dict | None = None,
+    n_heldout: int = 0,
 ) -> Path:
     """Write a run whose dots move from a cloud into class clusters over the epochs.
 
@@ -79,6 +82,12 @@ def write_synthetic_run(
         Write ``projection/``; without it the app must say to run ``timetravel project``.
     image_size : int
         Thumbnail side in pixels.
+    flip : bool array of shape (N,), optional
+        Exactly which labels to flip (then ``noise_rate`` is ignored).
+    metadata : dict, optional
+        Per-sample metadata columns (``RunWriter.create(metadata=...)``).
+    n_heldout : int
+        Size of a held-out set (clean labels) recorded alongside.
 
     Returns
     -------
@@ -88,7 +97,11 @@ def write_synthetic_run(
     path = Path(path)
     true = rng.integers(0, n_classes, n_samples)
     labels = true.copy()
-    flipped = rng.choice(n_samples, int(round(noise_rate * n_samples)), replace=False)
+    if flip is None:
+        flipped = rng.choice(n_samples, int(round(noise_rate * n_samples)), replace=False)
+    else:
+        flipped = np.flatnonzero(flip)
+        noise_rate = len(flipped) / n_samples
     labels[flipped] = (labels[flipped] + rng.integers(1, n_classes, len(flipped))) % n_classes
     angles = 2 * np.pi * np.arange(n_classes) / n_classes
     centres = 4.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
@@ -99,6 +112,10 @@ def write_synthetic_run(
     patterns = _class_images(rng, n_classes, image_size)
     noise_img = rng.random((n_samples, image_size, image_size))
     thumbs = np.clip(255 * (0.75 * patterns[true] + 0.25 * noise_img), 0, 255).astype(np.uint8)
+    held_rng = np.random.default_rng([seed, 1])  # its own stream: runs without a held-out set stay as they were
+    held_true = held_rng.integers(0, n_classes, n_heldout)
+    held_start = held_rng.normal(scale=2.5, size=(n_heldout, 2))
+    held_offset = held_rng.normal(scale=0.9, size=(n_heldout, 2))
     writer = RunWriter.create(
         path,
         labels=labels,
@@ -109,6 +126,8 @@ def write_synthetic_run(
         true_labels=true,
         noise={"kind": "symmetric", "rate": noise_rate, "seed": seed},
         thumbs=thumbs,
+        metadata=metadata,
+        heldout_labels=held_true if n_heldout else None,
         overwrite=True,
     )
     scale = 1.5
@@ -124,8 +143,12 @@ def write_synthetic_run(
         emb = xy @ lift + rng.normal(scale=0.02, size=(n_samples, embedding_dim))
         logits = (emb @ weight.T + bias).astype(np.float32)
         acc = float(np.mean(logits.argmax(1) == labels))
+        heldout = None
+        if n_heldout:
+            held_emb = ((1 - t) * held_start + t * (centres[held_true] + held_offset)) @ lift
+            heldout = (held_emb, (held_emb @ weight.T + bias).astype(np.float32))
         writer.write_epoch(
-            e, emb, logits, head=(weight, bias),
+            e, emb, logits, head=(weight, bias), heldout=heldout,
             metrics={"train_loss": float(1.5 * (1 - t) + 0.1), "train_acc": acc,
                      "test_acc": float(np.mean(logits.argmax(1) == true))},
         )  # fmt: skip
@@ -133,6 +156,25 @@ def write_synthetic_run(
     if project:
         write_projection(path, positions, weight, bias, lift, grid=grid)
     return path
+
+
+def write_sliced_run(
+    path: str | Path, *, n_samples: int = 2000, slice_noise: float = 0.5, base_noise: float = 0.05,
+    seed: int = 0, **kwargs,
+) -> Path:  # fmt: skip
+    """A :func:`write_synthetic_run` with metadata and a planted bad slice.
+
+    Columns: ``source`` (scanner / phone / web; "web", a fifth of the samples, has
+    ``slice_noise`` label noise, everything else ``base_noise``), ``annotator`` (five
+    values, unrelated to the noise) and ``brightness`` (numeric, unrelated).
+    """
+    rng = np.random.default_rng([seed, 2])
+    source = rng.choice(np.array(["scanner", "phone", "web"]), n_samples, p=[0.45, 0.35, 0.2])
+    annotator = rng.choice(np.array(["ann-a", "ann-b", "ann-c", "ann-d", "ann-e"]), n_samples)
+    brightness = rng.uniform(0.0, 1.0, n_samples)
+    flip = rng.random(n_samples) < np.where(source == "web", slice_noise, base_noise)
+    metadata = {"source": source, "annotator": annotator, "brightness": brightness}
+    return write_synthetic_run(path, n_samples=n_samples, seed=seed, flip=flip, metadata=metadata, **kwargs)
 
 
 def write_projection(

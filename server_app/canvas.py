@@ -44,6 +44,7 @@ MARK_STYLES = {
     "accepted": ("#2e7d32", 8, 2.5),
     "rejected": ("#616161", 6, 2.0),
     "queue": ("#ff6f00", 8, 2.0),
+    "seeded": ("#6a1b9a", 6, 2.0),
 }
 
 
@@ -130,8 +131,10 @@ class CanvasView:
         self.points.selected.on_change("indices", lambda _a, _o, new: callback(np.asarray(new, dtype=np.int64)))
 
     def select(self, indices: np.ndarray) -> None:
-        """Select ``indices`` on the canvas (as a box selection would)."""
-        self.points.selected.indices = np.asarray(indices, dtype=np.int64).tolist()
+        """Select ``indices`` on the canvas (as a box selection would); nothing is sent when they are selected."""
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        if not np.array_equal(np.unique(np.asarray(self.points.selected.indices, dtype=np.int64)), indices):
+            self.points.selected.indices = indices.tolist()
 
     def nearest_dot(self, frame: EpochFrame, x: float, y: float, radius: float) -> int | None:
         """The shown dot of ``frame`` nearest to ``(x, y)``, if it lies within ``radius``."""

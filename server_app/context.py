@@ -84,7 +84,7 @@ class AppContext:
         return data, review
 
     def warm(self) -> None:
-        """Open the run, load its last projected epoch and start ranking before the first page.
+        """Open the run, load its last projected epoch, start ranking and read every epoch's predictions.
 
         A run that cannot be shown is only logged: the page explains it to the user.
         """
@@ -96,6 +96,18 @@ class AppContext:
                 data.frame(data.epochs[-1])
         except TimetravelError as exc:
             logger.warning("%s", exc)
+            return
+        data.executor.submit(_read_outcomes, data)
+
+
+def _read_outcomes(data: RunData) -> None:
+    """Every epoch's predictions and losses, for the group views (read once, off the event loop)."""
+    try:
+        data.analysis.outcomes()
+        if data.store.n_heldout:
+            data.analysis.outcomes("heldout")
+    except Exception:  # noqa: BLE001 - the group views retry, and report, on first use
+        logger.warning("reading the predictions of every epoch failed", exc_info=True)
 
     def close(self) -> None:
         """Stop the run's background work (the server is shutting down)."""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from timetravel.activations import EmbeddingStats
+from timetravel.groups import GroupAnalysis
 from timetravel.server_app.palette import class_palette, territory_image, territory_lut
 from timetravel.store import RunStore, softmax
 
@@ -110,6 +112,8 @@ class RunData:
         self._pending: dict[int, Future] = {}
         self._lock = threading.RLock()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="timetravel-app")
+        self.analysis = GroupAnalysis(store)  # confusion, subgroups: the numerics notebooks use too
+        self.embedding_stats = EmbeddingStats(store)  # per-epoch class moments behind the activation patterns
         self._manifest_mtime = -1.0
         self.epochs: list[int] = []
         self.bounds = (0.0, 1.0, 0.0, 1.0)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from bokeh.layouts import column
+from bokeh.layouts import column, row
 from bokeh.models import (
+    Button,
     Checkbox,
     ColumnDataSource,
     DataTable,
@@ -17,6 +18,7 @@ from bokeh.models import (
     RadioButtonGroup,
     Select,
     TableColumn,
+    TextInput,
 )
 
 from timetravel.server_app._bokeh import redraw_table_on_new_data
@@ -35,6 +37,7 @@ SELECTION_ROWS = 500
 RINGS_LEGEND = (
     "<div class='tt-muted'>Rings: <span style='color:#ff6f00'>&#9711; in the queue</span>, "
     "<span style='color:#2e7d32'>&#9711; accepted</span>, <span style='color:#616161'>&#9711; rejected</span>, "
+    "<span style='color:#6a1b9a'>&#9711; seeded</span>, "
     "<b style='color:#000'>&#9711; inspected</b></div>"
 )
 
@@ -52,6 +55,10 @@ class FilterView:
     selection_info: Div
     selection: ColumnDataSource
     selection_table: DataTable
+    save_name: TextInput
+    save: Button
+    more_like: Button
+    selection_note: Div
     layout: object
     selection_layout: object
 
@@ -94,6 +101,21 @@ class FilterView:
 
         self.selection.selected.on_change("indices", clicked)
 
+    def on_save(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(name)`` when the user saves the selection."""
+        self.save.on_click(lambda: callback(self.save_name.value.strip()))
+
+    def on_more_like(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` for "Find more like these"."""
+        self.more_like.on_click(callback)
+
+    def selection_name(self) -> str:
+        return self.save_name.value.strip()
+
+    def say(self, text: str) -> None:
+        """A line under the selection tools (what saving or seeding did)."""
+        self.selection_note.text = text
+
     def mask(
         self, labels: np.ndarray, pred: np.ndarray, decisions: dict[int, bool], queue: list[int]
     ) -> np.ndarray | None:
@@ -118,6 +140,7 @@ class FilterView:
             decision=[_decision_name(decisions.get(int(i))) for i in shown],
         )
         n = len(indices)
+        self.save.disabled = self.more_like.disabled = n == 0
         if n == 0:
             self.selection_info.text = "<span class='tt-muted'>Box or lasso select dots to list them here.</span>"
         else:
@@ -177,6 +200,14 @@ def make_filters(data: RunData) -> FilterView:
         Div(text="<div class='tt-sub'>Show</div>"), territory, trails, Div(text=RINGS_LEGEND),
         sizing_mode="stretch_width",
     )  # fmt: skip
-    selection_layout = column(info, table, sizing_mode="stretch_width")
-    return FilterView(color_by, classes, disagree, decision, territory, trails, info, selection, table, layout,
-                      selection_layout)  # fmt: skip
+    save_name = TextInput(placeholder="name this selection", name="selection_name", sizing_mode="stretch_width")
+    save = Button(label="Save", name="save_selection", disabled=True, width=60)
+    more_like = Button(label="Find more like these", name="more_like_these", disabled=True,
+                       sizing_mode="stretch_width", button_type="primary",
+                       html_attributes={"title": "seed the recommender with the selection as accepted examples "
+                                                 "(recorded in feedback.jsonl, undone by Undo)"})  # fmt: skip
+    note = Div(text="", name="selection_note", sizing_mode="stretch_width")
+    selection_layout = column(info, row(save_name, save, sizing_mode="stretch_width"), more_like, note, table,
+                              sizing_mode="stretch_width")  # fmt: skip
+    return FilterView(color_by, classes, disagree, decision, territory, trails, info, selection, table, save_name,
+                      save, more_like, note, layout, selection_layout)  # fmt: skip

@@ -78,13 +78,6 @@ class CanvasInteraction:
         elif self.canvas.dots_js is not None:
             self.s.doc.js_on_event(DocumentReady, self.canvas.dots_js)
 
-    def select(self, indices: np.ndarray) -> None:
-        """Select ``indices`` on the canvas, as a box selection would (the session hears of it)."""
-        if self.canvas is None:
-            self.s.change(selected=indices)
-        else:
-            self.canvas.select(indices)
-
     # -- the session changed -----------------------------------------------------------
 
     def _on_change(self, changed: frozenset[str]) -> None:
@@ -92,6 +85,8 @@ class CanvasInteraction:
         if SELECTION in changed:
             s = self.s
             self.filters.show_selection(s.data, s.selected, s.frame.pred, s.snap.decisions)
+            if canvas is not None:  # a selection made elsewhere (a confusion cell, a group) shows on the canvas
+                canvas.select(s.selected)
         if canvas is not None:
             with canvas.one_paint():
                 if FRAME in changed:
@@ -124,6 +119,7 @@ class CanvasInteraction:
                 "accepted": [i for i, ok in decisions.items() if ok],
                 "rejected": [i for i, ok in decisions.items() if not ok],
                 "queue": self.s.shown_queue(),
+                "seeded": list(self.s.snap.seeds),
             },
         )
 
@@ -148,7 +144,11 @@ class CanvasInteraction:
 
     def _wire_canvas(self, canvas: CanvasView) -> None:
         canvas.on_tap(self._on_tap)
-        canvas.on_select(lambda indices: self.s.change(selected=indices))
+        canvas.on_select(self._on_select)
+
+    def _on_select(self, indices: np.ndarray) -> None:
+        if not np.array_equal(np.unique(indices), np.unique(self.s.selected)):  # not our own canvas.select
+            self.s.change(selected=indices)
 
     def _on_tap(self, x: float, y: float) -> None:
         x0, x1, _, _ = self.s.data.bounds

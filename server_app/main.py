@@ -17,14 +17,20 @@ from bokeh.document import Document
 from bokeh.events import DocumentReady
 from bokeh.io import curdoc
 from bokeh.layouts import column, row
-from bokeh.models import Div, TextInput
+from bokeh.models import Div, TabPanel, Tabs, TextInput
 
 from timetravel.errors import TimetravelError
-from timetravel.server_app._bokeh import custom_js, stylesheet
+from timetravel.server_app._bokeh import LazyPanel, TabSlot, custom_js, stylesheet
+from timetravel.server_app.activating import Activating
+from timetravel.server_app.activations_view import make_activations
 from timetravel.server_app.canvas import CanvasView, make_canvas
+from timetravel.server_app.catalog import GroupCatalog
+from timetravel.server_app.confusion_view import make_confusion
 from timetravel.server_app.context import AppContext, context_of
 from timetravel.server_app.data import EpochFrame, RunData
 from timetravel.server_app.filters import FilterView, make_filters
+from timetravel.server_app.grouping import Confusing, Grouping, Selecting
+from timetravel.server_app.groups_view import make_groups
 from timetravel.server_app.inspecting import Inspecting
 from timetravel.server_app.inspector import InspectorView, make_inspector
 from timetravel.server_app.interaction import CanvasInteraction
@@ -35,6 +41,8 @@ from timetravel.server_app.time_travel import TimeTravel
 from timetravel.server_app.timeline import TimelineView, make_timeline
 
 logger = logging.getLogger(__name__)
+
+TABS = ("Review", "Confusion", "Groups", "Activations")  # the right-hand panels, in order
 
 
 def _style_divs(root) -> None:
@@ -89,6 +97,7 @@ class Views:
     inspector: InspectorView
     queue: QueueView
     filters: FilterView
+    tabs: Tabs
     notice: Div
     status: Div
 
@@ -106,25 +115,31 @@ def build_views(data: RunData, frame: EpochFrame, renderer: str) -> Views:
         sizing_mode="stretch_both", min_height=420,
     )  # fmt: skip
     note = "" if canvas is None else f"<span class='tt-muted'>dots drawn with {renderer}</span>"
+    inspector, queue = make_inspector(data), make_queue(data)
+    review = column(queue.layout, inspector.layout, sizing_mode="stretch_width")
+    later = [column(Div(text="<span class='tt-muted'>Loading...</span>"), sizing_mode="stretch_width")
+             for _ in TABS[1:]]  # filled when first opened (LazyPanel)
+    tabs = Tabs(tabs=[TabPanel(child=child, title=title) for child, title in zip([review, *later], TABS)],
+                name="side_tabs", sizing_mode="stretch_both")  # fmt: skip
     return Views(
         canvas=canvas,
         canvas_slot=column(first, timeline.layout, sizing_mode="stretch_both"),
         probe=TextInput(visible=False, name="gl_probe"),
         renderer_note=Div(text=note, name="renderer_note"),
         timeline=timeline,
-        inspector=make_inspector(data),
-        queue=make_queue(data),
+        inspector=inspector,
+        queue=queue,
         filters=make_filters(data),
+        tabs=tabs,
         notice=Div(text="", name="notice", sizing_mode="stretch_width"),
         status=Div(text="", name="status", width=420),
     )
 
 
 def layout(data: RunData, v: Views):
-    """Filters and selection on the left, canvas and timeline in the middle, queue and inspector on the right."""
+    """Filters and selection on the left, canvas and timeline in the middle, the tabs (review first) on the right."""
     left = column(v.filters.layout, v.filters.selection_layout, width=250, sizing_mode="stretch_height")
-    right = column(v.queue.layout, v.inspector.layout, width=480, sizing_mode="stretch_height",
-                   styles={"overflow-y": "auto"})  # fmt: skip
+    right = column(v.tabs, width=480, sizing_mode="stretch_height", styles={"overflow-y": "auto"})
     return column(
         row(_header(data), v.renderer_note, v.status, v.probe, sizing_mode="stretch_width"),
         v.notice,
@@ -134,12 +149,35 @@ def layout(data: RunData, v: Views):
 
 
 def controllers(session: Session, v: Views) -> list:
-    """The session's controllers, one per job; each has ``wire()`` and optionally ``start()``."""
+    """The session's controllers, one per job; each has ``wire()`` and optionally ``start()``.
+
+    The group tabs' controllers are built with their views when the tab is first opened
+    (:class:`~timetravel.server_app._bokeh.LazyPanel`), so the page opens as fast as without them.
+    """
+    data = session.data
+    reviewing = Reviewing(session, v.queue, v.notice)
+    catalog = GroupCatalog(data)
+
+    def confusion(slot: TabSlot) -> tuple[Any, Confusing]:
+        view = make_confusion(data, session.frame.epoch)
+        return view.layout, Confusing(session, view, slot)
+
+    def groups(slot: TabSlot) -> tuple[Any, Grouping]:
+        view = make_groups(data, session.frame.epoch)
+        return view.layout, Grouping(session, catalog, view, slot, reviewing.seed)
+
+    def activations(slot: TabSlot) -> tuple[Any, Activating]:
+        view = make_activations()
+        return view.layout, Activating(session, catalog, view, slot)
+
+    for title, build in (("Confusion", confusion), ("Groups", groups), ("Activations", activations)):
+        LazyPanel(v.tabs, TABS.index(title), build, _style_divs)
     return [
         TimeTravel(session, v.timeline),
         CanvasInteraction(session, v.canvas, v.canvas_slot, v.probe, v.renderer_note, v.filters),
         Inspecting(session, v.inspector),
-        Reviewing(session, v.queue, v.notice),
+        reviewing,
+        Selecting(session, catalog, v.filters, reviewing.seed),
     ]
 
 

@@ -48,6 +48,8 @@ class QueueView:
     export_json: Button
     export_source: ColumnDataSource
     export_note: Div
+    scope_note: Div
+    clear_scope: Button
     layout: object
     _showing: bool = False  # show() is selecting the inspected row: not a user's click
     _preselected_for: int | None = None  # the sample whose suggested label relabel_to was set to
@@ -63,6 +65,14 @@ class QueueView:
                 callback(int(self.table_source.data["index"][new[0]]))
 
         self.table_source.selected.on_change("indices", clicked)
+
+    def show_scope(self, text: str | None) -> None:
+        """Say which group the queue is limited to (None: the whole run)."""
+        self.scope_note.text = "" if text is None else text
+        self.clear_scope.visible = text is not None
+
+    def on_clear_scope(self, callback: Callable[[], None]) -> None:
+        self.clear_scope.on_click(callback)
 
     def on_size(self, callback: Callable[[int], None]) -> None:
         self.size.on_change("value", lambda _a, _o, _n: callback(self.k()))
@@ -98,14 +108,16 @@ class QueueView:
         """The buttons the keyboard drives (see ``assets/keys.js``)."""
         return dict(accept=self.accept, reject=self.reject, undo=self.undo)
 
-    def show(self, data: RunData, snap: ReviewSnapshot, target: int | None, suggestion: int | None = None) -> None:
+    def show(self, data: RunData, snap: ReviewSnapshot, target: int | None, suggestion: int | None = None,
+             rows: list[int] | None = None) -> None:
         """Render a review snapshot: status line, queue rows, counters and button states.
 
-        ``suggestion`` is preselected as the relabel target when the inspected sample changes.
+        ``suggestion`` is preselected as the relabel target when the inspected sample changes;
+        ``rows`` replaces the snapshot's queue (the best recommendations within a group).
         """
         ready = snap.status == "ready"
         self.status.text = "" if ready else f"<div class='tt-note'>{html.escape(snap.message)}</div>"
-        queue = snap.queue[: self.k()]
+        queue = snap.queue[: self.k()] if rows is None else rows
         names = data.class_names
         self.table_source.data = dict(
             rank=list(range(1, len(queue) + 1)),
@@ -124,7 +136,7 @@ class QueueView:
             self.relabel_to.value = str(suggestion)
             self._preselected_for = target
         self.accept.disabled = self.reject.disabled = target is None
-        self.undo.disabled = not snap.decisions
+        self.undo.disabled = not (snap.decisions or snap.seeds)
         self.export_csv.disabled = self.export_json.disabled = not any(snap.decisions.values())
         self.counters.text = _counters(snap, names)
 
@@ -138,13 +150,21 @@ def _counters(snap: ReviewSnapshot, names: list[str]) -> str:
     reviewed = len(snap.decisions)
     accepted = sum(snap.decisions.values())
     parts = [f"reviewed <b name='reviewed'>{reviewed}</b>", f"accepted <b name='accepted'>{accepted}</b>"]
+    if snap.seeds:
+        groups = sorted(set(snap.seeds.values()))
+        named = ", ".join(f"“{html.escape(g)}”" for g in groups[:2]) + (" ..." if len(groups) > 2 else "")
+        parts.append(f"seeded <b name='seeded'>{len(snap.seeds)}</b> <span class='tt-muted'>(more like {named})</span>")
     if snap.hits is not None and reviewed:
         parts.append(f"hit rate <b>{snap.hits / reviewed:.0%}</b> <span class='tt-muted'>(truly mislabelled)</span>")
     kinds = [e.decision for e in snap.standing.values()]
     fixes = [f"{_PAST[kind]} <b name='n_{kind}'>{kinds.count(kind)}</b>" for kind in ACTIONS if kind in kinds]
     text = " · ".join(parts) + ("<br>" + " · ".join(fixes) if fixes else "")
     event = snap.last_event
-    if event is not None:
+    if event is not None and event.decision == "seed":
+        n = sum(1 for g in snap.seeds.values() if g == event.group)
+        text += (f"<br><span class='tt-ok' name='last_decision'>✓ seeded {n} samples of “{html.escape(str(event.group))}”"
+                 " as examples of what you are after, saved to feedback.jsonl</span>")  # fmt: skip
+    elif event is not None:
         target = f" as {html.escape(names[event.label])}" if event.label is not None else ""
         text += (f"<br><span class='tt-ok' name='last_decision'>✓ {_PAST[event.decision]} #{event.sample}{target}, "
                  "saved to feedback.jsonl</span>")  # fmt: skip
@@ -191,8 +211,12 @@ def make_queue(data: RunData) -> QueueView:
     export_source = ColumnDataSource(dict(text=[], filename=[], mime=[]), name="export_source")
     export_source.js_on_change("data", custom_js("download.js", source=export_source))
     export_note = Div(text="", name="export_note")
+    scope_note = Div(text="", name="queue_scope", sizing_mode="stretch_width")
+    clear_scope = Button(label="whole run", name="clear_scope", visible=False, width=90,
+                         html_attributes={"title": "recommend from every sample again"})
     layout = column(
         row(Div(text="<div class='tt-h'>Recommendations</div>"), Div(text="show"), size, sizing_mode="stretch_width"),
+        row(scope_note, clear_scope, sizing_mode="stretch_width"),
         status,
         table,
         row(Div(text="<span class='tt-muted'>on accept:</span>"), action, relabel_to, sizing_mode="stretch_width"),
@@ -202,4 +226,4 @@ def make_queue(data: RunData) -> QueueView:
         sizing_mode="stretch_width",
     )
     return QueueView(status, source, table, size, action, relabel_to, accept, reject, undo, counters, export_csv,
-                     export_json, export_source, export_note, layout)  # fmt: skip
+                     export_json, export_source, export_note, scope_note, clear_scope, layout)  # fmt: skip

@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 
 from timetravel.server_app.data import RunData
-from timetravel.errors import TimetravelError
+from timetravel.errors import FeedbackLogError, TimetravelError
 from timetravel.feedback import FeedbackEvent, FeedbackLog, FeedbackState
+from timetravel.groups import suspicion_percentile
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ReviewSnapshot:
     last_event: FeedbackEvent | None = None
     order: list[int] = field(default_factory=list)
     standing: dict[int, FeedbackEvent] = field(default_factory=dict)  # the decision kind and relabel target
+    seeds: dict[int, str] = field(default_factory=dict)  # seeded sample -> its group's name
 
 
 class _Ranking:
@@ -65,6 +67,16 @@ class _Ranking:
     def update(self, sample: int, accepted: bool) -> None:
         self.recommender.partial_fit([sample], [accepted])
 
+    def seed(self, samples: list[int]) -> None:
+        """Take ``samples`` as accepted examples of what the user is after."""
+        self.recommender.partial_fit(samples, [True] * len(samples))
+
+    def recommend_within(self, candidates: np.ndarray, exclude: list[int], k: int) -> list[int]:
+        """The ``k`` candidates the model expects the user to accept most (``exclude``: already known)."""
+        candidates = np.setdiff1d(np.asarray(candidates, dtype=np.int64), np.asarray(exclude, dtype=np.int64))
+        scores = self.recommender.score_samples()[candidates]
+        return candidates[np.argsort(-scores, kind="stable")[:k]].tolist()
+
     def recommend(self, k: int) -> tuple[list[int], dict[int, float]]:
         """The next ``k`` samples and the model's probability that the user accepts each."""
         queue = self.recommender.recommend(k)
@@ -73,6 +85,12 @@ class _Ranking:
 
     def reasons(self, sample: int) -> list[str]:
         return list(self.detection.detector.reasons(sample))
+
+    def suspicion(self) -> np.ndarray:
+        """Every sample's suspicion as a percentile of the detector's scores (1 = most suspicious)."""
+        if not hasattr(self, "_suspicion"):
+            self._suspicion = suspicion_percentile(self.detection.scores)
+        return self._suspicion
 
     def suggestions(self) -> np.ndarray:
         """The detector's suggested label per sample (the most likely other class)."""
@@ -134,7 +152,7 @@ class Review:
             return
         with self._lock:
             self._ranking = ranking
-            ranking.restore(self._state.decisions)
+            ranking.restore(self._known())
             self._status, self._message = "ready", ""
             self._rerank()
         self._publish()
@@ -197,6 +215,7 @@ class Review:
                 last_event=self._last_event,
                 order=list(self._order),
                 standing=dict(self._state.standing),
+                seeds={i: str(e.group) for i, e in self._state.seeds.items()},
             )
 
     def _hits(self, decisions: dict[int, bool]) -> int | None:
@@ -222,6 +241,11 @@ class Review:
             if self._ranking is not None:
                 return int(self._ranking.suggestions()[sample])
         return int(suggest_labels(self.data.store, np.array([sample]))[0][0])
+
+    def suspicion(self) -> np.ndarray | None:
+        """Suspicion percentile of every sample, or None while there is no detection."""
+        with self._lock:
+            return None if self._ranking is None else self._ranking.suspicion()
 
     def reasons(self, sample: int) -> list[str] | None:
         """The detector's reasons for ``sample``, or None while there is no detection."""
@@ -250,7 +274,7 @@ class Review:
                 self._log_stamp = self._stamp()
             if self._ranking is not None:
                 if external or decision == "undo":
-                    self._ranking.restore(self._state.decisions)
+                    self._ranking.restore(self._known())
                 elif event.sample in self._state.decisions:
                     self._ranking.update(event.sample, self._state.decisions[event.sample])
             self._last_event = event
@@ -258,12 +282,67 @@ class Review:
         return self._publish()
 
     def undo(self, session: str = "") -> ReviewSnapshot | None:
-        """Withdraw the most recent standing decision; None when there is none."""
+        """Withdraw the most recent standing decision (or batch of seeds); None when there is none."""
         with self._lock:
             if not self._order:
                 return None
             sample = self._order[-1]
-        return self.decide(sample, "undo", session)
+            seed = self._state.seeds.get(sample)
+            if seed is None:
+                return self.decide(sample, "undo", session)
+            batch = [i for i in self._order if i in self._state.seeds and self._state.seeds[i].batch == seed.batch]
+            external = self._log_changed()
+            events = self.log.append_undos(batch, session)
+            self._after_batch(events, external)
+        return self._publish()
+
+    def seed(self, samples, group: str, session: str = "") -> ReviewSnapshot:
+        """Record ``samples`` (not yet decided or seeded) as seeds of ``group``, in one fsynced batch.
+
+        The recommender takes them as accepted examples, so the queue fills with samples that share
+        their dynamics; one :meth:`undo` withdraws the whole batch.
+
+        Raises
+        ------
+        FeedbackLogError
+            Nothing new to seed, or a sample is out of range; nothing is written.
+        """
+        with self._lock:
+            known = self._known()
+            fresh = [int(i) for i in dict.fromkeys(np.asarray(samples, dtype=np.int64).tolist()) if int(i) not in known]
+            if not fresh:
+                raise FeedbackLogError(f"every sample of {group!r} is already decided or seeded")
+            external = self._log_changed()
+            events = self.log.append_seeds(fresh, group, session)
+            self._after_batch(events, external)
+        return self._publish()
+
+    def _after_batch(self, events: list[FeedbackEvent], external: bool) -> None:
+        """Apply several appended events (seeds or undos) with one re-rank."""
+        if external:
+            self._reload_log()
+        else:
+            for event in events:
+                self._apply(event)
+            self._log_stamp = self._stamp()
+        if self._ranking is not None:
+            if external or events[0].decision == "undo":
+                self._ranking.restore(self._known())
+            else:
+                self._ranking.seed([e.sample for e in events])
+        self._last_event = events[-1]
+        self._rerank()
+
+    def _known(self) -> dict[int, bool]:
+        """What the recommender learns from: the standing decisions, and the seeds as acceptances."""
+        return {**{i: True for i in self._state.seeds}, **self._state.decisions}
+
+    def recommend_within(self, candidates: np.ndarray, k: int) -> list[int]:
+        """The best ``k`` recommendations among ``candidates`` (not yet decided or seeded); [] without a ranking."""
+        with self._lock:
+            if self._ranking is None:
+                return []
+            return self._ranking.recommend_within(candidates, list(self._known()), k)
 
     def sync_with_disk(self) -> bool:
         """Replay the log if another process changed it; returns whether it had."""
@@ -272,7 +351,7 @@ class Review:
                 return False
             self._reload_log()
             if self._ranking is not None:
-                self._ranking.restore(self._state.decisions)
+                self._ranking.restore(self._known())
             self._rerank()
         self._publish()
         return True
@@ -298,7 +377,7 @@ class Review:
 
     def _apply(self, event: FeedbackEvent) -> None:
         """Apply one event with FeedbackLog's replay rules, keeping the order for undo."""
-        had = event.sample in self._state.standing
+        had = event.sample in self._state.standing or event.sample in self._state.seeds
         self._state.apply(event)
         if event.decision != "undo":
             self._order.append(event.sample)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import html
 import time
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from timetravel.export import accepted_records, render, write_export
 from timetravel.feedback import FeedbackState
 from timetravel.server_app.recommendations import QueueView
 from timetravel.server_app.review import ReviewSnapshot
-from timetravel.server_app.session import QUEUE_SIZE, REVIEW, TARGET, Session
+from timetravel.server_app.session import QUEUE_SIZE, REVIEW, SCOPE, TARGET, Session
 
 LOG_POLL_MS = 2000  # how often a session checks the feedback log for other processes' decisions
 
@@ -45,6 +45,7 @@ class Reviewing:
         q.on_decide(self.decide)
         q.on_undo(self.undo)
         q.on_export(self.export)
+        q.on_clear_scope(lambda: self.s.change(scope=None))
         self.s.subscribe(self._on_change)
 
     def start(self) -> None:
@@ -59,11 +60,42 @@ class Reviewing:
         self.s.review.unsubscribe(self._on_review)
 
     def _on_change(self, changed: frozenset[str]) -> None:
-        if changed & {TARGET, REVIEW, QUEUE_SIZE}:
-            target = self.s.target
-            suggestion = None if target is None else self.s.review.suggestion(target)
-            self.queue.show(self.s.data, self.s.snap, target, suggestion)
+        if changed & {TARGET, REVIEW, QUEUE_SIZE, SCOPE}:
+            s = self.s
+            suggestion = None if s.target is None else s.review.suggestion(s.target)
+            if s.scope is None:
+                self.queue.show(s.data, s.snap, s.target, suggestion)
+                self.queue.show_scope(None)
+            else:
+                rows = s.review.recommend_within(s.scope.indices, s.queue_size)
+                self.queue.show(s.data, s.snap, s.target, suggestion, rows)
+                self.queue.show_scope(f"<span class='tt-note' name='scope_note'>Only <b>{html.escape(s.scope.name)}"
+                                      f"</b> ({len(s.scope):,} samples)</span>")  # fmt: skip
             self._show_notice()
+
+    # -- intent from a group -----------------------------------------------------------
+
+    def seed(self, samples, group: str, report: Callable[[str], None]) -> None:
+        """"Find more like these": seed the recommender with ``samples`` as accepted examples of ``group``.
+
+        Recorded in feedback.jsonl as one batch (Undo withdraws it); ``report(sentence)`` says what happened.
+        """
+        if self._deciding:
+            return
+        self._deciding = True
+
+        def done(snap: ReviewSnapshot) -> None:
+            self._decided(snap)
+            n = sum(1 for g in snap.seeds.values() if g == group)
+            report(f"<span class='tt-ok' name='seed_note'>✓ {n} samples of “{html.escape(group)}” seed the "
+                   "recommender; the queue now leads with samples that share their dynamics (Undo withdraws "
+                   "them).</span>")  # fmt: skip
+
+        def failed() -> None:
+            self._deciding = False
+
+        self.s.background(partial(self.s.review.seed, samples, group, self.s.id), done,
+                          f"seeding the recommender with “{group}”", failed=failed)  # fmt: skip
 
     # -- decisions ---------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """One browser tab's state, shared by its controllers.
 
 A session holds what the user is looking at (the epoch's frame, the inspected sample,
-the canvas selection, the review snapshot and how many queue rows are shown). The
+the canvas selection, the review snapshot, how many queue rows are shown and the group
+the queue is limited to). The
 controllers (:mod:`time_travel`, :mod:`interaction`, :mod:`inspecting`, :mod:`reviewing`,
 and any view added later) change it with :meth:`Session.change` and hear about every
 change through :meth:`Session.subscribe`: one notification naming everything that
@@ -22,13 +23,15 @@ from typing import Any, Callable
 import numpy as np
 from bokeh.document import Document
 
+from timetravel.groups import Group
 from timetravel.server_app.data import EpochFrame, RunData
 from timetravel.server_app.review import Review, ReviewSnapshot
 
 logger = logging.getLogger(__name__)
 
 # What Session.change can change; listeners receive a frozenset of these names.
-FRAME, TARGET, SELECTION, REVIEW, QUEUE_SIZE = "frame", "target", "selection", "review", "queue_size"
+FRAME, TARGET, SELECTION, REVIEW = "frame", "target", "selection", "review"
+QUEUE_SIZE, SCOPE = "queue_size", "scope"
 _KEEP = object()
 
 
@@ -58,6 +61,7 @@ class Session:
         self.selected = np.zeros(0, dtype=np.int64)
         self.snap: ReviewSnapshot = review.snapshot()
         self.queue_size = queue_size
+        self.scope: Group | None = None  # when set, the queue recommends only among these samples
         self.alive = True
         self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._failure_listeners: list[Callable[[str], None]] = []
@@ -76,6 +80,7 @@ class Session:
         selected: np.ndarray | Any = _KEEP,
         snap: ReviewSnapshot | Any = _KEEP,
         queue_size: int | Any = _KEEP,
+        scope: Group | None | Any = _KEEP,
     ) -> None:
         """Change the given parts of the state, then tell every listener what changed.
 
@@ -100,6 +105,9 @@ class Session:
         if queue_size is not _KEEP:
             self.queue_size = int(queue_size)
             changed.add(QUEUE_SIZE)
+        if scope is not _KEEP:
+            self.scope = scope
+            changed.add(SCOPE)
         changed = frozenset(changed)
         for listener in self._listeners:
             listener(changed)

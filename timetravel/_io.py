@@ -81,9 +81,14 @@ def append_line_fsynced(path: Path, line: str) -> None:
     ``O_APPEND`` makes each write land at the end even with several writers,
     and one ``write`` call per line keeps lines whole.
     """
-    if "\n" in line:
+    append_lines_fsynced(path, [line])
+
+
+def append_lines_fsynced(path: Path, lines: list[str]) -> None:
+    """Append ``lines`` to a text log in one ``write`` call and fsync it before returning."""
+    if any("\n" in line for line in lines):
         raise ValueError("a log line must not contain a newline")
-    data = (line + "\n").encode("utf-8")
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)

@@ -12,11 +12,16 @@ Each line is one event::
 - ``"drop"``: accepted, and it should be left out of training;
 - ``"flag"``: accepted, and only marked (kept in training with its label);
 - ``"reject"``: it is not what the user is looking for;
+- ``"seed"``: an example of what the user is after, given as part of a group
+  ("find more like these"), not a reviewed decision; the line names the group
+  (``"group"``) and the batch it was given in (``"batch"``);
 - ``"undo"``: withdraw the latest standing decision on that sample.
 
-Every kind but ``reject`` and ``undo`` counts as an acceptance for the
-recommender (:attr:`FeedbackState.decisions`); what the accepted samples mean
-for retraining is :mod:`timetravel.correction`'s job. Lines are appended with ``O_APPEND`` and fsynced before
+``accept``, ``relabel``, ``drop`` and ``flag`` are acceptances
+(:attr:`FeedbackState.decisions`; what they mean for retraining is
+:mod:`timetravel.correction`'s job). Seeds stand apart
+(:attr:`FeedbackState.seeds`): the recommender takes them as accepted examples,
+but they are neither exported nor corrected. Lines are appended with ``O_APPEND`` and fsynced before
 :meth:`FeedbackLog.append` returns, so several app tabs or processes can share
 one log and a crash never loses a confirmed decision. A corrupt line is
 reported and skipped; it never hides the lines after it.
@@ -31,12 +36,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from timetravel._io import append_line_fsynced
+from timetravel._io import append_line_fsynced, append_lines_fsynced
 from timetravel.errors import FeedbackLogError
 
 logger = logging.getLogger(__name__)
 
-DECISIONS = ("accept", "relabel", "drop", "flag", "reject", "undo")
+DECISIONS = ("accept", "relabel", "drop", "flag", "reject", "seed", "undo")
 ACCEPTING = frozenset({"accept", "relabel", "drop", "flag"})
 FEEDBACK_FILE = "feedback.jsonl"
 
@@ -50,12 +55,15 @@ class FeedbackEvent:
     time: float
     session: str = ""
     label: int | None = None  # the new label of a "relabel"
+    group: str | None = None  # the group a "seed" came from
+    batch: str | None = None  # the seeds given together (undone together)
 
     def to_json(self) -> str:
         """The event as one line of the log (without the newline)."""
-        obj = {"sample": self.sample, "decision": self.decision, "time": self.time, "session": self.session}
-        if self.label is not None:
-            obj["label"] = self.label
+        obj: dict = {"sample": self.sample, "decision": self.decision, "time": self.time, "session": self.session}
+        for key in ("label", "group", "batch"):
+            if getattr(self, key) is not None:
+                obj[key] = getattr(self, key)
         return json.dumps(obj)
 
 
@@ -71,6 +79,8 @@ class FeedbackState:
     standing : dict of int to FeedbackEvent
         The event behind each standing decision (its kind and, for a relabel,
         the new label), in decision order.
+    seeds : dict of int to FeedbackEvent
+        Samples standing as seeds of a group ("find more like these"), in order.
     events : list of FeedbackEvent
         Every valid event, in log order.
     errors : list of str
@@ -79,6 +89,7 @@ class FeedbackState:
 
     decisions: dict[int, bool] = field(default_factory=dict)
     standing: dict[int, FeedbackEvent] = field(default_factory=dict)
+    seeds: dict[int, FeedbackEvent] = field(default_factory=dict)
     events: list[FeedbackEvent] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _history: dict[int, list[FeedbackEvent]] = field(default_factory=dict, repr=False)
@@ -94,7 +105,10 @@ class FeedbackState:
             stack.append(event)
         self.decisions.pop(event.sample, None)
         self.standing.pop(event.sample, None)
-        if stack:
+        self.seeds.pop(event.sample, None)
+        if stack and stack[-1].decision == "seed":
+            self.seeds[event.sample] = stack[-1]
+        elif stack:
             self.decisions[event.sample] = stack[-1].decision in ACCEPTING
             self.standing[event.sample] = stack[-1]
 
@@ -130,9 +144,11 @@ class FeedbackLog:
         self.n_samples = n_samples
         self.n_classes = n_classes
 
-    def _check(self, sample: int, decision: str, label: int | None = None) -> None:
+    def _check(self, sample: int, decision: str, label: int | None = None, group: str | None = None) -> None:
         if decision not in DECISIONS:
             raise FeedbackLogError(f"decision must be one of {DECISIONS}, got {decision!r}")
+        if (decision == "seed") != (group is not None):
+            raise FeedbackLogError(f"a seed, and only a seed, names its group; got group={group!r} with {decision!r}")
         if self.n_samples is not None and not 0 <= sample < self.n_samples:
             raise FeedbackLogError(f"sample {sample} is out of range for a run of {self.n_samples} samples")
         if decision != "relabel":
@@ -152,6 +168,30 @@ class FeedbackLog:
         event = FeedbackEvent(sample=sample, decision=decision, time=time.time(), session=session, label=label)
         append_line_fsynced(self.path, event.to_json())
         return event
+
+    def append_seeds(self, samples, group: str, session: str = "") -> list[FeedbackEvent]:
+        """Append ``samples`` as seeds of ``group`` (one batch), in one write and one fsync."""
+        group = str(group)
+        batch = os.urandom(6).hex()
+        now = time.time()
+        events = []
+        for sample in samples:
+            self._check(int(sample), "seed", None, group)
+            events.append(FeedbackEvent(int(sample), "seed", now, session, group=group, batch=batch))
+        if events:
+            append_lines_fsynced(self.path, [e.to_json() for e in events])
+        return events
+
+    def append_undos(self, samples, session: str = "") -> list[FeedbackEvent]:
+        """Append an ``undo`` for each of ``samples`` (e.g. a batch of seeds), in one write and one fsync."""
+        now = time.time()
+        events = []
+        for sample in samples:
+            self._check(int(sample), "undo")
+            events.append(FeedbackEvent(int(sample), "undo", now, session))
+        if events:
+            append_lines_fsynced(self.path, [e.to_json() for e in events])
+        return events
 
     def read(self) -> FeedbackState:
         """Replay the log into the standing decisions; corrupt lines are reported and skipped."""
@@ -179,8 +219,10 @@ class FeedbackLog:
         missing = [key for key in ("sample", "decision") if key not in obj]
         if missing:
             raise ValueError(f"missing field {missing[0]!r}")
-        sample, decision, label = obj["sample"], obj["decision"], obj.get("label")
+        sample, decision, label, group = obj["sample"], obj["decision"], obj.get("label"), obj.get("group")
         if not isinstance(sample, int) or isinstance(sample, bool):
             raise ValueError(f"sample must be an integer, got {sample!r}")
-        self._check(sample, decision, label)
-        return FeedbackEvent(sample, decision, float(obj.get("time", 0.0)), str(obj.get("session", "")), label)
+        self._check(sample, decision, label, None if group is None else str(group))
+        batch = obj.get("batch")
+        return FeedbackEvent(sample, decision, float(obj.get("time", 0.0)), str(obj.get("session", "")), label,
+                             None if group is None else str(group), None if batch is None else str(batch))  # fmt: skip

@@ -386,6 +386,13 @@ class RunStore:
         return array
 
     @property
+    def metadata(self):
+        """The per-sample metadata table (:class:`timetravel.metadata.Metadata`), or None without one."""
+        from timetravel.metadata import read_metadata
+
+        return read_metadata(self.path, self.n_samples)
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         """Per-epoch training metrics recorded with each epoch (loss, accuracies)."""
         return list(self.manifest.get("history", []))
@@ -657,6 +664,7 @@ class RunWriter:
         n_pool: int = 0,
         pool_true_labels: np.ndarray | None = None,
         pool_thumbs: np.ndarray | None = None,
+        metadata: Any = None,
         embedding_dtype: str = "float16",
         extra: dict[str, Any] | None = None,
         overwrite: bool = False,
@@ -691,6 +699,10 @@ class RunWriter:
             The pool's labels, for benchmarks only (the app never shows them).
         pool_thumbs : uint8 array of shape (M, H, W) or (M, H, W, 3), optional
             The pool's images for the inspector.
+        metadata : mapping of str to array of shape (N,), or a DataFrame, optional
+            Per-sample columns (source, device, annotator...) for subgroup questions;
+            numbers are numeric columns, anything else categorical. Stored in
+            ``metadata/`` by :func:`timetravel.metadata.write_metadata`.
         embedding_dtype : {"float16", "float32"}
             Storage type of embeddings; float16 halves the size.
         extra : dict, optional
@@ -757,6 +769,10 @@ class RunWriter:
         }
         if true_labels is not None:
             manifest["noise_rate_actual"] = float(np.mean(labels != true_labels))
+        if metadata is not None:
+            from timetravel.metadata import write_metadata
+
+            write_metadata(path, metadata, n)
         write_json_atomic(path / MANIFEST, manifest)
         return cls(path, manifest, labels=labels, heldout_labels=heldout_labels, true_labels=true_labels,
                    pool_true_labels=pool_true_labels)
