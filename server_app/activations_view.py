@@ -70,10 +70,12 @@ class ActivationsView:
         self.histogram.title.text = f"unit {cols[first]}: values in the selection (blue) and the reference (grey)"
         self.heatmap.title.text = (f"epoch {p.epoch}: {p.n_selection:,} selected vs {p.reference} "
                                    f"({p.n_reference:,}); units by separation")  # fmt: skip
+        faint = ("" if abs(p.separation[0]) >= 0.3 else " <b>No unit separates them by even 0.3 standard deviations: "
+                 "in this epoch's embedding the selection looks like its reference.</b>")
         self.info.text = (f"<span name='activation_info'>The {n_units} units that separate the selection most from "
                           f"{p.reference} (Cohen's d, left to right: {p.separation[0]:+.2f} … {p.separation[-1]:+.2f}). "
                           "Colour: unit mean in standard deviations of the whole run (red above, blue below). "
-                          f"Hover a cell for the unit's distributions. <span class='tt-muted'>computed in "
+                          f"Hover a cell for the unit's distributions.{faint} <span class='tt-muted'>computed in "
                           f"{elapsed_ms:.0f} ms</span></span>")  # fmt: skip
         self.heatmap.visible = self.histogram.visible = True
 
@@ -84,7 +86,7 @@ def make_activations() -> ActivationsView:
                        options=[(REFERENCE_CLASSES, "its classes")], name="activation_reference", width=260)
     info = Div(text=EMPTY, name="activations_info", sizing_mode="stretch_width")
     cells = ColumnDataSource(dict(unit=[], row=[], col=[], z=[], sep=[]), name="activation_source")
-    mapper = LinearColorMapper(palette=list(reversed(RdBu11)), low=-2.5, high=2.5)
+    mapper = LinearColorMapper(palette=list(RdBu11), low=-2.5, high=2.5)
     heatmap = figure(height=330, sizing_mode="stretch_width", toolbar_location=None, name="activation_heatmap",
                      x_range=FactorRange(), y_range=FactorRange(), title=" ", tools="")  # fmt: skip
     rects = heatmap.rect("unit", "row", 1, 1, source=cells, fill_color={"field": "z", "transform": mapper},

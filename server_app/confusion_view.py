@@ -94,7 +94,7 @@ def _matrix_plot(data: RunData, name: str, title: str, height: int) -> MatrixPlo
                      selection_line_color="#000000", selection_line_width=2.5, nonselection_fill_alpha=1.0,
                      name=f"{name}_cells")  # fmt: skip
     fig.text("pred", "given", text="text", source=source, text_align="center", text_baseline="middle",
-             text_font_size="8pt", text_color="text_color")  # fmt: skip
+             text_font_size="8pt", text_color="text_color", nonselection_text_alpha=1.0)  # fmt: skip
     fig.select_one(TapTool).renderers = [cells]
     fig.xaxis.axis_label = "predicted class"
     fig.yaxis.axis_label = "given label"
@@ -128,11 +128,11 @@ class ConfusionView:
         """Draw the matrices of ``epoch``."""
         total = int(train.sum())
         wrong = total - int(np.trace(train))
-        self.train.figure.title.text = f"training set, epoch {epoch}: {wrong:,} of {total:,} predicted differently"
+        self.train.figure.title.text = f"training set, epoch {epoch}: {wrong:,} of {total:,} off the diagonal"
         self.train.show(train, names, self.shown_as())
         if self.heldout is not None and heldout is not None:
             wrong = int(heldout.sum() - np.trace(heldout))
-            self.heldout.figure.title.text = f"held-out set, epoch {epoch}: {wrong:,} of {int(heldout.sum()):,} wrong"
+            self.heldout.figure.title.text = f"held-out set, epoch {epoch}: {wrong:,} of {int(heldout.sum()):,} off"
             self.heldout.show(heldout, names, self.shown_as())
         self.cursor.location = epoch
 

@@ -383,3 +383,152 @@ def test_missing_detection_says_which_command_to_run(browser, tmp_path):
         page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('queue_status').text.includes('detect')")
         assert f"timetravel detect {path}" in _model(page, "queue_status", "text")
         _shot(page, "app-no-detection")
+
+
+# --------------------------------------------------------------------------- group questions
+
+
+@pytest.fixture(scope="module")
+def sliced_detected(tmp_path_factory):
+    """A run with metadata where source = web (a fifth of the samples) has 50% label noise, the rest 5%."""
+    from timetravel.detect import detect
+    from timetravel.server_app._testing import write_sliced_run
+    from timetravel.store import RunStore
+
+    path = write_sliced_run(tmp_path_factory.mktemp("groups") / "run", n_samples=1500, n_epochs=6, grid=32,
+                            n_heldout=60)  # fmt: skip
+    detect(RunStore(path), verbose=False)
+    return path
+
+
+@pytest.fixture
+def sliced(sliced_detected, tmp_path):
+    return shutil.copytree(sliced_detected, tmp_path / "run")
+
+
+def _tab(page, title: str, ready: str) -> None:
+    """Open a side tab and wait for the model ``ready`` (built on first open) to exist."""
+    page.locator(".bk-tab", has_text=title).click()
+    page.wait_for_function("(n) => Bokeh.documents[0].get_model_by_name(n) != null", arg=ready)
+
+
+def _selected(page) -> list[int]:
+    return sorted(page.evaluate(
+        "() => Array.from(Bokeh.documents[0].get_model_by_name('points_source').selected.indices)"))
+
+
+def _click_table_row(page, table: str, row: int) -> None:
+    view = f"Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name('{table}'))"
+    page.wait_for_function(f"() => {view}.shadow_el.querySelectorAll('.slick-row').length > {row}")
+    page.evaluate(f"() => {view}.shadow_el.querySelectorAll('.slick-row')[{row}].querySelector('.slick-cell')"
+                  ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+
+
+_CELL_XY_JS = """([g, p]) => {
+  const fig = Bokeh.documents[0].get_model_by_name('confusion'), view = Bokeh.index.find_one(fig);
+  const k = fig.x_range.factors.length, box = view.frame.bbox, r = view.el.getBoundingClientRect();
+  return [r.left + box.left + (p + 0.5) * box.width / k, r.top + box.top + (g + 0.5) * box.height / k];
+}"""
+
+
+def test_a_confusion_cell_click_selects_its_samples_and_limits_the_queue(browser, sliced):
+    from timetravel.groups import GroupAnalysis
+
+    outcomes = GroupAnalysis(sliced).outcomes()
+    with serve(sliced) as server:
+        page = _open(browser, server.url)
+        page.evaluate("() => window.__tt.step(2)")  # epoch 2: the noisy labels are not memorised yet
+        _tab(page, "Confusion", "confusion_source")
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('confusion').title.text.includes('epoch 2')")
+        matrix = np.asarray(_model(page, "confusion_source", "data")["count"]).reshape(4, 4)
+        np.fill_diagonal(matrix, 0)
+        given, predicted = np.unravel_index(int(matrix.argmax()), matrix.shape)
+        x, y = page.evaluate(_CELL_XY_JS, [int(given), int(predicted)])
+        page.mouse.click(x, y)
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('cell_history').visible")
+        members = np.flatnonzero((outcomes.labels == given) & (outcomes.pred[2] == predicted))
+        assert len(members) == matrix.max() > 0
+        page.wait_for_function("(n) => Bokeh.documents[0].get_model_by_name('points_source').selected.indices.length"
+                               " == n", arg=len(members))  # fmt: skip
+        assert _selected(page) == members.tolist()
+        assert "Only" in _model(page, "queue_scope", "text")
+        counts = _model(page, "cell_history_source", "data")["count"]
+        assert counts == [int(((outcomes.labels == given) & (p == predicted)).sum()) for p in outcomes.pred]
+        assert f"{len(members)} samples labelled" in _model(page, "confusion_info", "text")
+        _shot(page, "app-confusion-cell")
+        _tab(page, "Review", "queue_table")
+        queue = _queue(page)
+        assert queue and set(queue) <= set(members.tolist())  # the queue recommends only within the cell
+        page.locator(".bk-btn", has_text="whole run").click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('queue_scope').text == ''")
+        assert page.js_errors == []
+
+
+def test_suggestions_rank_the_planted_slice_first_and_a_click_selects_it(browser, sliced):
+    from timetravel.store import RunStore
+
+    web = np.flatnonzero(RunStore(sliced).metadata["source"].as_strings() == "web").tolist()
+    with serve(sliced) as server:
+        page = _open(browser, server.url)
+        _tab(page, "Groups", "suggestions_source")
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('suggestions_source').data.subgroup.length")
+        assert _model(page, "suggestions_source", "data")["subgroup"][0] == "source = web"
+        _click_table_row(page, "suggestions_table", 0)
+        page.wait_for_function("(n) => Bokeh.documents[0].get_model_by_name('points_source').selected.indices.length"
+                               " == n", arg=len(web))  # fmt: skip
+        assert _selected(page) == web
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('compare_a').value == 'source = web'")
+        assert "source = web" in _model(page, "compare_info", "text")
+        _shot(page, "app-suggestions")
+        page.locator(".bk-btn-group .bk-btn", has_text="this epoch").click()  # rank at the last epoch: memorised
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('suggestions_info').text.includes('epoch 5')")
+        _tab(page, "Activations", "activation_source")
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('activation_heatmap').visible")
+        assert "separate the selection most" in _model(page, "activations_info", "text")
+        cells = _model(page, "activation_source", "data")
+        assert len(cells["z"]) == len(set(cells["unit"])) * len(set(cells["row"]))
+        _shot(page, "app-activations")
+        assert page.js_errors == []
+
+
+def test_saving_a_selection_makes_it_a_group(browser, sliced):
+    from timetravel.selections import read_selections
+
+    with serve(sliced) as server:
+        page = _open(browser, server.url)
+        _box_select_the_middle(page)
+        selected = _selected(page)
+        page.locator("input[placeholder='name this selection']").fill("middle pocket")
+        page.locator(".bk-btn", has_text="Save").click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('selection_note').text.includes('saved')")
+        assert read_selections(sliced, 1500)["middle pocket"].tolist() == selected
+        _tab(page, "Groups", "groups_source")
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('groups_source').data.group"
+                               ".includes('middle pocket')")  # fmt: skip
+        rows = _model(page, "groups_source", "data")
+        i = rows["group"].index("middle pocket")
+        assert rows["kind"][i] == "selection" and rows["size"][i] == len(selected)
+        _shot(page, "app-saved-selection")
+        assert page.js_errors == []
+
+
+def test_more_like_these_seeds_the_recommender_and_undo_withdraws_it(browser, sliced):
+    with serve(sliced) as server:
+        page = _open(browser, server.url)
+        before = _queue(page)
+        _box_select_the_middle(page)
+        selected = _selected(page)
+        page.locator(".bk-btn", has_text="Find more like these").click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('selection_note').text.includes('seed')")
+        log = _wait_log(sliced, len(selected))
+        assert {e["decision"] for e in log} == {"seed"} and sorted(e["sample"] for e in log) == selected
+        assert {e["group"] for e in log} == {f"selection of {len(selected)}"}
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('counters').text.includes('seeded')")
+        after = _queue(page)
+        assert not set(after) & set(selected) and after != before
+        _shot(page, "app-more-like-these")
+        page.locator(".bk-btn", has_text="Undo").click()
+        _wait_log(sliced, 2 * len(selected))
+        page.wait_for_function("() => !Bokeh.documents[0].get_model_by_name('counters').text.includes('seeded')")
+        assert FeedbackLog(sliced).read().seeds == {}
+        assert page.js_errors == []

@@ -165,3 +165,37 @@ def test_unreadable_detection_is_reported(run):
     snap = review.snapshot()
     assert snap.status == "failed"
     assert "scores.npy" in snap.message
+
+
+def test_seeding_a_group_fills_the_queue_like_it_and_one_undo_withdraws_it(run):
+    """"Find more like these": the seeds are in the log as such, the queue follows them, undo takes the batch back."""
+    from timetravel.store import RunStore
+
+    review = _ready(run)
+    store = RunStore(run)
+    mislabelled = [int(i) for i in (store.labels != store.true_labels).nonzero()[0]]
+    seeds, rest = mislabelled[:8], set(mislabelled[8:])
+    before = review.snapshot()
+    snap = review.seed(seeds, "my pocket", "s1")
+    events = FeedbackLog(run).read()
+    assert set(events.seeds) == set(seeds) and events.decisions == {}  # seeds are not review decisions
+    assert {e.group for e in events.seeds.values()} == {"my pocket"}
+    assert snap.seeds == {i: "my pocket" for i in seeds}
+    assert not set(seeds) & set(snap.queue)
+    hits = lambda queue: len(set(queue[:10]) & rest)  # noqa: E731
+    assert hits(snap.queue) >= hits(before.queue)
+    with pytest.raises(FeedbackLogError, match="already decided or seeded"):
+        review.seed(seeds, "again", "s1")
+    undone = review.undo("s1")
+    assert undone.seeds == {} and FeedbackLog(run).read().seeds == {}
+    assert undone.queue == before.queue
+    assert review.undo("s1") is None  # nothing else to undo
+
+
+def test_queue_within_a_group(run):
+    review = _ready(run)
+    group = list(range(0, 240, 3))
+    rows = review.recommend_within(group, 5)
+    assert len(rows) == 5 and set(rows) <= set(group)
+    review.decide(rows[0], "reject", "s1")
+    assert rows[0] not in review.recommend_within(group, 5)

@@ -127,3 +127,19 @@ def test_a_relabel_line_without_a_label_is_skipped(tmp_path):
     state = log.read()
     assert list(state.standing) == [3] and len(state.errors) == 2
     assert "line 2 skipped (label 7 is out of range" in state.errors[1]
+
+
+def test_seeds_are_logged_as_one_batch_and_replayed_apart_from_decisions(tmp_path):
+    from timetravel.feedback import FeedbackLog
+
+    log = FeedbackLog(tmp_path, n_samples=10)
+    log.append(1, "accept", "s")
+    events = log.append_seeds([2, 3], "pocket", "s")
+    assert {e.batch for e in events} == {events[0].batch} and events[0].group == "pocket"
+    state = log.read()
+    assert state.decisions == {1: True} and list(state.seeds) == [2, 3]
+    assert state.accepted == [1]  # a seed is no acceptance: it is neither exported nor corrected
+    log.append_undos([2, 3], "s")
+    assert log.read().seeds == {}
+    with pytest.raises(FeedbackLogError, match="names its group"):
+        log.append(4, "seed", "s")
