@@ -11,7 +11,10 @@ Every time is measured in the browser (``performance.now()``), see
   reported separately;
 * epoch step: slider value set to the new frame painted plus one animation frame,
   for adjacent epochs (stepping, as the player does) and random jumps (scrubbing);
-* accept / reject: button click to the re-ranked queue's new first row on screen.
+* accept / reject: button click to the re-ranked queue's new first row on screen;
+* group views (with ``--views``, the default, for the first renderer): each side tab
+  (confusion, groups, activations) from an epoch step, and the activation patterns from a
+  new canvas selection, to the view's data source updated plus two animation frames.
 
 Usage: ``timetravel bench app [--sizes 10000,50000,200000] [--epochs 20]``.
 Results: ``benchmarks/results/app.json`` and ``app.md``.
@@ -33,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, median, write_results  # noqa: E402
 
 SCRATCH = RESULTS_DIR / "_scratch"
-TARGETS = {"first_render_s": 3.0, "step_median_ms": 150.0, "accept_median_ms": 300.0, "target_size": 50000}
+TARGETS = {"first_render_s": 3.0, "step_median_ms": 150.0, "accept_median_ms": 300.0, "view_ms": 150.0,
+           "target_size": 50000}
 
 
 def _proc_memory(pid: int) -> dict[str, float]:
@@ -49,17 +53,19 @@ def _proc_memory(pid: int) -> dict[str, float]:
 
 def _prepare_run(n: int, epochs: int, grid: int) -> tuple[Path, dict]:
     """Write (or reuse) the synthetic run of ``n`` samples and its detection; returns timings of what was done."""
-    from timetravel.server_app._testing import write_synthetic_run
+    from timetravel.server_app._testing import write_sliced_run
     from timetravel.detect import detect, load_detection
     from timetravel.store import RunStore
 
     path = SCRATCH / f"app-{n}"
-    params = {"n_samples": n, "n_epochs": epochs, "grid": grid, "n_classes": 10, "embedding_dim": 32}
+    params = {"n_samples": n, "n_epochs": epochs, "grid": grid, "n_classes": 10, "embedding_dim": 32,
+              "metadata": True}
     stamp = path / "bench_params.json"
     timings = {}
     if not (stamp.exists() and json.loads(stamp.read_text()) == params):
         t = time.perf_counter()
-        write_synthetic_run(path, noise_rate=0.1, seed=0, **params)
+        shape = {k: v for k, v in params.items() if k != "metadata"}
+        write_sliced_run(path, seed=0, **shape)  # metadata columns and a noisier slice, for the group views
         timings["write_run_s"] = time.perf_counter() - t
         stamp.write_text(json.dumps(params))
     try:
@@ -80,7 +86,44 @@ def _p95(values: list[float]) -> float:
     return float(np.percentile(values, 95)) if values else float("nan")
 
 
-def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, decisions: int, seed: int) -> dict:
+VIEWS = (("Confusion", "confusion_source"), ("Groups", "groups_source"), ("Activations", "activation_source"))
+
+
+def _measure_views(page, n_epochs: int, steps: int, rng: np.random.Generator) -> dict:
+    """Each group tab's update after an epoch step, and the activation patterns' after a new selection."""
+    out: dict = {}
+    position = n_epochs - 1
+    labels = np.asarray(page.evaluate("() => Array.from(window.__tt.models().src.data.label)"))
+    first = np.flatnonzero(labels == 0)
+    page.evaluate("(i) => { window.__tt.models().src.selected.indices = i; }", first[:500].tolist())
+    for tab, source in VIEWS:
+        page.locator(".bk-tab", has_text=tab).click()
+        page.wait_for_function("(n) => { const m = Bokeh.documents[0].get_model_by_name(n);"
+                               " return m != null && (m.data[Object.keys(m.data)[0]] || []).length > 0; }",
+                               arg=source, timeout=300_000)  # fmt: skip
+        times = []
+        for _ in range(steps):
+            position = position - 1 if position > 0 else n_epochs - 1
+            times.append(page.evaluate("([p, s]) => window.__tt.viewStep(p, s)", [position, source])["shown_ms"])
+            time.sleep(0.05)
+        out[tab.lower()] = {"median": _median(times), "p95": _p95(times), "all": [round(t, 1) for t in times]}
+    select_times = []
+    for _ in range(steps):
+        cls = int(rng.integers(0, labels.max() + 1))
+        members = np.flatnonzero(labels == cls)
+        chosen = np.sort(rng.choice(members, min(500, len(members)), replace=False)).tolist()
+        select_times.append(page.evaluate("([i, s]) => window.__tt.viewSelect(i, s)",
+                                          [chosen, "activation_source"])["shown_ms"])  # fmt: skip
+        time.sleep(0.05)
+    out["activations_selection"] = {"median": _median(select_times), "p95": _p95(select_times),
+                                    "all": [round(t, 1) for t in select_times]}  # fmt: skip
+    page.locator(".bk-tab", has_text="Review").click()
+    page.evaluate("() => { window.__tt.models().src.selected.indices = []; }")
+    return out
+
+
+def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, decisions: int, seed: int,
+             views: bool = False) -> dict:  # fmt: skip
     from playwright.sync_api import sync_playwright
 
     from timetravel.server_app._testing import INSTRUMENT_JS, launch_chromium, serve
@@ -119,6 +162,8 @@ def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, de
             jump_times.append(page.evaluate("(p) => window.__tt.step(p)", position))
             time.sleep(0.05)
         page.wait_for_function("() => window.__tt.queueTop() != null", timeout=300_000)
+        if views:
+            out["views_ms"] = _measure_views(page, n_epochs, steps, rng)
         decide_times = {"accept": [], "reject": []}
         for i in range(decisions):
             kind = "accept" if i % 2 == 0 else "reject"
@@ -169,6 +214,13 @@ def _row(n: int, r: dict) -> dict:
         "accept -> queue median / p95 (ms)": _pair(r["accept_ms"]["median"], r["accept_ms"]["p95"], ".0f"),
         "reject -> queue median (ms)": f"{r['reject_ms']['median']:.0f}",
         "server peak RSS / anon (MiB)": _pair(memory["peak_rss_mib"], memory["anon_rss_mib"], ".0f"),
+        "step -> confusion / groups / activations median (ms)": (
+            " / ".join(f"{r['views_ms'][k]['median']:.0f}" for k in ("confusion", "groups", "activations"))
+            if "views_ms" in r else "–"
+        ),
+        "selection -> activations median (ms)": (
+            f"{r['views_ms']['activations_selection']['median']:.0f}" if "views_ms" in r else "–"
+        ),
     }
 
 
@@ -188,6 +240,10 @@ NOTES = [
     "Accept/reject: button click to the queue table's new first row read from the DOM on the next animation "
     "frame; it includes the fsynced append to feedback.jsonl and the recommender's re-rank.",
     "Server anon RSS excludes the memory-mapped run files; the frame cache holds at most a few epochs.",
+    "Group views (first renderer only): with 500 samples of one class selected, each side tab is opened and "
+    "the slider stepped; the time is from the slider change to the tab's data source updated in the page plus "
+    "two animation frames (confusion matrix, groups table at the epoch, activation heatmap). 'Selection -> "
+    "activations': a new 500-sample selection of a random class set in the page to the heatmap updated.",
     "Nothing else ran on the 2 CPU cores unless the load average says so.",
 ]
 
@@ -202,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--jumps", type=int, default=10)
     parser.add_argument("--decisions", type=int, default=20, help="alternating accept / reject clicks")
+    parser.add_argument("--no-views", action="store_true", help="skip the group views' timings")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for app.json and app.md")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -213,10 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app benchmark: {n:,} samples: preparing the run", flush=True)
         run, prep = _prepare_run(n, args.epochs, args.grid)
         measured[str(n)] = {"prepare": prep}
-        for renderer in renderers:
+        for j, renderer in enumerate(renderers):
             print(f"app benchmark: {n:,} samples, renderer {renderer}: measuring in the browser", flush=True)
             r = _measure(run, renderer, loads=args.loads, steps=args.steps, jumps=args.jumps,
-                         decisions=args.decisions, seed=0)  # fmt: skip
+                         decisions=args.decisions, seed=0, views=j == 0 and not args.no_views)  # fmt: skip
             measured[str(n)][renderer] = r
             rows.append(_row(n, r))
             print(
@@ -225,11 +282,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"jump {r['jump_ms']['median']:.0f} ms, accept {r['accept_ms']['median']:.0f} ms",
                 flush=True,
             )
+            if "views_ms" in r:
+                v = r["views_ms"]
+                print("  group views after a step: " + ", ".join(f"{k} {v[k]['median']:.0f} ms" for k in
+                      ("confusion", "groups", "activations")) + f"; activations after a selection "
+                      f"{v['activations_selection']['median']:.0f} ms", flush=True)  # fmt: skip
     results = {"browser": browser, "params": vars(args), "targets": TARGETS, "sizes": measured}
     t = TARGETS
     notes = [
         f"Targets at {t['target_size']:,} samples: first render < {t['first_render_s']} s, epoch step median "
-        f"< {t['step_median_ms']:.0f} ms, accept -> re-ranked queue shown median < {t['accept_median_ms']:.0f} ms.",
+        f"< {t['step_median_ms']:.0f} ms, accept -> re-ranked queue shown median < {t['accept_median_ms']:.0f} ms, "
+        f"each group view updated within {t['view_ms']:.0f} ms of an epoch step or a selection.",
         f"Runs: synthetic, {args.epochs} epochs, 10 classes, 32-d embeddings, territory grid {args.grid}; "
         f"{args.steps} steps, {args.jumps} jumps, {args.decisions} decisions per setting. Browser: {browser}.",
         *NOTES,

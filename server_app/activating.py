@@ -69,6 +69,9 @@ class Activating:
     def _computed(self, request: tuple, result: tuple[ActivationPattern | None, float | str]) -> None:
         self._busy = False
         self._shown = request
+        data, epoch = self.s.data, request[0]
+        pos = data.epochs.index(epoch) if epoch in data.epochs else 0
+        data.embedding_stats.prefetch([e for e in data.epochs[max(pos - 1, 0) : pos + 2] if e != epoch], data.executor)
         pattern, detail = result
         if pattern is None:
             self.view.clear(f"<div class='tt-note'>{html.escape(str(detail))}</div>")

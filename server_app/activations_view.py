@@ -68,15 +68,15 @@ class ActivationsView:
         self.hist.data = dict(left=p.edges[first][:-1], right=p.edges[first][1:], sel=p.selection_hist[first],
                               ref=p.reference_hist[first])  # fmt: skip
         self.histogram.title.text = f"unit {cols[first]}: values in the selection (blue) and the reference (grey)"
-        self.heatmap.title.text = (f"epoch {p.epoch}: {p.n_selection:,} selected vs {p.reference} "
-                                   f"({p.n_reference:,}); units by separation")  # fmt: skip
-        faint = ("" if abs(p.separation[0]) >= 0.3 else " <b>No unit separates them by even 0.3 standard deviations: "
-                 "in this epoch's embedding the selection looks like its reference.</b>")
-        self.info.text = (f"<span name='activation_info'>The {n_units} units that separate the selection most from "
-                          f"{p.reference} (Cohen's d, left to right: {p.separation[0]:+.2f} … {p.separation[-1]:+.2f}). "
-                          "Colour: unit mean in standard deviations of the whole run (red above, blue below). "
-                          f"Hover a cell for the unit's distributions.{faint} <span class='tt-muted'>computed in "
-                          f"{elapsed_ms:.0f} ms</span></span>")  # fmt: skip
+        # a plot title changes without re-laying out the page; the Div below changes only with the question
+        self.heatmap.title.text = (f"epoch {p.epoch}: {p.n_selection:,} selected vs {p.reference} ({p.n_reference:,}); "
+                                   f"d {p.separation[0]:+.2f} … {p.separation[-1]:+.2f}; {elapsed_ms:.0f} ms")  # fmt: skip
+        faint = ("" if np.abs(p.separation).max() >= 0.3 else " <b>No unit separates them by even 0.3 standard "
+                 "deviations: in this epoch's embedding the selection looks like its reference.</b>")  # fmt: skip
+        self.info.text = (f"<span name='activation_info'>The {n_units} embedding units that separate the selection "
+                          f"most from {p.reference} (Cohen's d, in the title), most separating on the left. Colour: "
+                          "unit mean in standard deviations of the whole run (red above, blue below). Hover a cell "
+                          f"for the unit's distributions.{faint}</span>")  # fmt: skip
         self.heatmap.visible = self.histogram.visible = True
 
 

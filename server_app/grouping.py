@@ -230,8 +230,7 @@ class Grouping:
         accepted = self._accepted()
         v.show_groups(dict(group=[g.name for g in groups], kind=[g.kind for g in groups], size=[len(g) for g in groups],
                            value=[float(np.mean(values[g.indices])) for g in groups],
-                           accepted=[float(np.mean(accepted[g.indices])) for g in groups]),
-                      f"{metric} @{s.frame.epoch}")  # fmt: skip
+                           accepted=[float(np.mean(accepted[g.indices])) for g in groups]), metric)  # fmt: skip
 
     def _on_suggestion(self, row: int) -> None:
         if row < len(self._suggested):

@@ -198,7 +198,7 @@ def make_groups(data: RunData, epoch: int) -> GroupsView:
         row(metric, column(Div(text="<span class='tt-muted'>rank over</span>"), rank_at)),
         Div(text="<div class='tt-sub'>Suggested subgroups (click one to select it)</div>"),
         suggestions_info, suggestions_table,
-        Div(text="<div class='tt-sub'>Every group at this epoch</div>"), groups_table,
+        Div(text="<div class='tt-sub'>Every group at the slider's epoch</div>"), groups_table,
         Div(text="<div class='tt-sub'>Side by side</div>"), row(compare_a, compare_b, sizing_mode="stretch_width"),
         compare_info, plot, balance, more_like,
         sizing_mode="stretch_width",

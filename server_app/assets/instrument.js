@@ -7,7 +7,10 @@
 //   animation frame has passed, so the frame is on screen; also reports when the new
 //   positions arrived in the page (data_ms) and when that paint ended (paint_ms);
 // * __tt.decide(name): click the accept/reject/undo button, resolve when the queue table
-//   shows a new first row (read from its DOM) on the next animation frame.
+//   shows a new first row (read from its DOM) on the next animation frame;
+// * __tt.viewStep(pos, source) / __tt.viewSelect(indices, source): move the epoch slider / select
+//   samples on the canvas, resolve when the named data source of a view (e.g. "confusion_source")
+//   has new data and two more animation frames have passed (the view drawn it).
 window.__tt = {first: null, firstPaints: 0};
 (() => {
   const models = () => {
@@ -67,6 +70,23 @@ window.__tt = {first: null, firstPaints: 0};
     const m = models();
     return m == null ? null : firstRow(m.doc.get_model_by_name("queue_table"));
   };
+  const viewUpdate = (source, act) => new Promise((resolve, reject) => {
+    const m = models();
+    const src = m.doc.get_model_by_name(source);
+    const before = src.data;
+    const t0 = performance.now();
+    const poll = (now) => {
+      if (src.data !== before) { frame().then(frame).then((shown) => resolve({shown_ms: shown - t0})); return; }
+      if (now - t0 > 20000) { reject(new Error(`${source} did not change within 20 s`)); return; }
+      requestAnimationFrame(poll);
+    };
+    act(m);
+    requestAnimationFrame(poll);
+  });
+  window.__tt.viewStep = (pos, source) => viewUpdate(source, (m) => {
+    m.doc.get_model_by_name("epoch_slider").value = pos;
+  });
+  window.__tt.viewSelect = (indices, source) => viewUpdate(source, (m) => { m.src.selected.indices = indices; });
   window.__tt.decide = (name) => new Promise((resolve, reject) => {
     const m = models();
     const button = m.doc.get_model_by_name(name);
