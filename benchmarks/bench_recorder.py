@@ -15,12 +15,13 @@ consumes no random numbers, so every mode trains the same trajectory):
 
 The overhead is the extra wall-clock (and process CPU) time over training
 alone, median over repeats. Detection quality: one more training run of each
-scenario with 20% symmetric label noise is recorded by four recorders at once
+scenario per label noise (``--quality-noise``, default 20% symmetric and 30%
+pair-flip) is recorded by four recorders at once
 (train pass only, train pass + final eval pass, train pass + eval every 5,
 eval pass every epoch), so all four see the very same training; ``detect`` then
 ranks each, and the precision of the first reviews (as many as half the
 mislabelled samples, the budget of 10 review rounds of the recommender
-benchmark) and the AUPRC are compared.
+benchmark, and as many as all of them) and the AUPRC are compared.
 
 Scenarios: ``digits`` (MLP on 8x8 digits), ``synthetic`` (MLP, 50,000 samples,
 D = 512), ``seq1d`` (a 1-D CNN on sequences) and ``resnet32`` (a small ResNet
@@ -51,7 +52,7 @@ logger = logging.getLogger("bench_recorder")
 
 MODES = ("none", "train_pass", "eval_every_1", "eval_every_5")
 LR = 3e-3
-NOISE = 0.2
+NOISE = "symmetric:0.2"  # of the timed runs; the quality runs take --quality-noise
 EVAL_BATCH = 1024
 SCENARIOS = ("digits", "synthetic", "seq1d", "resnet32")
 # Recorders of the quality run: (name, Recorder keyword arguments, given an eval loader)
@@ -136,10 +137,24 @@ def _scenario(name: str, n_samples: int | None) -> Scenario:
         build = lambda: make_model("resnet", (3, 32, 32), k, dim, width=16)  # noqa: E731
     else:
         raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
-    noisy = inject_noise(y, k, "symmetric", NOISE, seed=0)
-    return Scenario(name, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(noisy.labels),
-                    torch.from_numpy(np.ascontiguousarray(xt)), torch.from_numpy(yt), noisy.true_labels, k, dim,
-                    auto_batch_size(len(y)), build)
+    return _with_noise(Scenario(name, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y),
+                                torch.from_numpy(np.ascontiguousarray(xt)), torch.from_numpy(yt), y, k, dim,
+                                auto_batch_size(len(y)), build), NOISE)
+
+
+def _with_noise(s: Scenario, spec: str) -> Scenario:
+    """The scenario with its clean labels corrupted by the noise ``spec`` (e.g. ``"pairflip:0.3"``)."""
+    import dataclasses
+
+    import torch
+
+    from timetravel.noise import class_similarity, inject_noise, parse_noise_spec
+
+    kind, rate = parse_noise_spec(spec)
+    x = s.x.numpy()
+    similarity = class_similarity(x.reshape(len(x), -1), s.true_labels, s.n_classes) if kind == "matrix" else None
+    noisy = inject_noise(s.true_labels, s.n_classes, kind, rate, seed=0, similarity=similarity)
+    return dataclasses.replace(s, y=torch.from_numpy(noisy.labels), true_labels=noisy.true_labels)
 
 
 def _store_kwargs(s: Scenario, dtype: str = "float16") -> dict[str, Any]:
@@ -295,15 +310,17 @@ def _quality(s: Scenario, epochs: int, tmp: Path) -> dict[str, Any]:
         store = RunStore(rec.writer.path)
         scores = detect(store, verbose=False).scores
         out["recordings"][name] = {
-            "precision": _precision_at(scores, mask, budget), **ranking_quality(scores, mask),
+            "precision": _precision_at(scores, mask, budget),
+            "precision_at_n_noisy": _precision_at(scores, mask, n_noisy), **ranking_quality(scores, mask),
             "passes": "".join(store.epoch_pass(e)[0] for e in store.epochs),
             "final_eval_train_acc": store.history[-1].get("clean_train_acc", store.history[-1].get(
                 "clean_train_pass_acc")),
         }
         shutil.rmtree(rec.writer.path, ignore_errors=True)
-    ref = out["recordings"]["eval pass every epoch"]["precision"]
+    ref = out["recordings"]["eval pass every epoch"]
     for r in out["recordings"].values():
-        r["precision_minus_eval_every_epoch"] = r["precision"] - ref
+        r["precision_minus_eval_every_epoch"] = r["precision"] - ref["precision"]
+        r["precision_at_n_noisy_minus_eval_every_epoch"] = r["precision_at_n_noisy"] - ref["precision_at_n_noisy"]
     return out
 
 
@@ -344,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each mode (default 3)")
     parser.add_argument("--quality-epochs", type=int, default=20,
                         help="epochs of the detection-quality run (default 20; 0 skips it)")
+    parser.add_argument("--quality-noise", nargs="+", default=["symmetric:0.2", "pairflip:0.3"],
+                        help="label noise of the quality runs, one run each (default symmetric:0.2 pairflip:0.3)")
     parser.add_argument("--no-timing", action="store_true", help="only the detection-quality run")
     parser.add_argument("--n-samples", type=int, default=None, help="training samples per scenario (smoke runs)")
     parser.add_argument("--threads", type=int, default=1,
@@ -366,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_timing:
                 r["timing"] = _timing(s, args.epochs, args.repeats, Path(tmp))
             if args.quality_epochs:
-                r["quality"] = _quality(s, args.quality_epochs, Path(tmp))
+                r["quality"] = {spec: _quality(_with_noise(s, spec), args.quality_epochs, Path(tmp))
+                                for spec in args.quality_noise}
             results[name] = r
     rows, size_rows, quality_rows = [], [], []
     for name, r in results.items():
@@ -384,14 +404,17 @@ def main(argv: list[str] | None = None) -> int:
             size_rows.append({"scenario": name, "embedding dtype": dtype, "MB/epoch": b["total"] / 1e6,
                               "of which embeddings MB": (b.get("embedding.npy", 0)
                                                          + b.get("heldout_embedding.npy", 0)) / 1e6})
-        q = r.get("quality")
-        for rec_name, m in (q or {}).get("recordings", {}).items():
-            quality_rows.append({
-                "scenario": name, "recording": rec_name, "epochs (t = train pass, e = eval pass)": m["passes"],
-                "precision of first reviews": m["precision"], "minus eval every epoch": m[
-                    "precision_minus_eval_every_epoch"], "AUPRC": m["auprc"], "AUROC": m["auroc"],
-                "reviews": q["budget"], "mislabelled": q["n_noisy"],
-            })
+        for spec, q in r.get("quality", {}).items():
+            for rec_name, m in q["recordings"].items():
+                quality_rows.append({
+                    "scenario": name, "noise": spec, "recording": rec_name,
+                    "epochs (t = train pass, e = eval pass)": m["passes"],
+                    "precision, first reviews": m["precision"], "- eval every epoch": m[
+                        "precision_minus_eval_every_epoch"],
+                    "precision, as many reviews as mislabelled": m["precision_at_n_noisy"],
+                    "- eval every epoch ": m["precision_at_n_noisy_minus_eval_every_epoch"],
+                    "AUPRC": m["auprc"], "reviews": q["budget"], "mislabelled": q["n_noisy"],
+                })
     notes = [
         "Overhead = extra wall-clock time of the training loop with the recorder over the same training without "
         f"it; median of {args.repeats} interleaved repeats, {args.epochs} epochs each; `close()` included (the "
@@ -399,13 +422,15 @@ def main(argv: list[str] | None = None) -> int:
         "`train_pass`: rows copied from the training forward passes (`with recorder.batch(idx)`), committed by the "
         "background writer thread; `eval_every_1`: an eval pass over train + held-out set after every epoch, plus "
         "`record_train_margins`; `eval_every_5`: train pass with an eval pass every 5th epoch and at the end.",
-        f"Training uses {args.threads} torch thread(s); Adam lr {LR}; batch size ~200 steps/epoch; "
-        f"{NOISE:.0%} symmetric label noise. The writer thread shares the cores: on a machine with other jobs "
+        f"Training uses {args.threads} torch thread(s); Adam lr {LR}; batch size ~200 steps/epoch; label noise "
+        f"{NOISE} in the timed runs. The writer thread shares the cores: on a machine with other jobs "
         "the wall-clock numbers vary; CPU-time overhead is the work the recorder adds.",
         "Detection quality: one training run per scenario recorded by four recorders at once (same weights, same "
-        f"batches), {args.quality_epochs} epochs; `detect` ranks each recording; precision of the first reviews "
-        "= fraction of truly mislabelled samples among the top of the ranking, as many reviews as 10 rounds of "
-        "the recommender benchmark (half the mislabelled samples on small runs), without feedback.",
+        f"batches), {args.quality_epochs} epochs, for each noise; `detect` ranks each recording; precision = "
+        "fraction of truly mislabelled samples among the top of the ranking (without feedback), for as many "
+        "reviews as 10 rounds of the recommender benchmark (half the mislabelled samples on small runs) and for "
+        "as many reviews as there are mislabelled samples; `- eval every epoch` is the difference to the "
+        "recording by an eval pass every epoch.",
         "Store size: one eval-pass epoch's files on disk (train + held-out embeddings and logits, head, margins); "
         "a train-pass epoch has no held-out rows.",
     ]

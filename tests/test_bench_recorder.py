@@ -16,12 +16,13 @@ import bench_recorder  # noqa: E402
 @pytest.mark.slow
 def test_recorder_benchmark_smoke(tmp_path):
     assert bench_recorder.main(["--scenarios", "seq1d", "--epochs", "1", "--repeats", "1", "--quality-epochs", "2",
-                                "--n-samples", "160", "--results-dir", str(tmp_path)]) == 0
+                                "--n-samples", "160", "--quality-noise", "pairflip:0.3", "--results-dir",
+                                str(tmp_path)]) == 0
     result = json.loads((tmp_path / "recorder.json").read_text())["results"]["seq1d"]
     modes = result["timing"]["modes"]
     assert set(modes) == {"none", "train_pass", "eval_every_1", "eval_every_5"}
     assert modes["train_pass"]["passes"] == ["eval"]  # one epoch: close() records it by an eval pass
-    recordings = result["quality"]["recordings"]
+    recordings = result["quality"]["pairflip:0.3"]["recordings"]
     assert {name: r["passes"] for name, r in recordings.items()} == {
         "train pass only": "tt", "train pass + final eval": "te", "train pass + eval every 5": "te",
         "eval pass every epoch": "ee"}

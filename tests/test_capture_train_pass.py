@@ -244,3 +244,63 @@ def test_channels_first_thumbnails_are_transposed(tmp_path):
     with pytest.raises(StoreError, match=r"thumbs must be \(4, H, W\) or \(4, H, W, 3\) uint8"):
         RunWriter.create(tmp_path / "c", labels=y, n_classes=K, embedding_dim=D,
                          thumbs=np.zeros((4, 5, 7, 4), np.uint8))
+
+
+@pytest.fixture
+def one_thread():
+    """Two threads sharing the intra-op pool round training differently; one thread keeps runs identical."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_background_eval_passes_in_train_pass_mode_match_the_synchronous_ones(tmp_path, one_thread):
+    x, y = _data()
+    stores = []
+    for background in (False, True):
+        torch.manual_seed(0)
+        model = _Net()
+        path = tmp_path / f"run-{background}"
+        rec = Recorder(model, "body", _writer(path, y), tensor_loader(x, y, batch_size=16), head="head",
+                       train_pass=True, eval_every=2, background=background)
+        _train(rec, model, _shuffled(x, y, 8, 3), 4)
+        rec.close()
+        stores.append(RunStore(path))
+    sync, bg = stores
+    assert [bg.epoch_pass(e) for e in bg.epochs] == ["train", "eval", "train", "eval"]
+    for e in sync.epochs:
+        np.testing.assert_allclose(bg.logits(e), sync.logits(e), rtol=1e-6)
+        np.testing.assert_allclose(bg.train_margin(e), sync.train_margin(e), rtol=1e-6)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(background=True), dict(train_pass=True, eval_every=2),
+                                     dict(train_pass=True, eval_every=2, background=True)])
+def test_recording_leaves_the_training_as_it_was(tmp_path, one_thread, options):
+    """No recorder pass draws from torch's global random stream (dropout, shuffling stay the same)."""
+    x, y = _data()
+    weights = []
+    for record in (False, True):
+        torch.manual_seed(0)
+        model = _Net()
+        loader = tensor_loader(x, y, batch_size=8, shuffle=True, with_index=True)  # shuffled by the global stream
+        rec = Recorder(model, "body", _writer(tmp_path / "run", y), tensor_loader(x, y, batch_size=16),
+                       head="head", **options) if record else None
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for epoch in range(3):
+            model.train()
+            for xb, yb, idx in loader:
+                if rec is not None and rec.train_pass:
+                    with rec.batch(idx):
+                        logits = model(xb)
+                else:
+                    logits = model(xb)
+                opt.zero_grad()
+                F.cross_entropy(logits, yb).backward()
+                opt.step()
+            if rec is not None:
+                rec.capture(epoch)
+        if rec is not None:
+            rec.close()
+        weights.append(model.head.weight.detach().clone())
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0)

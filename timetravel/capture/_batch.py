@@ -200,6 +200,19 @@ def is_shuffled(loader: Iterable) -> bool:
     return False
 
 
+def own_random_stream(loader: Iterable) -> None:
+    """Give a DataLoader its own generator, so iterating it never draws from torch's global random stream.
+
+    A ``DataLoader`` without a generator takes one number from the global
+    stream each time it is iterated (its workers' base seed). The recorder's
+    passes would then shift the user's dropout and shuffling, and a pass on the
+    writer thread would do so at an unpredictable moment: adding a recorder
+    must leave the training as it was.
+    """
+    if isinstance(loader, DataLoader) and loader.generator is None:
+        loader.generator = torch.Generator().manual_seed(0)
+
+
 class PassTracker:
     """Row bookkeeping of one pass over a loader: which samples each batch is, each seen exactly once.
 

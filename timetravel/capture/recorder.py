@@ -38,6 +38,7 @@ from timetravel.capture._batch import (
     as_index,
     check_labels,
     is_shuffled,
+    own_random_stream,
     to_device,
 )
 from timetravel.capture._distributed import Ranks, Shard
@@ -207,6 +208,8 @@ class Recorder:
         if pool_loader is not None and not w.n_pool:
             raise CaptureError(f"pool_loader was given but the store {w.path} has no pool; create it with n_pool=...")
         self.eval_loader, self.heldout_loader, self.pool_loader = eval_loader, heldout_loader, pool_loader
+        for loader in (eval_loader, heldout_loader, pool_loader):
+            own_random_stream(loader)
         self.layer_name, layer_module = resolve_module(model, layer, "layer") if layer is not None else (None, None)
         self.head_name, self._linear = find_linear_head(model, head, w.n_classes, w.embedding_dim)
         self.format = BatchFormat(inputs, target, index)
