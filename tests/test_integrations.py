@@ -211,13 +211,16 @@ def _no_checkout_datasets_folder(monkeypatch):
         monkeypatch.delitem(sys.modules, "datasets")
 
 
-def _train_bert(tmp_path, callback, *, lr: float, epochs: int = 2, remove_unused_columns: bool = False):
+def _train_bert(tmp_path, callback, *, lr: float, epochs: int = 2, remove_unused_columns: bool = False,
+                eval_dataset=None):
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=epochs, per_device_train_batch_size=16,
                              learning_rate=lr, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True,
-                             disable_tqdm=True, seed=0, remove_unused_columns=remove_unused_columns)  # fmt: skip
-    trainer = Trainer(model=_bert(), args=args, train_dataset=IndexedDataset(_TokenData(N)), callbacks=[callback])
+                             disable_tqdm=True, seed=0, remove_unused_columns=remove_unused_columns,
+                             eval_strategy="epoch" if eval_dataset is not None else "no")  # fmt: skip
+    trainer = Trainer(model=_bert(), args=args, train_dataset=IndexedDataset(_TokenData(N)), callbacks=[callback],
+                      eval_dataset=eval_dataset)
     trainer.train()
     return trainer
 
@@ -239,7 +242,9 @@ def test_huggingface_run_learns(tmp_path):
     from timetravel.integrations.huggingface import TimetravelTrainerCallback
 
     out = tmp_path / "run"
-    _train_bert(tmp_path, TimetravelTrainerCallback(out, heldout=_TokenData(30, seed=1)), lr=5e-3, epochs=4)
+    held = _TokenData(30, seed=1)
+    trainer = _train_bert(tmp_path, TimetravelTrainerCallback(out, heldout=held), lr=5e-3, epochs=4, eval_dataset=held)
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)  # the Trainer's own evaluation ran too
     store = timetravel.RunStore(out)
     assert store.epochs == [0, 1, 2, 3] and store.epoch_pass(3) == "eval"
     assert store.history[-1]["eval_train_acc"] > store.history[0]["train_pass_acc"]
