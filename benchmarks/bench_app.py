@@ -1,7 +1,7 @@
 """Browser benchmark of the debugger app: first render, epoch step, accept -> re-ranked queue.
 
 For each run size, a synthetic run is written with ``RunWriter`` (projection files per
-docs/run-store.md, detection by ``timetravel.detect``), the real ``timetravel serve`` is
+docs/run-store.md, detection by ``timetravel.detection``), the real ``timetravel serve`` is
 started in a subprocess and driven by Debian's headless Chromium through Playwright.
 Every time is measured in the browser (``performance.now()``), see
 ``server_app/assets/instrument.js``:
@@ -54,7 +54,7 @@ def _proc_memory(pid: int) -> dict[str, float]:
 def _prepare_run(n: int, epochs: int, grid: int) -> tuple[Path, dict]:
     """Write (or reuse) the synthetic run of ``n`` samples and its detection; returns timings of what was done."""
     from timetravel.server_app._testing import write_sliced_run
-    from timetravel.detect import detect, load_detection
+    from timetravel.detection import detect, load_detection
     from timetravel.store import RunStore
 
     path = SCRATCH / f"app-{n}"

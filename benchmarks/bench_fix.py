@@ -97,11 +97,11 @@ def _evaluate(store, path: Path, args, seed: int) -> dict:
     from bench_recommend import _cv_probabilities
 
     from timetravel.correction import apply_decisions, drop_suspects
-    from timetravel.detect import AbnormalityDetector
+    from timetravel.detector import AbnormalityDetector
     from timetravel.feedback import FeedbackState
     from timetravel.features import extract_features
     from timetravel.recommend import FeedbackRecommender
-    from timetravel.rankers import RankingInput, make_ranker
+    from rankers import RankingInput, make_ranker
     from timetravel.simulate import review_k
     from timetravel.train import TrainConfig, train_accuracy
 
@@ -117,12 +117,12 @@ def _evaluate(store, path: Path, args, seed: int) -> dict:
         fix = apply_decisions(store.labels, state)
         if not suspects:
             return fix
-        score = FeedbackRecommender(random_state=0).fit(table, prior).restore(state.decisions).score_samples()
+        score = FeedbackRecommender(random_state=0).fit(table, prior).restore(state.decisions).log_odds()
         return drop_suspects(fix, state, confidence=table.column("confidence"),
                              accept_probability=1.0 / (1.0 + np.exp(-score.astype(np.float64))))
 
     table = extract_features(store, verbose=False)
-    prior = AbnormalityDetector().fit(table).score_samples()
+    prior = AbnormalityDetector().fit(table).scores_
     data = RankingInput(store, table, prior, random_state=seed)
     rounds = [int(r) for r in args.rounds.split(",")]
     result = {"k": k, "n_samples": store.n_samples, "n_noisy": int(mask.sum()), "rounds": rounds,
@@ -283,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         args.datasets, args.noise, args.seeds, args.rounds, args.user_draws = "digits", "symmetric", "0", "1,10", 1
         args.name = "fix_quick" if args.name == "fix" else args.name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from bench_recommend import _run_dir, _train
 
     started, commit = time.time(), git_commit()  # the code that runs is the code at the start

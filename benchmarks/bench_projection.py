@@ -127,7 +127,7 @@ def evaluate(store, layouts: dict[int, np.ndarray], rows: np.ndarray, query: np.
     often a sample's prediction is the majority prediction of its 15 nearest
     neighbours in embedding space.
     """
-    from timetravel.projection.graph import knn_of_rows
+    from timetravel.numerics import knn_of_rows
 
     from scipy.stats import spearmanr
 
@@ -248,7 +248,7 @@ def frames_png(path: Path, store, methods: dict[str, dict[int, np.ndarray]], row
 
 def bench_run(name: str, store, args) -> dict[str, Any]:
     from timetravel.projection import TemporalProjector, load_inverse_map
-    from timetravel.projection.baselines import baseline_layouts
+    from projection_baselines import baseline_layouts
 
     n, epochs = store.n_samples, store.epochs
     load_before = os.getloadavg()[0]
@@ -369,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     args.window_starts = [int(v) for v in args.window_starts.split(",")]
     args.results_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache"))
 
     results: dict[str, Any] = {"machine_at_start": machine_info()}

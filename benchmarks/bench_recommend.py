@@ -3,7 +3,7 @@
 ``timetravel bench recommend [--quick]``. For every dataset x noise kind x rate x
 seed, a run is trained with :func:`timetravel.train.train_run` (cached under
 ``runs/bench/``), its features and detector are computed, and every ranker in
-:data:`timetravel.rankers.RANKERS` meets the same simulated user: 10 rounds of
+:data:`rankers.RANKERS` (``benchmarks/rankers.py``) meets the same simulated user: 10 rounds of
 k recommendations (k = 50 on runs of 20,000 samples or more, else
 ceil(n_noisy / 20)), answered correctly except for a mistake rate. Static
 rankers ignore feedback, so their results do not depend on the mistake rate
@@ -15,7 +15,7 @@ Confident learning with out-of-sample probabilities (``cleanlab_cv``) trains
 the same subject model on K folds; that costs K trainings per run, so it is
 done for the datasets in ``--cv-datasets`` (digits by default).
 
-Latency: one ``partial_fit`` + ``recommend`` of the FeedbackRecommender,
+Latency: one ``update`` + ``recommend`` of the FeedbackRecommender,
 measured inside every real session, and at 50,000 and 200,000 samples on
 feature matrices of the same width (random values: the cost does not depend on
 them).
@@ -223,7 +223,7 @@ def _mean_metrics(sessions: list[dict]) -> dict:
 
 def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: int, rounds: int,
                   user_draws: int = 1) -> dict:
-    from timetravel.rankers import make_ranker
+    from rankers import make_ranker
     from timetravel.simulate import ranking_quality, review_k
 
     mask = np.asarray(store.noise_mask)
@@ -276,7 +276,7 @@ def _latency(sizes: list[int], n_features: int, updates: int, seed: int = 0) -> 
         for _ in range(updates):
             i = int(rec.recommend(1)[0])
             t = time.perf_counter()
-            rec.partial_fit([i], [bool(target[i])])
+            rec.update([i], [bool(target[i])])
             rec.recommend(50)
             lat.append((time.perf_counter() - t) * 1e3)
         lat = np.asarray(lat)
@@ -442,7 +442,7 @@ def _markdown(result: dict) -> str:
     lines += _pair_table(table, rankers, "Initial ranking quality: AUROC / AUPRC", ("auroc", "auprc"), 2)
     lines += _pair_table(table, rankers, "Reviews needed for 50% / 80% recall (perfect user; – = not within "
                          "2 × n_noisy reviews)", ("reviews_for_50", "reviews_for_80"), 0)
-    lines += ["", "## Update latency of the FeedbackRecommender (one partial_fit + recommend)", "",
+    lines += ["", "## Update latency of the FeedbackRecommender (one update + recommend)", "",
               "| where | samples | p50 ms | p95 ms | load average (1 min) |", "|---|---|---|---|---|"]
     for key, e in table.items():
         v = e["rankers"].get("timetravel", {}).get(str(STATIC_MISTAKE))
@@ -580,14 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         args.subjects, args.subject_epochs, args.subject_rates, args.subject_seeds = "tabular", "8", "0.2", "0"
         args.name = "recommend_quick" if args.name == "recommend" else args.name
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.merge:
         return _merge([Path(p) for p in args.merge], Path(args.out), args.name, args.note)
     if args.latency_only:
         return _latency_only(args)
-    from timetravel.detect import AbnormalityDetector
+    from timetravel.detector import AbnormalityDetector
     from timetravel.features import extract_features
-    from timetravel.rankers import RankingInput
+    from rankers import RankingInput
 
     datasets, subjects = _names(args.datasets), _names(args.subjects)
     kinds = args.noise.split(",")
@@ -609,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
         table = extract_features(store, verbose=False)
-        scores = AbnormalityDetector().fit(table).score_samples()
+        scores = AbnormalityDetector().fit(table).scores_
         n_features = table.values.shape[1]
         t_detect = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -24,8 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from timetravel._io import save_npy_atomic, write_json_atomic
-from timetravel.store import RunWriter, epoch_dirname
+from timetravel.store import RunWriter
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -180,8 +179,11 @@ def write_sliced_run(
 def write_projection(
     path: Path, positions: list[np.ndarray], weight: np.ndarray, bias: np.ndarray, lift: np.ndarray, *, grid: int
 ) -> None:
-    """Write ``projection/`` per docs/run-store.md: xy per epoch, territories from the head."""
-    epochs = {}
+    """Write ``projection/`` through its format's owner: xy per epoch, territories from the head."""
+    from timetravel.projection import store as projection_files
+
+    directory = projection_files.projection_dir(path)
+    manifest = projection_files.new_manifest("synthetic (test fixture)", {})
     for e, xy in enumerate(positions):
         x0, y0 = xy.min(axis=0) - 0.5
         x1, y1 = xy.max(axis=0) + 0.5
@@ -190,16 +192,13 @@ def write_projection(
         logits = cells @ weight.T + bias
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = z / z.sum(axis=1, keepdims=True)
-        d = path / "projection" / epoch_dirname(e)
-        save_npy_atomic(d / "xy.npy", xy)
-        save_npy_atomic(d / "territory_class.npy", probs.argmax(1).reshape(grid, grid).astype(np.uint8))
-        confidence = np.rint(255 * probs.max(1)).reshape(grid, grid).astype(np.uint8)
-        save_npy_atomic(d / "territory_confidence.npy", confidence)
-        epochs[str(e)] = {"extent": [float(x0), float(x1), float(y0), float(y1)], "grid": grid, "metrics": {}}
-        write_json_atomic(
-            path / "projection" / "manifest.json",
-            {"format_version": 1, "method": "synthetic (test fixture)", "params": {}, "epochs": epochs},
-        )
+        arrays = {
+            "xy": xy,
+            "territory_class": probs.argmax(1).reshape(grid, grid).astype(np.uint8),
+            "territory_confidence": np.rint(255 * probs.max(1)).reshape(grid, grid).astype(np.uint8),
+        }
+        entry = {"extent": [float(x0), float(x1), float(y0), float(y1)], "grid": grid, "metrics": {}}
+        projection_files.write_epoch(directory, manifest, e, arrays, {}, entry)
 
 
 # --------------------------------------------------------------------------- browser-side timing

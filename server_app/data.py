@@ -22,6 +22,8 @@ import numpy as np
 from timetravel.activations import EmbeddingStats
 from timetravel.groups import GroupAnalysis
 from timetravel.server_app.palette import class_palette, territory_image, territory_lut
+from timetravel.numerics import cosine_neighbours, label_margins, reduced_embedding
+from timetravel.projection.store import manifest_stamp
 from timetravel.store import RunStore, softmax
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 # run keeps the current epoch and about four neighbours, a small run keeps them all.
 FRAME_CACHE_BYTES = 16 * 2**20
 MIN_FRAMES, MAX_FRAMES = 3, 64
-_NEIGHBOUR_CHUNK = 32768
+NEIGHBOURS = 10  # as the detector's neighbour features (timetravel detect --neighbors)
 
 
 @dataclass(frozen=True)
@@ -114,15 +116,13 @@ class RunData:
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="timetravel-app")
         self.analysis = GroupAnalysis(store)  # confusion, subgroups: the numerics notebooks use too
         self.embedding_stats = EmbeddingStats(store)  # per-epoch class moments behind the activation patterns
-        self._manifest_mtime = -1.0
+        self._manifest_stamp: tuple | None = None
+        self._reduced: tuple[int, np.ndarray] | None = None  # (epoch, reduced embedding) of the inspector
         self.epochs: list[int] = []
         self.bounds = (0.0, 1.0, 0.0, 1.0)
         self.refresh()
 
     # -- projection manifest ---------------------------------------------------------
-
-    def _projection_manifest_path(self) -> Path:
-        return self.store.derived_dir("projection") / "manifest.json"
 
     def refresh(self) -> bool:
         """Re-read the projection manifest if it changed on disk; returns whether it did.
@@ -130,12 +130,11 @@ class RunData:
         Lets a server started before ``timetravel project`` finished pick up the new
         epochs on the next page load. Cached frames are dropped, as they may be stale.
         """
-        path = self._projection_manifest_path()
-        mtime = path.stat().st_mtime if path.exists() else 0.0
+        stamp = manifest_stamp(self.path)
         with self._lock:
-            if mtime == self._manifest_mtime:
+            if stamp == self._manifest_stamp:
                 return False
-            self._manifest_mtime = mtime
+            self._manifest_stamp = stamp
             self._frames.clear()
             self.epochs = self.store.projected_epochs
             self.bounds = self._union_extent()
@@ -259,29 +258,29 @@ class RunData:
             rows = np.stack([np.asarray(self.store.logits(e)[sample], dtype=np.float32) for e in self.store.epochs])
         given = int(self.labels[sample])
         probs = softmax(rows.copy())
-        others = np.delete(rows, given, axis=1)
         return SampleHistory(
             epochs=np.asarray(self.store.epochs, dtype=np.int32),
             given_prob=probs[:, given],
-            margin=rows[:, given] - others.max(axis=1) if others.shape[1] else rows[:, given],
+            margin=label_margins(rows, np.full(len(rows), given)),
             pred=probs.argmax(axis=1).astype(np.int32),
         )
 
-    def neighbours(self, sample: int, epoch: int, k: int = 8) -> np.ndarray:
-        """The ``k`` nearest samples to ``sample`` in the embedding space of ``epoch``."""
+    def neighbours(self, sample: int, epoch: int, k: int = NEIGHBOURS) -> np.ndarray:
+        """The ``k`` nearest samples to ``sample`` in the embedding space of ``epoch``, nearest first.
+
+        The same search as the detector's neighbour features
+        (:func:`timetravel.numerics.embedding_neighbours`), so at the epochs
+        those features used, these are the neighbours a reason counted.
+        """
         sample = self.check_index(sample)
         with self._lock:
+            cached = self._reduced
             emb = self.store.embedding(epoch)
-        query = np.asarray(emb[sample], dtype=np.float32)
-        dist = np.empty(self.n_samples, dtype=np.float32)
-        for start in range(0, self.n_samples, _NEIGHBOUR_CHUNK):
-            block = np.asarray(emb[start : start + _NEIGHBOUR_CHUNK], dtype=np.float32)
-            dist[start : start + len(block)] = ((block - query) ** 2).sum(axis=1)
-        dist[sample] = np.inf
-        k = min(k, self.n_samples - 1)
-        nearest = np.argpartition(dist, k)[:k] if k < self.n_samples - 1 else np.arange(self.n_samples)
-        nearest = nearest[nearest != sample]
-        return nearest[np.argsort(dist[nearest])][:k]
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, reduced_embedding(emb))
+            with self._lock:
+                self._reduced = cached
+        return cosine_neighbours(cached[1], min(k, self.n_samples - 1), [sample])[0].astype(np.int64)
 
     def trails(self, samples: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Canvas trajectories of ``samples`` over the projected epochs (xs, ys per sample)."""

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from timetravel.server_app.data import RunData
+from timetravel.detection import has_detection
 from timetravel.errors import FeedbackLogError, TimetravelError
 from timetravel.feedback import FeedbackEvent, FeedbackLog, FeedbackState
 from timetravel.groups import suspicion_percentile
@@ -55,7 +56,7 @@ class _Ranking:
     """Detection (``RUN/features/``) plus feedback recommender, behind the few calls the app makes."""
 
     def __init__(self, data: RunData) -> None:
-        from timetravel.detect import load_detection
+        from timetravel.detection import load_detection
 
         self.detection = load_detection(data.store)
         self.recommender = self.detection.recommender(random_state=0)
@@ -65,22 +66,22 @@ class _Ranking:
         self.recommender.restore(decisions)
 
     def update(self, sample: int, accepted: bool) -> None:
-        self.recommender.partial_fit([sample], [accepted])
+        self.recommender.update([sample], [accepted])
 
     def seed(self, samples: list[int]) -> None:
         """Take ``samples`` as accepted examples of what the user is after."""
-        self.recommender.partial_fit(samples, [True] * len(samples))
+        self.recommender.update(samples, [True] * len(samples))
 
     def recommend_within(self, candidates: np.ndarray, exclude: list[int], k: int) -> list[int]:
         """The ``k`` candidates the model expects the user to accept most (``exclude``: already known)."""
         candidates = np.setdiff1d(np.asarray(candidates, dtype=np.int64), np.asarray(exclude, dtype=np.int64))
-        scores = self.recommender.score_samples()[candidates]
+        scores = self.recommender.log_odds()[candidates]
         return candidates[np.argsort(-scores, kind="stable")[:k]].tolist()
 
     def recommend(self, k: int) -> tuple[list[int], dict[int, float]]:
         """The next ``k`` samples and the model's probability that the user accepts each."""
         queue = self.recommender.recommend(k)
-        p_accept = 1.0 / (1.0 + np.exp(-self.recommender.score_samples()[queue].astype(np.float64)))
+        p_accept = 1.0 / (1.0 + np.exp(-self.recommender.log_odds()[queue].astype(np.float64)))
         return queue.tolist(), dict(zip(queue.tolist(), p_accept.tolist()))
 
     def reasons(self, sample: int) -> list[str]:
@@ -137,7 +138,7 @@ class Review:
         try:
             ranking = _Ranking(self.data)
         except TimetravelError as exc:
-            if not (self.data.store.derived_dir("features") / "manifest.json").exists():
+            if not has_detection(self.data.store):
                 self._set_status("missing", self._missing_message())
             else:
                 self._set_status("failed", f"The detection results cannot be used: {exc}")

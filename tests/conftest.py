@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
 # Before anything imports numba (umap-learn): compiled functions are cached in
 # the checkout, so only the first test session pays the compile time.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
+# The benchmarks' own modules (rankers.py, projection_baselines.py) are imported the way their scripts do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -35,7 +35,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def detected_run(tmp_path_factory):
-    from timetravel.detect import detect
+    from timetravel.detection import detect
     from timetravel.store import RunStore
 
     path = write_synthetic_run(tmp_path_factory.mktemp("browser") / "run", n_samples=600, n_classes=5,

@@ -78,13 +78,32 @@ def test_sample_history_over_every_epoch(data):
 
 
 def test_neighbours_are_the_nearest_in_embedding_space(data):
-    emb = np.asarray(data.store.embedding(4), dtype=np.float32)
-    d = ((emb - emb[11]) ** 2).sum(1)
-    d[11] = np.inf
+    # cosine similarity of the centred embedding, as the detector's neighbour features (D = 16: no PCA)
+    emb = np.asarray(data.store.embedding(4), dtype=np.float64)
+    emb -= emb.mean(axis=0)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sim = emb @ emb[11]
+    sim[11] = -np.inf
     got = data.neighbours(11, 4, k=5)
     assert 11 not in got
-    np.testing.assert_allclose(np.sort(d[got]), np.sort(d)[:5], rtol=1e-5)
-    assert np.all(np.diff(d[got]) >= 0)
+    np.testing.assert_allclose(np.sort(sim[got]), np.sort(sim)[-5:], rtol=1e-5)
+    assert np.all(np.diff(sim[got]) <= 1e-6)
+
+
+def test_inspector_shows_the_neighbours_the_reason_counted(tmp_path):
+    from timetravel.detection import detect
+
+    path = write_synthetic_run(tmp_path / "run", n_samples=200, n_classes=4, n_epochs=6, grid=8, embedding_dim=80)
+    data = RunData(path)
+    table = detect(data.store, verbose=False).features
+    epoch = table.meta["neighbors_epoch"]
+    counted = table.column("knn_disagreement_mid")
+    labels = np.asarray(data.store.labels)
+    for i in range(0, 200, 7):
+        shown = data.neighbours(i, epoch)  # what the inspector lists at that epoch
+        assert len(shown) == table.neighbors.shape[1] == 10
+        assert set(shown.tolist()) == set(table.neighbors[i].tolist())
+        assert np.mean(labels[shown] != labels[i]) == pytest.approx(counted[i])
 
 
 def test_trails_follow_the_projection_in_the_given_order(data):

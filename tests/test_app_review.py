@@ -15,7 +15,7 @@ from timetravel.feedback import FeedbackLog
 
 @pytest.fixture(scope="module")
 def detected_run(tmp_path_factory):
-    from timetravel.detect import detect
+    from timetravel.detection import detect
     from timetravel.store import RunStore
 
     path = write_synthetic_run(tmp_path_factory.mktemp("review") / "run", n_samples=240, n_epochs=4, grid=8)

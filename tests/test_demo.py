@@ -7,7 +7,7 @@ import json
 import pytest
 
 from timetravel.cli import main
-from timetravel.detect import load_detection
+from timetravel.detection import load_detection
 from timetravel.store import RunStore
 
 

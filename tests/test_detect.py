@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from timetravel import RunStore, StoreError
-from timetravel.detect import AbnormalityDetector, DetectorError, detect, load_detection
+from timetravel.detection import detect, load_detection
+from timetravel.detector import AbnormalityDetector, DetectorError
 from timetravel.features import extract_features
 from timetravel.simulate import simulate_run
 
@@ -22,7 +23,7 @@ def toy(tmp_path_factory):
 @pytest.mark.parametrize("method", ["consensus", "mean"])
 def test_finds_planted_mislabels(toy, method):
     store, table = toy
-    scores = AbnormalityDetector(method).fit(table).score_samples()
+    scores = AbnormalityDetector(method).fit(table).scores_
     n_noisy = int(store.noise_mask.sum())
     top = np.argsort(-scores)[:n_noisy]
     assert store.noise_mask[top].mean() >= 0.9
@@ -31,14 +32,14 @@ def test_finds_planted_mislabels(toy, method):
 def test_never_reads_true_labels(toy, tmp_path):
     store, table = toy
     # the same features with the truth removed from the store give the same scores
-    scores = AbnormalityDetector().fit(table).score_samples()
+    scores = AbnormalityDetector().fit(table).scores_
     hidden = simulate_run(tmp_path / "again", n_samples=500, noise_rate=0.1, seed=5)
     (hidden.path / "true_labels.npy").unlink()
     (hidden.path / "noise_mask.npy").unlink()
     manifest = json.loads((hidden.path / "run.json").read_text())
     manifest["has_true_labels"] = False
     (hidden.path / "run.json").write_text(json.dumps(manifest))
-    blind = AbnormalityDetector().fit(extract_features(RunStore(hidden.path), verbose=False)).score_samples()
+    blind = AbnormalityDetector().fit(extract_features(RunStore(hidden.path), verbose=False)).scores_
     np.testing.assert_allclose(scores, blind, rtol=1e-6)
 
 
@@ -46,14 +47,14 @@ def test_weights_and_reasons(toy):
     store, table = toy
     det = AbnormalityDetector().fit(table)
     assert (det.weights_ >= 0).all() and np.isclose(det.weights_.sum(), 1.0)
-    worst = int(np.argmax(det.score_samples()))
+    worst = int(np.argmax(det.scores_))
     reasons = det.reasons(worst)
     assert 1 <= len(reasons) <= 3 and all(isinstance(r, str) and "% of samples" in r for r in reasons)
     # contributions add up to the weighted mean; the score subtracts the disagreement penalty from it
     contrib = det.contributions(worst)
     spread = np.sqrt(det.weights_ @ (det.transform(table.values[worst : worst + 1])[0] - contrib.sum()) ** 2)
-    np.testing.assert_allclose(contrib.sum() - 0.5 * spread, det.score_samples()[worst], rtol=1e-5)
-    best = int(np.argmin(det.score_samples()))
+    np.testing.assert_allclose(contrib.sum() - 0.5 * spread, det.scores_[worst], rtol=1e-5)
+    best = int(np.argmin(det.scores_))
     assert det.reasons(best) == ["nothing unusual in its training dynamics"]
 
 
@@ -69,10 +70,10 @@ def test_reasons_bad_index(toy):
 def test_errors_before_fit_and_bad_params(toy):
     _, table = toy
     with pytest.raises(DetectorError, match="not fitted yet"):
-        AbnormalityDetector().score_samples()
+        AbnormalityDetector().score_samples(table.values)
     with pytest.raises(DetectorError, match="method must be 'consensus' or 'mean', got 'magic'"):
         AbnormalityDetector("magic").fit(table)
-    with pytest.raises(DetectorError, match="agreement must be >= 0, got -1"):
+    with pytest.raises(DetectorError, match="agreement must be a finite number >= 0, got -1"):
         AbnormalityDetector(agreement=-1).fit(table)
     with pytest.raises(DetectorError, match="must be a FeatureTable"):
         AbnormalityDetector().fit(np.zeros((10, 3)))
@@ -89,7 +90,7 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(made.features.neighbors, loaded.features.neighbors)
     i = int(made.ranking()[0])
     assert made.detector.reasons(i) == loaded.detector.reasons(i)
-    np.testing.assert_allclose(loaded.detector.score_samples(), made.scores, rtol=1e-5)
+    np.testing.assert_allclose(loaded.detector.scores_, made.scores, rtol=1e-5)
     assert not list((tmp_path / "run" / "features").glob(".*tmp"))
 
 
@@ -151,3 +152,11 @@ def test_internal_samples_are_independent_of_a_noise_generator_with_the_same_see
     np.testing.assert_array_equal(rows, subsample(50_000, 2_000, 0, "detector-reference"))
     assert not np.array_equal(rows, subsample(50_000, 2_000, 0, "projection-metric-rows"))
     np.testing.assert_array_equal(subsample(10, 20, 0, "any"), np.arange(10))
+
+
+def test_score_samples_takes_x_and_follows_scikit_learns_direction(toy):
+    _, table = toy
+    det = AbnormalityDetector().fit(table)
+    np.testing.assert_allclose(det.score_samples(table.values), -det.scores_, rtol=1e-6)
+    np.testing.assert_allclose(det.suspicion(table.values[:5]), det.scores_[:5], rtol=1e-6)
+    assert np.argmin(det.score_samples(table.values)) == np.argmax(det.scores_)  # lower = more abnormal

@@ -120,7 +120,7 @@ def test_cli_prints_json_to_stdout(tiny_run, capsys):
 
 def test_cli_uses_the_detectors_suggestion_when_the_run_has_one(tmp_path, capsys):
     from timetravel.server_app._testing import write_synthetic_run
-    from timetravel.detect import detect
+    from timetravel.detection import detect
     from timetravel.store import RunStore
 
     store = RunStore(write_synthetic_run(tmp_path / "run", n_samples=120, n_epochs=3))

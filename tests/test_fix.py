@@ -135,7 +135,7 @@ def test_cli_fix_prints_the_corrections_and_the_accuracy_change(reviewed, tmp_pa
 
 
 def test_cli_drop_suspects_needs_the_detection_and_records_the_rule(tmp_path, capsys):
-    from timetravel.detect import detect
+    from timetravel.detection import detect
 
     store = train_run(out=tmp_path / "run", epochs=3, **TINY)
     FeedbackLog(store.path, store.n_samples, store.n_classes).append(0, "flag")

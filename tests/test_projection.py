@@ -18,15 +18,9 @@ from timetravel.projection import (
     reconstruction_error,
     temporal_consistency,
 )
-from timetravel.projection import _io as proj_io
-from timetravel.projection.graph import (
-    all_knn,
-    fuzzy_graph,
-    group_graph,
-    knn_search,
-    neighbour_overlap,
-    smooth_knn_dist,
-)
+from timetravel.projection import store as proj_io
+from timetravel.numerics import all_knn, knn_search
+from timetravel.projection.graph import fuzzy_graph, group_graph, neighbour_overlap, smooth_knn_dist
 from timetravel.projection.layout import LayoutParams, align_to, find_ab_params, initial_layout, optimize_layout
 from timetravel.projection.territory import canvas_extent, grid_centers, territory_from_logits
 from timetravel.store import RunStore, RunWriter
@@ -355,6 +349,36 @@ def test_other_settings_need_overwrite(tiny_run):
     assert done.epochs_ == [0, 1, 2]
 
 
+def _changed(value):
+    """Another valid value of a projector setting."""
+    if value is None:
+        return 7
+    return value + 1 if isinstance(value, int) else value / 2
+
+
+def test_every_setting_that_shapes_the_result_is_checked_on_resume(tmp_path):
+    import inspect
+
+    signature = inspect.signature(TemporalProjector.__init__).parameters
+    params = TemporalProjector()._result_params()
+    assert set(params) == set(signature) - {"self", "n_jobs", "backend", "chunk_size", "verbose"}
+    manifest = {"method": "timetravel-temporal-umap", "params": dict(params)}
+    TemporalProjector._check_resumable(manifest, params, tmp_path)  # the same settings resume
+    for name, value in params.items():
+        with pytest.raises(ProjectionError, match=rf"other settings \({name}\)"):
+            TemporalProjector._check_resumable(manifest, {**params, name: _changed(value)}, tmp_path)
+    with pytest.raises(ProjectionError, match=r"other settings \(smoothness\)"):  # a manifest lacking a setting
+        TemporalProjector._check_resumable({**manifest, "params": {k: v for k, v in params.items() if k != "smoothness"}},
+                                           params, tmp_path)
+
+
+def test_a_changed_setting_is_refused_on_resume(tiny_run):
+    TemporalProjector(**FAST, verbose=False).fit(tiny_run, until=0)
+    with pytest.raises(ProjectionError, match=r"other settings \(fourier_scale\).*overwrite"):
+        TemporalProjector(**FAST, fourier_scale=6.0, verbose=False).fit(tiny_run)
+    assert TemporalProjector(**FAST, n_jobs=1, chunk_size=3, verbose=False).fit(tiny_run).epochs_ == [0, 1, 2]
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -439,7 +463,7 @@ def test_cli_dask_backend(tiny_run, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["pca", "umap", "aligned_umap"])
 def test_baselines_return_one_layout_per_epoch(blobs, name):
-    from timetravel.projection.baselines import baseline_layouts
+    from projection_baselines import baseline_layouts  # benchmarks/
 
     rows = np.arange(0, blobs.n_samples, 2)
     layouts, seconds = baseline_layouts(name, blobs, blobs.epochs, rows, **({} if name == "pca" else {"random_state": 0}))

@@ -1,13 +1,13 @@
-"""Every ranker behind the one interface: same simulated user, sensible on planted mislabels."""
+"""Every benchmark ranker (benchmarks/rankers.py) behind one interface: same simulated user, planted mislabels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from rankers import RANKERS, RankerError, RankingInput, make_ranker
 
-from timetravel.detect import AbnormalityDetector
+from timetravel.detector import AbnormalityDetector
 from timetravel.features import extract_features
-from timetravel.rankers import RANKERS, RankerError, RankingInput, make_ranker
 from timetravel.simulate import (
     SimulatedUser,
     ranking_quality,
@@ -23,7 +23,7 @@ from timetravel.simulate import (
 def data(tmp_path_factory):
     store = simulate_run(tmp_path_factory.mktemp("k") / "run", n_samples=600, noise_rate=0.15, seed=11)
     table = extract_features(store, verbose=False)
-    scores = AbnormalityDetector().fit(table).score_samples()
+    scores = AbnormalityDetector().fit(table).scores_
     # stand-in for K-fold out-of-sample probabilities: the first epoch's, before memorisation
     return RankingInput(store, table, scores, cv_probabilities=store.probabilities(store.epochs[2]), random_state=0)
 
@@ -49,7 +49,7 @@ def test_deepdebugger_uses_feedback_and_says_which_space(data):
     assert data.notes["deepdebugger_space"] == "embedding-pca"
     before = ranker._scores.copy()
     first = ranker.recommend(20)
-    ranker.partial_fit(first, data.store.noise_mask[first])
+    ranker.update(first, data.store.noise_mask[first])
     assert not np.allclose(before, ranker._scores)
 
 
@@ -59,7 +59,7 @@ def test_deepdebugger_regression_matches_kernel_ridge(data):
     ranker = make_ranker("deepdebugger").fit(data)
     idx = ranker.recommend(30)
     answers = data.store.noise_mask[idx]
-    ranker.partial_fit(idx, answers)
+    ranker.update(idx, answers)
     expected = KernelRidge(alpha=1.0).fit(ranker._x[idx], answers.astype(float)).predict(ranker._x)
     np.testing.assert_allclose(ranker._scores, expected, atol=1e-8)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from timetravel.detect import AbnormalityDetector
+from timetravel.detector import AbnormalityDetector
 from timetravel.feedback import FeedbackLog
 from timetravel.features import extract_features
 from timetravel.recommend import FeedbackRecommender, RecommenderError, rank_normal_scores
@@ -17,7 +17,7 @@ from timetravel.simulate import SimulatedUser, run_session, session_metrics, sim
 def toy(tmp_path_factory):
     store = simulate_run(tmp_path_factory.mktemp("r") / "run", n_samples=500, noise_rate=0.1, seed=7)
     table = extract_features(store, verbose=False)
-    return store, table, AbnormalityDetector().fit(table).score_samples()
+    return store, table, AbnormalityDetector().fit(table).scores_
 
 
 def _synthetic(n=400, seed=0):
@@ -45,7 +45,7 @@ def test_never_returns_a_reviewed_sample(toy):
         batch = rec.recommend(7)
         assert len(batch) == 7 and len(set(batch.tolist())) == 7
         assert not reviewed & set(batch.tolist())
-        rec.partial_fit(batch[:3], user.answer(batch[:3]))
+        rec.update(batch[:3], user.answer(batch[:3]))
         reviewed |= set(batch[:3].tolist())
     assert set(rec.decisions_) == reviewed
 
@@ -53,20 +53,20 @@ def test_never_returns_a_reviewed_sample(toy):
 def test_returns_fewer_when_few_remain():
     x, prior, _ = _synthetic(n=10)
     rec = FeedbackRecommender().fit(x, prior)
-    rec.partial_fit(np.arange(8), [True] * 8)
+    rec.update(np.arange(8), [True] * 8)
     assert sorted(rec.recommend(5).tolist()) == [8, 9]
-    rec.partial_fit([8, 9], [False, False])
+    rec.update([8, 9], [False, False])
     assert rec.recommend(5).size == 0
 
 
-def test_partial_fit_moves_ranking_towards_accepted_kind():
+def test_update_moves_ranking_towards_accepted_kind():
     x, prior, target = _synthetic()
     rec = FeedbackRecommender(random_state=0, exploration=0.0).fit(x, prior)
-    before = rec.score_samples()
+    before = rec.log_odds()
     # the user accepts samples high in column 0 and rejects others
     seen = np.arange(60)
-    rec.partial_fit(seen, target[seen])
-    after = rec.score_samples()
+    rec.update(seen, target[seen])
+    after = rec.log_odds()
     unseen = np.arange(60, len(x))
     gap_before = before[unseen][target[unseen]].mean() - before[unseen][~target[unseen]].mean()
     gap_after = after[unseen][target[unseen]].mean() - after[unseen][~target[unseen]].mean()
@@ -85,7 +85,7 @@ def test_learns_a_class_pair_from_accepts():
     prior = rng.normal(size=n)
     rec = FeedbackRecommender(random_state=0, exploration=0.0).fit(x, prior, groups=groups)
     first = rec.recommend(30)
-    rec.partial_fit(first, groups[first] == 3)
+    rec.update(first, groups[first] == 3)
     assert (groups[rec.recommend(20)] == 3).mean() > 0.8
 
 
@@ -97,7 +97,7 @@ def test_neighbour_evidence_spreads_to_same_label_neighbours():
     x = np.zeros((n, 2))
     prior = np.zeros(n)  # no opinion: only the feedback can order the samples
     rec = FeedbackRecommender(random_state=0, exploration=0.0).fit(x, prior, neighbors=neighbors, labels=labels)
-    rec.partial_fit([10, 11, 12, 13, 50, 60, 150, 160], [True] * 4 + [False] * 4)
+    rec.update([10, 11, 12, 13, 50, 60, 150, 160], [True] * 4 + [False] * 4)
     top = rec.recommend(4)
     assert set(top.tolist()) <= {7, 8, 9, 14, 15, 16}, top
     assert rec.coef_[rec._col_same] > 0
@@ -126,20 +126,20 @@ def test_undo_and_restore_from_the_feedback_log(toy, tmp_path):
         if decision == "undo":
             live.undo(i)
         else:
-            live.partial_fit([i], [decision == "accept"])
+            live.update([i], [decision == "accept"])
     state = log.read()
     assert state.decisions == {9: False, 5: False, 40: True, 41: True}
     assert live.decisions_ == state.decisions
     restored = FeedbackRecommender.from_feedback(state, table, scores, random_state=0)
     np.testing.assert_allclose(restored.coef_, live.coef_, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(restored.score_samples(), live.score_samples(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(restored.log_odds(), live.log_odds(), rtol=1e-5, atol=1e-5)
     # undo everything (5 had two decisions, so it needs two undos): back to the prior exactly
     fresh = FeedbackRecommender(random_state=0).fit(table, scores)
     live.undo(5)
     assert live.decisions_[5] is True, "undoing the reject brings back the earlier accept, as in the log"
     while live.decisions_:
         live.undo(next(iter(live.decisions_)))
-    np.testing.assert_allclose(live.score_samples(), fresh.score_samples(), atol=1e-5)
+    np.testing.assert_allclose(live.log_odds(), fresh.log_odds(), atol=1e-5)
     np.testing.assert_array_equal(live.recommend(10), fresh.recommend(10))
 
 
@@ -156,10 +156,10 @@ def test_tolerates_mistaken_clicks(toy):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda r: r.partial_fit([500], [True]), r"sample index 500 is out of range for 500 samples"),
-        (lambda r: r.partial_fit([-1], [True]), r"sample index -1 is out of range"),
-        (lambda r: r.partial_fit([1, 2], [True]), r"accepted must be 2 booleans"),
-        (lambda r: r.partial_fit([1.5], [True]), r"indices must be sample numbers"),
+        (lambda r: r.update([500], [True]), r"sample index 500 is out of range for 500 samples"),
+        (lambda r: r.update([-1], [True]), r"sample index -1 is out of range"),
+        (lambda r: r.update([1, 2], [True]), r"accepted must be 2 booleans"),
+        (lambda r: r.update([1.5], [True]), r"indices must be sample numbers"),
         (lambda r: r.recommend(0), r"k must be a positive integer, got 0"),
         (lambda r: r.undo(3), r"sample 3 has no decision to undo"),
     ],
@@ -177,7 +177,7 @@ def test_fit_validation(toy):
         FeedbackRecommender().recommend(3)
     with pytest.raises(RecommenderError, match=r"prior_scores has shape \(3,\) but features have 500 rows"):
         FeedbackRecommender().fit(table, scores[:3])
-    with pytest.raises(RecommenderError, match=r"mistake_rate=0.7 is out of range"):
+    with pytest.raises(RecommenderError, match=r"mistake_rate must be in \[0, 0.5\), got 0.7"):
         FeedbackRecommender(mistake_rate=0.7).fit(table, scores)
     with pytest.raises(RecommenderError, match=r"neighbors must index samples in \[0, 500\)"):
         FeedbackRecommender().fit(table.values, scores, neighbors=np.full((500, 2), 500))

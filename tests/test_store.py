@@ -254,3 +254,21 @@ def test_no_pickle_anywhere(tmp_path):
     build_run(tmp_path / "r")
     for path in (tmp_path / "r").rglob("*.npy"):
         np.load(path, allow_pickle=False)  # raises if anything needed pickle
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ({"format_version": 99, "epochs": {"0": {"grid": 4, "extent": [0, 1, 0, 1]}}},
+     r"projection/manifest.json: unknown format_version 99; this timetravel reads version 1"),
+    ("{truncated", r"projection/manifest.json: not valid JSON"),
+])
+def test_projection_of_another_format_is_refused_not_listed(tmp_path, manifest, message):
+    from timetravel.projection import ProjectionError
+
+    store = build_run(tmp_path / "r")
+    path = tmp_path / "r" / "projection" / "manifest.json"
+    path.parent.mkdir()
+    path.write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    with pytest.raises(ProjectionError, match=message):
+        store.projected_epochs
+    with pytest.raises(ProjectionError, match=r"run `timetravel project .*r --overwrite`"):
+        store.projection(0)

@@ -1,13 +1,14 @@
 """timetravel: an interactive, time-travelling debugger for deep classifiers."""
 
 from timetravel.correction import Corrections, corrections
-from timetravel.detect import AbnormalityDetector, Detection, detect, load_detection
+from timetravel.detection import Detection, detect, load_detection
+from timetravel.detector import AbnormalityDetector
 from timetravel.errors import DatasetError, FeedbackLogError, StoreError, TimetravelError
 from timetravel.features import FeatureTable, extract_features
 from timetravel.notebook import show
 from timetravel.recommend import FeedbackRecommender
-from timetravel.store import RunStore, RunWriter, Territory
-from timetravel.table import Table, features_table, ranking_table
+from timetravel.projection.store import Territory
+from timetravel.store import RunStore, RunWriter
 
 __all__ = [
     "AbnormalityDetector",

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from timetravel.errors import StoreError
+
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory entry (a rename) to disk; a no-op where unsupported."""
@@ -95,3 +97,36 @@ def append_lines_fsynced(path: Path, lines: list[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_manifest(path: Path, version: int, *, fix: str = "", error: type[StoreError] = StoreError) -> dict | None:
+    """A JSON manifest that must be an object with ``format_version == version``; None when it does not exist.
+
+    Parameters
+    ----------
+    path : Path
+    version : int
+        The only ``format_version`` this timetravel reads.
+    fix : str
+        What to do about a bad manifest, appended to each message ("run `timetravel detect RUN` again").
+    error : StoreError subclass
+        Raised with a message naming the file and the problem.
+    """
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc}){tail}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc}){tail}") from None
+    if not isinstance(manifest, dict):
+        raise error(f"{path}: expected a JSON object at the top level{tail}")
+    if manifest.get("format_version") != version:
+        raise error(
+            f"{path}: unknown format_version {manifest.get('format_version')!r}; this timetravel reads version "
+            f"{version}{tail}"
+        )
+    return manifest

@@ -249,7 +249,7 @@ def corrections(run: Any, state: FeedbackState | None = None, *, suspects: bool 
     fix = apply_decisions(store.labels, state, **inherited(store))
     if not suspects:
         return fix
-    from timetravel.detect import load_detection
+    from timetravel.detection import load_detection
 
     detection = load_detection(store)
     score = detection.recommender(feedback=state, random_state=0).score_samples().astype(np.float64)

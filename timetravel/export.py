@@ -90,9 +90,9 @@ def suggest_labels(store: RunStore, samples: np.ndarray) -> tuple[np.ndarray, np
 
 def detector_suggestions(store: RunStore, samples: list[int]) -> dict[int, int] | None:
     """The detector's suggested label (``RUN/features/``) for ``samples``, or None before ``timetravel detect``."""
-    from timetravel.detect import load_detection
+    from timetravel.detection import has_detection, load_detection
 
-    if not (store.derived_dir("features") / "manifest.json").exists():
+    if not has_detection(store):
         return None
     suggested = load_detection(store).features.suggested
     return {int(i): int(suggested[i]) for i in samples}

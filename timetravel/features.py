@@ -24,14 +24,13 @@ from typing import Sequence
 
 import numpy as np
 
-from timetravel._random import subsample
+from timetravel._validation import check_int
 from timetravel.errors import StoreError
+from timetravel.numerics import embedding_neighbours, label_margins
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 65536
-_PCA_DIM = 64  # kNN search runs in at most this many dimensions
-_EXACT_KNN_MAX = 100_000  # above this, an HNSW index replaces exact search
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,10 @@ def extract_features(
     epochs = list(store.epochs)
     if len(epochs) < 2:
         raise StoreError(f"{store.path}: feature extraction needs at least 2 recorded epochs, found {len(epochs)}")
-    if n_neighbors < 1 or store.n_samples < n_neighbors + 2:
+    check_int(n_neighbors, "n_neighbors", minimum=1, error=StoreError)
+    check_int(embedding_epochs, "embedding_epochs", minimum=1, error=StoreError)
+    check_int(chunk_size, "chunk_size", minimum=1, error=StoreError)
+    if store.n_samples < n_neighbors + 2:
         raise StoreError(
             f"{store.path}: n_neighbors must be >= 1 and below the number of samples - 1 "
             f"({store.n_samples} samples, n_neighbors={n_neighbors})"
@@ -209,7 +211,7 @@ def extract_features(
     knn_epochs = _spread(epochs, 3, skip_first=True)
     neighbors = None
     for tag, e in zip(("early", "mid", "last"), knn_epochs):
-        nbrs = _knn(store, e, n_neighbors, chunk_size)
+        nbrs = embedding_neighbours(store.embedding(e), n_neighbors, chunk_size=chunk_size)
         columns[f"knn_disagreement_{tag}"] = (labels[nbrs] != labels[:, None]).mean(axis=1)
         if tag == "mid":
             neighbors = nbrs
@@ -290,9 +292,7 @@ def _logit_features(store, epochs, labels, chunk_size, verbose):
             given = z[rows, y]
             p = np.exp(given - log_norm)
             prob_sum[sl] += np.exp(z - log_norm[:, None]).astype(np.float32)
-            other = z.copy()
-            other[rows, y] = -np.inf
-            margin = given - other.max(axis=1)
+            margin = label_margins(z, y)
             correct = margin > 0
             p_sum[sl] += p
             p_sq[sl] += p * p
@@ -325,53 +325,6 @@ def _logit_features(store, epochs, labels, chunk_size, verbose):
     prob_sum[np.arange(n), labels] = -1.0
     suggested = prob_sum.argmax(axis=1).astype(np.int64)
     return cols, suggested, predicted
-
-
-def _reduced_embedding(store, epoch, chunk_size) -> np.ndarray:
-    """L2-normalised float32 embedding of one epoch, PCA-reduced to at most 64 dimensions."""
-    emb = store.embedding(epoch)
-    n, d = emb.shape
-    if d > _PCA_DIM:
-        sample = np.asarray(emb[subsample(n, 20000, 0, "features-pca")], dtype=np.float32)
-        mean = sample.mean(axis=0)
-        _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-        proj = vt[:_PCA_DIM].T.astype(np.float32)
-        out = np.empty((n, _PCA_DIM), dtype=np.float32)
-        for sl in _chunks(n, chunk_size):
-            out[sl] = (np.asarray(emb[sl], dtype=np.float32) - mean) @ proj
-    else:
-        out = np.asarray(emb, dtype=np.float32).copy()
-        out -= out.mean(axis=0)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(out)
-
-
-def _knn(store, epoch, k, chunk_size) -> np.ndarray:
-    """Indices (N, k) int32 of each sample's k nearest neighbours (cosine) at one epoch, self excluded."""
-    import faiss
-
-    x = _reduced_embedding(store, epoch, chunk_size)
-    n, d = x.shape
-    if n <= _EXACT_KNN_MAX:
-        index = faiss.IndexFlatIP(d)
-    else:
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, 2 * k)
-    index.add(x)
-    out = np.empty((n, k), dtype=np.int32)
-    for sl in _chunks(n, chunk_size):
-        _, idx = index.search(x[sl], k + 1)
-        out[sl] = _drop_self(idx, np.arange(sl.start, sl.stop), k)
-    return out
-
-
-def _drop_self(idx: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Remove each row's own index (or, if absent, its last neighbour) from k+1 results."""
-    is_self = idx == rows[:, None]
-    is_self[~is_self.any(axis=1), -1] = True  # duplicates can hide self; drop the farthest instead
-    keep = ~is_self
-    keep[np.cumsum(keep, axis=1) > k] = False
-    return idx[keep].reshape(len(rows), k)
 
 
 def _centroid_features(store, epochs, labels, chunk_size, verbose):

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from timetravel._validation import check_int, check_real
 from timetravel.errors import TimetravelError
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ class FeedbackRecommender:
 
     Examples
     --------
-    >>> rec = FeedbackRecommender(random_state=0).fit(table, detector.score_samples())  # doctest: +SKIP
+    >>> rec = FeedbackRecommender(random_state=0).fit(table, detector.scores_)  # doctest: +SKIP
     >>> first = rec.recommend(10)  # doctest: +SKIP
-    >>> rec.partial_fit(first[:2], [True, False]).recommend(10)  # doctest: +SKIP
+    >>> rec.update(first[:2], [True, False]).recommend(10)  # doctest: +SKIP
     """
 
     def __init__(
@@ -137,7 +138,7 @@ class FeedbackRecommender:
             also supplies ``neighbors``, ``groups`` (given x suggested label)
             and ``labels`` unless they are passed explicitly.
         prior_scores : ndarray of shape (N,)
-            Initial suspicion (e.g. ``AbnormalityDetector.score_samples()``),
+            Initial suspicion (e.g. ``AbnormalityDetector.scores_``),
             higher = recommend first.
         neighbors : ndarray of shape (N, k), optional
             Indices of each sample's nearest neighbours.
@@ -195,22 +196,22 @@ class FeedbackRecommender:
         return self
 
     def _check_params(self) -> None:
-        checks = {
-            "exploration": self.exploration >= 0,
-            "mistake_rate": 0 <= self.mistake_rate < 0.5,
-            "prior_strength": self.prior_strength >= 0,
-            "feature_scale": self.feature_scale > 0,
-            "pair_smoothing": self.pair_smoothing > 0,
-            "max_iter": int(self.max_iter) >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise RecommenderError(f"{name}={getattr(self, name)!r} is out of range")
+        err = {"error": RecommenderError}
+        check_int(self.random_state, "random_state", **err)
+        check_real(self.exploration, "exploration", minimum=0, **err)
+        check_real(self.mistake_rate, "mistake_rate", minimum=0, maximum=0.5, exclusive_maximum=True, **err)
+        check_real(self.prior_strength, "prior_strength", minimum=0, **err)
+        check_real(self.feature_scale, "feature_scale", minimum=0, exclusive_minimum=True, **err)
+        check_real(self.pair_smoothing, "pair_smoothing", minimum=0, exclusive_minimum=True, **err)
+        check_int(self.max_iter, "max_iter", minimum=1, **err)
 
     # -- feedback ----------------------------------------------------------------------
 
-    def partial_fit(self, indices: Sequence[int] | int, accepted: Sequence[bool] | bool) -> FeedbackRecommender:
-        """Record decisions (True = accepted) and re-rank; a new decision on a reviewed sample replaces the old one.
+    def update(self, indices: Sequence[int] | int, accepted: Sequence[bool] | bool) -> FeedbackRecommender:
+        """Record decisions on samples (by index; True = accepted) and re-rank.
+
+        Not scikit-learn's ``partial_fit``: it takes decisions on sample numbers,
+        not more rows of X. A new decision on a reviewed sample replaces the old one.
 
         Raises
         ------
@@ -267,7 +268,7 @@ class FeedbackRecommender:
         self._history = {}
         self._rng = np.random.default_rng(self.random_state)
         if decisions:
-            return self.partial_fit(list(decisions), list(decisions.values()))
+            return self.update(list(decisions), list(decisions.values()))
         self._refit()
         return self
 
@@ -282,14 +283,12 @@ class FeedbackRecommender:
     def recommend(self, k: int) -> np.ndarray:
         """The ``k`` best unreviewed samples, best first (fewer when fewer remain)."""
         self._check_fitted()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise RecommenderError(f"k must be a positive integer, got {k!r}")
-        k = min(int(k), self.n_samples_ - len(self.decisions_))
+        k = min(check_int(k, "k", minimum=1, error=RecommenderError), self.n_samples_ - len(self.decisions_))
         if k <= len(self._top):
             return self._top[:k].copy()
         return _top_k(self._ranking, k)
 
-    def score_samples(self) -> np.ndarray:
+    def log_odds(self) -> np.ndarray:
         """Posterior-mean log-odds that the user accepts each sample (higher = recommend sooner)."""
         self._check_fitted()
         return np.einsum("ij,j->i", self._design, self.coef_.astype(np.float32))

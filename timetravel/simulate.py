@@ -6,8 +6,8 @@
   be tested without training a network.
 * :class:`SimulatedUser` answers accept/reject from the ground truth, with a
   mistake rate.
-* :func:`run_session` drives any ranker (anything with ``recommend(k)`` and
-  ``partial_fit(indices, accepted)``) through rounds of review and records what
+* :func:`run_session` drives any recommender (anything with ``recommend(k)`` and
+  ``update(indices, accepted)``) through rounds of review and records what
   was recommended and how long each update took; :func:`session_metrics` turns
   that into hit rate, cumulative precision, recall, reviews needed for a recall
   level, AUROC/AUPRC of the initial ranking and update latency.
@@ -24,6 +24,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from timetravel.errors import TimetravelError
+from timetravel.numerics import label_margins
 
 
 class SimulationError(TimetravelError, ValueError):
@@ -116,29 +117,21 @@ def simulate_run(
         emb[noisy] += memorise * (centres[labels[noisy]] - centres[true[noisy]]) * 0.9
         emb += rng.normal(0, 0.15, emb.shape)
         logits = (emb @ head_w.T) * (0.5 + t)
-        margin = _margins(logits + rng.normal(0, 0.5, logits.shape), labels)
+        margin = label_margins(logits + rng.normal(0, 0.5, logits.shape), labels)
         writer.write_epoch(e, emb.astype(np.float32), logits.astype(np.float32), head=(head_w, head_b),
                            train_margin=margin)
     return RunStore(path)
 
 
-def _margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    idx = np.arange(len(labels))
-    given = logits[idx, labels]
-    other = logits.copy()
-    other[idx, labels] = -np.inf
-    return (given - other.max(axis=1)).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- simulated user
 
 
-class Ranker(Protocol):
+class Recommender(Protocol):
     """What :func:`run_session` needs from a recommender."""
 
     def recommend(self, k: int) -> np.ndarray: ...
 
-    def partial_fit(self, indices: Sequence[int], accepted: Sequence[bool]): ...
+    def update(self, indices: Sequence[int], accepted: Sequence[bool]): ...
 
 
 @dataclass
@@ -180,11 +173,11 @@ class Session:
     k: int
     rounds: list[np.ndarray]  # recommended indices per round
     answers: list[np.ndarray]  # the user's answers per round
-    latencies_ms: list[float]  # one partial_fit + recommend per decision (per_decision mode)
+    latencies_ms: list[float]  # one update + recommend per decision (per_decision mode)
 
 
 def run_session(
-    ranker: Ranker,
+    ranker: Recommender,
     user: SimulatedUser,
     *,
     k: int,
@@ -195,8 +188,8 @@ def run_session(
 
     Parameters
     ----------
-    ranker : Ranker
-        A fitted ranker (``recommend(k)``, ``partial_fit(indices, accepted)``).
+    ranker : Recommender
+        A fitted recommender (``recommend(k)``, ``update(indices, accepted)``).
     user : SimulatedUser
         Answers the recommendations.
     k : int
@@ -224,11 +217,11 @@ def run_session(
         session.rounds.append(batch)
         session.answers.append(answers)
         if update == "per_round":
-            ranker.partial_fit(batch, answers)
+            ranker.update(batch, answers)
             continue
         for i, a in zip(batch, answers):
             t0 = time.perf_counter()
-            ranker.partial_fit([i], [a])
+            ranker.update([i], [a])
             ranker.recommend(k)
             session.latencies_ms.append((time.perf_counter() - t0) * 1e3)
     return session

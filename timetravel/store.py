@@ -27,7 +27,6 @@ killed mid-epoch leaves a store that opens with the epochs completed so far.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,13 +34,13 @@ import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from timetravel._io import fsync_dir, fsync_file, save_npy_atomic, write_json_atomic
+from timetravel._io import fsync_dir, fsync_file, read_manifest, save_npy_atomic, write_json_atomic
+from timetravel._validation import check_labels
 from timetravel.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -103,25 +102,6 @@ def _check_finite(array: np.ndarray, path: Path, chunk_rows: int = 65536) -> Non
             raise StoreError(f"{path}: contains NaN or inf values (first at row {bad})")
 
 
-@dataclass(frozen=True)
-class Territory:
-    """Decision territories of one epoch on the canvas.
-
-    Attributes
-    ----------
-    classes : ndarray of shape (G, G), uint8
-        Predicted class per grid cell; row 0 is the bottom of the canvas.
-    confidence : ndarray of shape (G, G), uint8
-        Softmax confidence of that class, scaled to 0..255.
-    extent : tuple of float
-        ``(x_min, x_max, y_min, y_max)`` of the grid on the canvas.
-    """
-
-    classes: np.ndarray
-    confidence: np.ndarray
-    extent: tuple[float, float, float, float]
-
-
 class RunStore:
     """Read-only view of a run store directory.
 
@@ -168,6 +148,7 @@ class RunStore:
         self.epochs: list[int] = sorted(int(e) for e in m["epochs"])
         self._checked: set[Path] = set()
         self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._projection_reader = None
         self.labels = self._load_labels("labels.npy", self.n_samples)
         self.true_labels = self._load_labels("true_labels.npy", self.n_samples) if m.get("has_true_labels") else None
         self.noise_mask = self._load_optional_mask() if m.get("has_true_labels") else None
@@ -188,19 +169,9 @@ class RunStore:
         path = self.path / MANIFEST
         if not self.path.is_dir():
             raise StoreError(f"{self.path}: no such run directory")
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StoreError(f"{path}: file is missing; {self.path} is not a timetravel run store") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(manifest, dict):
-            raise StoreError(f"{path}: expected a JSON object at the top level")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise StoreError(
-                f"{path}: unknown format_version {version!r}; this timetravel reads version {FORMAT_VERSION}"
-            )
+        manifest = read_manifest(path, FORMAT_VERSION)
+        if manifest is None:
+            raise StoreError(f"{path}: file is missing; {self.path} is not a timetravel run store")
         for key in ("n_samples", "n_classes", "embedding_dim", "epochs", "embedding_dtype"):
             if key not in manifest:
                 raise StoreError(f"{path}: required field {key!r} is missing")
@@ -403,55 +374,37 @@ class RunStore:
         """Directory of a derived product (``projection``, ``features``...)."""
         return self.path / name
 
-    def _projection_manifest(self) -> dict[str, Any]:
-        path = self.derived_dir("projection") / "manifest.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StoreError(
-                f"{self.path}: has no projection yet; run `timetravel project {self.path}` first"
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{path}: not valid JSON ({exc})") from None
+    def array(self, path: str | os.PathLike, shape: tuple[int, ...], kinds: str) -> np.ndarray:
+        """Memory-map a ``.npy`` file of this run after checking its size, shape and dtype kind.
+
+        The owners of derived formats (``timetravel.projection.store``) read their
+        arrays through this, so every array of a run is checked, cached and
+        scanned for NaN/inf the same way.
+        """
+        path = Path(path)
+        self._header(path, tuple(shape), kinds)
+        return self._mmap(path)
+
+    @property
+    def _projection(self):
+        if self._projection_reader is None:
+            from timetravel.projection.store import ProjectionReader
+
+            self._projection_reader = ProjectionReader(self)
+        return self._projection_reader
 
     @property
     def projected_epochs(self) -> list[int]:
-        """Epochs with a finished projection (empty when none)."""
-        try:
-            return sorted(int(e) for e in self._projection_manifest().get("epochs", {}))
-        except StoreError:
-            return []
+        """Epochs with a finished projection (empty when none; see :mod:`timetravel.projection.store`)."""
+        return self._projection.epochs
 
     def projection(self, epoch: int, split: str = "train") -> np.ndarray:
         """``(N, 2)`` float32 canvas coordinates of one epoch."""
-        self._projection_entry(epoch)
-        name = "xy.npy" if split == "train" else "heldout_xy.npy"
-        n = self.n_samples if split == "train" else self.n_heldout
-        path = self.derived_dir("projection") / epoch_dirname(epoch) / name
-        self._header(path, (n, 2), "f")
-        return self._mmap(path)
+        return self._projection.xy(epoch, split)
 
-    def territory(self, epoch: int) -> Territory:
-        """Decision territories of one epoch (see :class:`Territory`)."""
-        entry = self._projection_entry(epoch)
-        d = self.derived_dir("projection") / epoch_dirname(epoch)
-        grid = int(entry["grid"])
-        for name in ("territory_class.npy", "territory_confidence.npy"):
-            self._header(d / name, (grid, grid), "u")
-        return Territory(
-            classes=np.load(d / "territory_class.npy", allow_pickle=False),
-            confidence=np.load(d / "territory_confidence.npy", allow_pickle=False),
-            extent=tuple(float(v) for v in entry["extent"]),
-        )
-
-    def _projection_entry(self, epoch: int) -> dict[str, Any]:
-        self._require_epoch(epoch)
-        entries = self._projection_manifest().get("epochs", {})
-        if str(epoch) not in entries:
-            raise StoreError(
-                f"{self.path}: epoch {epoch} is not projected yet; run `timetravel project {self.path}`"
-            )
-        return entries[str(epoch)]
+    def territory(self, epoch: int):
+        """Decision territories of one epoch (a :class:`timetravel.projection.store.Territory`)."""
+        return self._projection.territory(epoch)
 
     def __repr__(self) -> str:
         return (
@@ -852,9 +805,4 @@ def _as_thumbs(thumbs: np.ndarray, n: int) -> np.ndarray:
 
 
 def _as_labels(labels: Iterable[int], name: str, n_classes: int) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise StoreError(f"{name} must be a 1-d integer array, got shape {array.shape} dtype {array.dtype}")
-    if len(array) and (array.min() < 0 or array.max() >= n_classes):
-        raise StoreError(f"{name} must lie in [0, {n_classes}), found [{array.min()}, {array.max()}]")
-    return array.astype(np.int64)
+    return check_labels(labels, name, n_classes, error=StoreError)

@@ -7,6 +7,8 @@ import runpy
 import sys
 from pathlib import Path
 
+# Import names of the packages of the `bench` extra (pyproject.toml).
+BENCH_EXTRA = frozenset({"cleanlab", "umap", "psutil"})
 HELP = "run a benchmark from benchmarks/ (recorder, projection, recommend, app); results go to benchmarks/results/"
 
 
@@ -30,5 +32,13 @@ def run(args: argparse.Namespace) -> int:
             "benchmarks run from a source checkout installed with `pip install -e .`"
         )
     sys.argv = [str(script), *args.args]
-    namespace = runpy.run_path(str(script), run_name="__timetravel_bench__")
-    return int(namespace["main"](args.args) or 0)
+    try:
+        namespace = runpy.run_path(str(script), run_name="__timetravel_bench__")
+        return int(namespace["main"](args.args) or 0)
+    except ModuleNotFoundError as exc:
+        if exc.name not in BENCH_EXTRA:
+            raise
+        raise TimetravelError(
+            f"the {args.name} benchmark needs {exc.name}, which only the benchmarks use: "
+            "install them with `pip install -e \".[bench]\"`"
+        ) from None

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from timetravel.commands import serve
-    from timetravel.detect import detect
+    from timetravel.detection import detect
     from timetravel.projection import ProjectionError, TemporalProjector
     from timetravel.store import RunStore
     from timetravel.train import train_run

@@ -19,15 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
-    from timetravel.detect import detect
+    from timetravel.detection import detect, features_dir
     from timetravel.errors import TimetravelError
     from timetravel.store import RunStore
 
     if args.top < 0:
         raise TimetravelError(f"--top must be >= 0, got {args.top}")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
     store = RunStore(args.run)
     detection = detect(store, n_neighbors=args.neighbors, method=args.method, verbose=not args.json)
     names = store.class_names
@@ -47,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"{store.path}: {table.n_samples} samples, {len(table.names)} features -> "
-          f"{store.derived_dir('features')}")
+          f"{features_dir(store.path)}")
     for r in rows:
         print(f"{r['rank']:4d}. sample {r['sample']:>7d}  score {r['score']:+.3f}  "
               f"label {r['label']!r}, maybe {r['suggested']!r}")

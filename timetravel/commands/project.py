@@ -79,12 +79,9 @@ def _table(metrics: dict[int, dict]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from timetravel.projection import TemporalProjector
     from timetravel.store import RunStore
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     store = RunStore(args.run)
     client = _connect(args)
     try:

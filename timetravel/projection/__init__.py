@@ -4,7 +4,7 @@ Importing this package is cheap: torch, faiss, scipy and joblib are imported
 when a projection is computed, and umap-learn only by the benchmark baselines.
 """
 
-from timetravel.projection._io import ProjectionError
+from timetravel.projection.store import ProjectionError, Territory
 from timetravel.projection.metrics import (
     evaluate_split,
     knn_preservation,
@@ -19,6 +19,7 @@ __all__ = [
     "InverseMap",
     "ProjectionError",
     "TemporalProjector",
+    "Territory",
     "evaluate_split",
     "knn_preservation",
     "load_inverse_map",

@@ -1,4 +1,4 @@
-"""Nearest neighbours (faiss) and the fuzzy kNN graph the layout is fitted to.
+"""The fuzzy kNN graph the layout is fitted to (neighbours from :mod:`timetravel.numerics`).
 
 The graph is umap-learn's fuzzy simplicial set, computed here with vectorised
 numpy instead of numba so that importing it costs nothing: each point's
@@ -10,16 +10,11 @@ graph is symmetrised with the fuzzy union ``A + A.T - A * A.T``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
-# Above this many multiply-adds (N * N * D) the all-pairs search switches
-# from exact to an IVF index on a PCA-reduced copy, re-ranked exactly.
-EXACT_SEARCH_BUDGET = 2e10
+from timetravel.numerics import NeighbourIndex
 
 
 @dataclass(frozen=True)
@@ -60,163 +55,6 @@ class FuzzyGraph:
         across = groups[self.head] != groups[self.tail]
         weight = np.where(across, self.weight * np.float32(factor), self.weight).astype(np.float32)
         return FuzzyGraph(self.head, self.tail, weight, self.knn)
-
-
-def _faiss():
-    import faiss
-
-    return faiss
-
-
-def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Euclidean k nearest neighbours of ``queries`` among ``base`` (faiss).
-
-    Parameters
-    ----------
-    base : ndarray of shape (N, D)
-        Points searched.
-    queries : ndarray of shape (Q, D)
-        Points whose neighbours are wanted.
-    k : int
-        Neighbours per query (a query that is itself in ``base`` finds itself).
-
-    Returns
-    -------
-    dist : ndarray of shape (Q, k), float32
-        Euclidean distances, ascending.
-    index : ndarray of shape (Q, k), int64
-    """
-    faiss = _faiss()
-    base = np.ascontiguousarray(base, dtype=np.float32)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(base)
-    d2, idx = index.search(queries, min(k, len(base)))
-    return np.sqrt(np.maximum(d2, 0)), idx
-
-
-def knn_of_rows(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Exact k nearest neighbours (self excluded) of the points ``x[rows]`` among all of ``x``.
-
-    Parameters
-    ----------
-    x : ndarray of shape (N, D)
-    rows : ndarray of shape (Q,), int
-        Indices of the query points.
-    k : int
-        Neighbours per query; at most ``N - 1``.
-
-    Returns
-    -------
-    ndarray of shape (Q, k), int64
-    """
-    _, idx = exact_search(x, x[rows], k + 1)
-    return _drop_self(idx, rows, k)
-
-
-def _drop_self(idx: np.ndarray, rows: np.ndarray, k: int, dist: np.ndarray | None = None):
-    """Remove each row's own index from its neighbour list (or its last entry when absent)."""
-    is_self = idx == rows[:, None]
-    missing = ~is_self.any(axis=1)
-    is_self[missing, -1] = True  # self was crowded out by duplicates: drop the farthest instead
-    keep = ~is_self
-    out = idx[keep].reshape(len(idx), -1)[:, :k]
-    if dist is None:
-        return out
-    return dist[keep].reshape(len(idx), -1)[:, :k], out
-
-
-class NeighbourIndex:
-    """Euclidean k-nearest-neighbour search over fixed points: exact when small, IVF + exact re-ranking when large.
-
-    Large sets use a faiss IVF index on a PCA-reduced copy of the points (64
-    dimensions, ``sqrt(N)`` lists, 4 probed) to find ``3k`` candidates per
-    query, which are then re-ranked with exact distances in the full space (a
-    numba kernel): the returned distances are exact and the neighbour sets have
-    high recall (0.88 on a 50,000 x 512 run). The index is built once and
-    serves any number of queries.
-
-    Parameters
-    ----------
-    base : ndarray of shape (N, D)
-        Points searched.
-    seed : int
-        Seed of the PCA/IVF training sample.
-    exact : bool, optional
-        Force the exact (True) or approximate (False) search; by default exact
-        when ``N * N * D`` is at most ``EXACT_SEARCH_BUDGET``.
-    """
-
-    def __init__(self, base: np.ndarray, *, seed: int = 0, exact: bool | None = None) -> None:
-        self.base = np.ascontiguousarray(base, dtype=np.float32)
-        n, dim = self.base.shape
-        self.exact = float(n) * n * dim <= EXACT_SEARCH_BUDGET if exact is None else exact
-        self._ivf = None if self.exact else _IvfCandidates(self.base, seed)
-
-    def query(self, queries: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distances and indices ``(Q, k)`` of the k nearest points, ascending.
-
-        ``queries=None`` searches every indexed point's neighbours, each excluding itself.
-        """
-        n = len(self.base)
-        self_search = queries is None
-        q = self.base if self_search else np.ascontiguousarray(queries, dtype=np.float32)
-        if k > n - int(self_search):
-            raise ValueError(f"k={k} neighbours need more than {k} points, got {n}")
-        want = k + int(self_search)  # one more, to drop the query itself
-        if self.exact:
-            dist, idx = exact_search(self.base, q, want)
-        else:
-            from timetravel.projection._kernels import rerank
-
-            d2, idx = rerank(self.base, q, self._ivf.candidates(q, min(3 * k + 1, n)), want)
-            dist = np.sqrt(d2)
-            short = np.flatnonzero((idx < 0).any(axis=1))  # a probe found too few points: search those exactly
-            if len(short):
-                dist[short], idx[short] = exact_search(self.base, q[short], want)
-        if self_search:
-            return _drop_self(idx, np.arange(n), k, dist)
-        return dist, idx
-
-
-class _IvfCandidates:
-    """faiss IVF index on a PCA-reduced copy of the points, proposing neighbour candidates."""
-
-    def __init__(self, base: np.ndarray, seed: int) -> None:
-        faiss = _faiss()
-        n, dim = base.shape
-        nlist = int(np.clip(np.sqrt(n), 16, 4096))
-        rng = np.random.default_rng(seed)
-        sample = base[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))]
-        reduced_dim = min(dim, 64)
-        self._pca = None
-        if reduced_dim < dim:
-            self._pca = faiss.PCAMatrix(dim, reduced_dim)
-            self._pca.train(sample)
-        self._index = faiss.IndexIVFFlat(faiss.IndexFlatL2(reduced_dim), reduced_dim, nlist)
-        self._index.cp.seed = int(seed) % (2**31 - 1)
-        self._index.train(self._reduce(sample))
-        self._index.add(self._reduce(base))
-        self._index.nprobe = 4
-
-    def _reduce(self, a: np.ndarray) -> np.ndarray:
-        return a if self._pca is None else self._pca.apply(a)
-
-    def candidates(self, queries: np.ndarray, n_cand: int) -> np.ndarray:
-        _, cand = self._index.search(self._reduce(queries), n_cand)
-        return cand
-
-
-def knn_search(
-    base: np.ndarray, queries: np.ndarray | None, k: int, *, seed: int = 0, exact: bool | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-off search: ``NeighbourIndex(base, seed=seed, exact=exact).query(queries, k)``."""
-    return NeighbourIndex(base, seed=seed, exact=exact).query(queries, k)
-
-
-def all_knn(x: np.ndarray, k: int, *, seed: int = 0, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest neighbours of every row of ``x`` among the others (see :func:`knn_search`)."""
-    return knn_search(x, None, k, seed=seed, exact=exact)
 
 
 def smooth_knn_dist(dist: np.ndarray, *, n_iter: int = 64, bandwidth: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

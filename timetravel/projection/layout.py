@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from timetravel.projection._pca import principal_axes
+from timetravel.numerics import principal_axes
 from timetravel.projection.graph import FuzzyGraph
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from timetravel.projection.graph import knn_of_rows
+from timetravel.numerics import knn_of_rows
 
 
 def _chunked_rows(n: int, chunk: int = 8192):

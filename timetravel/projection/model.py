@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from timetravel.errors import TimetravelError
-from timetravel.projection._pca import principal_axes
+from timetravel.numerics import principal_axes
 
 logger = logging.getLogger(__name__)
 

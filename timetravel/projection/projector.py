@@ -25,6 +25,7 @@ graphs arrive, while the workers carry on.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -34,11 +35,12 @@ from typing import Any
 import numpy as np
 
 from timetravel._random import subsample
-from timetravel.projection import _io
-from timetravel.projection._io import ProjectionError
+from timetravel._validation import check_int, check_real
+from timetravel.projection import store as files
+from timetravel.projection.store import ProjectionError, ProjectionReader, projection_dir
+from timetravel.numerics import NeighbourIndex
 from timetravel.projection.graph import (
     FuzzyGraph,
-    NeighbourIndex,
     fuzzy_graph,
     group_graph,
     membership,
@@ -49,11 +51,12 @@ from timetravel.projection.layout import LayoutParams, align_to, find_ab_params,
 from timetravel.projection.metrics import displacement, evaluate_split
 from timetravel.projection.model import DecoderParams, InverseMap, fit_inverse_map, torch_threads
 from timetravel.projection.territory import canvas_extent, territory
-from timetravel.store import RunStore, epoch_dirname
+from timetravel.store import RunStore
 
 logger = logging.getLogger(__name__)
 
 METHOD = "timetravel-temporal-umap"
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -349,46 +352,34 @@ class TemporalProjector:
         self.random_state = random_state
         self.verbose = verbose
 
-    # Settings that change the result; a projection resumes only under the same ones.
-    _RESULT_PARAMS = (
-        "n_neighbors", "cross_prediction_weight", "prediction_neighbors", "min_dist", "spread", "negative_sample_rate", "init_epochs", "min_epochs", "max_epochs",
-        "learning_rate", "anchor_strength", "grid_size", "decoder_components", "decoder_hidden", "decoder_steps",
-        "prediction_weight", "fourier_features", "fourier_scale", "smoothness", "decoder_samples", "metric_samples",
-        "metric_k", "random_state",
-    )  # fmt: skip
+    # How the work is run, not what it computes: the only settings a resumed projection may change.
+    _EXECUTION_PARAMS = frozenset({"n_jobs", "backend", "chunk_size", "verbose"})
+
+    @classmethod
+    def _result_param_names(cls) -> list[str]:
+        """Every constructor parameter except the execution ones: a projection resumes only under the same values."""
+        signature = inspect.signature(cls.__init__)
+        return [name for name in signature.parameters if name != "self" and name not in cls._EXECUTION_PARAMS]
 
     def _validate(self, store: RunStore) -> None:
-        positive_ints = ("n_neighbors", "min_epochs", "grid_size", "decoder_components",
-                         "decoder_hidden", "decoder_samples", "metric_samples", "metric_k", "fourier_features")
-        n = self.prediction_neighbors
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-            raise ProjectionError(f"prediction_neighbors must be an integer >= 0, got {n!r}")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ProjectionError(f"{name} must be a positive integer, got {value!r}")
-        non_negative = ("min_dist", "negative_sample_rate", "anchor_strength", "prediction_weight", "fourier_scale",
-                        "smoothness")
-        if not isinstance(self.cross_prediction_weight, (int, float, np.number)) or not (
-            0 < self.cross_prediction_weight <= 1
-        ):
-            raise ProjectionError(
-                f"cross_prediction_weight must be in (0, 1], got {self.cross_prediction_weight!r}"
-            )
-        for name in non_negative:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value < 0:
-                raise ProjectionError(f"{name} must be a finite number >= 0, got {value!r}")
+        err = {"error": ProjectionError}
+        for name in ("n_neighbors", "min_epochs", "grid_size", "decoder_components", "decoder_hidden",
+                     "decoder_samples", "metric_samples", "metric_k", "fourier_features"):
+            check_int(getattr(self, name), name, minimum=1, **err)
+        for name in ("init_epochs", "max_epochs", "decoder_steps", "chunk_size"):
+            check_int(getattr(self, name), name, minimum=1, none_ok=True, **err)
+        check_int(self.prediction_neighbors, "prediction_neighbors", minimum=0, **err)
+        check_int(self.random_state, "random_state", **err)
+        check_int(self.n_jobs, "n_jobs", none_ok=True, **err)
+        if self.n_jobs == 0:
+            raise ProjectionError("n_jobs must not be 0 (joblib: None or 1 for one process, -1 for all cores)")
+        check_real(self.cross_prediction_weight, "cross_prediction_weight", minimum=0, maximum=1,
+                   exclusive_minimum=True, **err)
+        for name in ("min_dist", "negative_sample_rate", "anchor_strength", "prediction_weight", "fourier_scale",
+                     "smoothness"):
+            check_real(getattr(self, name), name, minimum=0, **err)
         for name in ("spread", "learning_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value <= 0:
-                raise ProjectionError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("init_epochs", "max_epochs", "decoder_steps"):
-            value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1
-            ):
-                raise ProjectionError(f"{name} must be a positive integer or None, got {value!r}")
+            check_real(getattr(self, name), name, minimum=0, exclusive_minimum=True, **err)
         if self.max_epochs is not None and self.min_epochs > self.max_epochs:
             raise ProjectionError(f"min_epochs ({self.min_epochs}) must not exceed max_epochs ({self.max_epochs})")
         if self.grid_size > 4096:
@@ -404,7 +395,19 @@ class TemporalProjector:
             raise ProjectionError(f"{store.path}: territories hold at most 256 classes, the run has {store.n_classes}")
 
     def _result_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._RESULT_PARAMS}
+        return {name: getattr(self, name) for name in self._result_param_names()}
+
+    @staticmethod
+    def _check_resumable(manifest: dict[str, Any], params: dict[str, Any], out: Path) -> None:
+        """Refuse to continue a projection whose method or settings differ from ``params``."""
+        saved = manifest.get("params")
+        saved = saved if isinstance(saved, dict) else {}
+        changed = sorted(k for k in params.keys() | saved.keys() if saved.get(k, _MISSING) != params.get(k, _MISSING))
+        if manifest.get("method") != METHOD or changed:
+            raise ProjectionError(
+                f"{out}: an existing projection was made with other settings ({', '.join(changed) or 'method'}); "
+                "pass overwrite=True (--overwrite) to replace it"
+            )
 
     def decoder_params(self, n_samples: int) -> DecoderParams:
         """The inverse-map training settings used for a run of ``n_samples`` samples.
@@ -466,20 +469,14 @@ class TemporalProjector:
 
         store = store if isinstance(store, RunStore) else RunStore(store)
         self._validate(store)
-        out = store.derived_dir("projection")
+        out = projection_dir(store.path)
         params = self._result_params()
-        manifest = _io.read_manifest(out)
-        if manifest is not None and not overwrite and (
-            manifest.get("method") != METHOD or manifest.get("params") != params
-        ):
-            changed = sorted(k for k in params if manifest.get("params", {}).get(k) != params[k])
-            raise ProjectionError(
-                f"{out}: an existing projection was made with other settings ({', '.join(changed) or 'method'}); "
-                "pass overwrite=True (--overwrite) to replace it"
-            )
+        manifest = files.read_manifest(out)
+        if manifest is not None and not overwrite:
+            self._check_resumable(manifest, params, out)
         if manifest is None or overwrite:
-            _io.clear(out)
-            manifest = _io.new_manifest(METHOD, params)
+            files.clear(out)
+            manifest = files.new_manifest(METHOD, params)
         done = self._finished_prefix(store, manifest, out)
         todo = [e for e in store.epochs[len(done) :] if until is None or e <= until]
         prev = None
@@ -487,8 +484,8 @@ class TemporalProjector:
             last = done[-1]
             prev = _Previous(
                 epoch=last,
-                xy=_io.read_xy(out, last),
-                heldout_xy=_io.read_xy(out, last, "heldout_xy") if store.has_heldout(last) else None,
+                xy=files.read_xy(out, last),
+                heldout_xy=files.read_xy(out, last, "heldout_xy") if store.has_heldout(last) else None,
             )
             logger.info("resuming the projection of %s after epoch %d (%d to go)", store.path, last, len(todo))
 
@@ -517,7 +514,7 @@ class TemporalProjector:
         stale = [int(e) for e in manifest["epochs"] if int(e) not in done]
         if stale:
             logger.warning("%s: recomputing epochs %s, projected after an unprojected one", out, stale)
-            _io.forget_epochs(out, manifest, stale)
+            files.forget_epochs(out, manifest, stale)
         return done
 
     def _run(self, store, manifest, out, todo, prev, parallel, chunk, bar) -> None:
@@ -605,7 +602,7 @@ class TemporalProjector:
                 "finish": round(result["seconds"], 3),
             },
         }
-        _io.write_epoch(out, manifest, epoch, arrays, result["blobs"], record)
+        files.write_epoch(out, manifest, epoch, arrays, result["blobs"], record)
         train = result["metrics"]["train"]
         logger.info(
             "epoch %d: knn %.3f, prediction %.3f, temporal %s",
@@ -621,11 +618,13 @@ def load_inverse_map(store: RunStore, epoch: int) -> InverseMap:
     >>> inv = load_inverse_map(store, 29)  # doctest: +SKIP
     >>> inv.logits(np.array([[0.0, 0.0]]), *store.head(29)).argmax(1)  # doctest: +SKIP
     """
-    store._projection_entry(epoch)  # raises a clear StoreError when not projected
-    manifest = _io.read_manifest(store.derived_dir("projection"))
-    decoder = manifest["epochs"][str(epoch)]["decoder"]
+    reader = ProjectionReader(store)
+    decoder = reader.entry(epoch).get("decoder")
+    if not isinstance(decoder, dict):
+        raise ProjectionError(f"{reader.directory}: epoch {epoch} has no inverse map (it was not written by "
+                              f"timetravel project); run `timetravel project {store.path} --overwrite`")
     return InverseMap.load(
-        store.derived_dir("projection") / epoch_dirname(epoch),
+        reader.epoch_dir(epoch),
         hidden=int(decoder["hidden"]),
         n_frequencies=int(decoder["n_frequencies"]),
         center=np.asarray(decoder["center"], dtype=np.float32),

@@ -1,8 +1,8 @@
-"""Rankers behind one interface, so every method meets the same simulated user.
+"""The recommendation benchmark's rankers behind one interface, so every method meets the same simulated user.
 
 A ranker is fitted on a :class:`RankingInput` (the run, its features, the
 detector's scores, optional out-of-sample probabilities), then alternates
-``recommend(k)`` and ``partial_fit(indices, accepted)``. ``initial_scores_``
+``recommend(k)`` and ``update(indices, accepted)``. ``initial_scores_``
 holds the ranking before any feedback (higher = recommended sooner), for
 AUROC/AUPRC.
 
@@ -46,7 +46,7 @@ class RankingInput:
     store : RunStore
     features : FeatureTable
     detector_scores : ndarray of shape (N,)
-        ``AbnormalityDetector.score_samples()``.
+        ``AbnormalityDetector.scores_`` (higher = more suspicious).
     cv_probabilities : ndarray of shape (N, K), optional
         Out-of-sample predicted probabilities from K-fold cross-validation of
         the subject model (for ``cleanlab_cv``).
@@ -68,7 +68,7 @@ class Ranker:
     """Base class: a ranking over samples that skips reviewed ones.
 
     Subclasses set ``initial_scores_`` in :meth:`fit` and, when they learn from
-    feedback, override :meth:`_update`.
+    feedback, override :meth:`_learn`.
     """
 
     name = "ranker"
@@ -94,17 +94,17 @@ class Ranker:
         order = order[~self._reviewed[order]]
         return order[:k].astype(np.int64)
 
-    def partial_fit(self, indices: Sequence[int], accepted: Sequence[bool]) -> Ranker:
+    def update(self, indices: Sequence[int], accepted: Sequence[bool]) -> Ranker:
         """Mark samples reviewed (and learn from the decisions, for feedback rankers)."""
         idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
         acc = np.atleast_1d(np.asarray(accepted, dtype=bool))
         self._reviewed[idx] = True
         self._accepted.update(zip(idx.tolist(), acc.tolist()))
         if self.uses_feedback:
-            self._update()
+            self._learn()
         return self
 
-    def _update(self) -> None:
+    def _learn(self) -> None:
         raise NotImplementedError
 
 
@@ -202,7 +202,7 @@ class DeepDebuggerRanker(Ranker):
         self._x = np.column_stack([uncertainty, cluster_score])
         return self._x.mean(axis=1)
 
-    def _update(self) -> None:
+    def _learn(self) -> None:
         idx = np.fromiter(self._accepted, dtype=np.int64)
         y = np.fromiter(self._accepted.values(), dtype=float)
         x = self._x[idx]
@@ -256,8 +256,8 @@ class TimetravelRanker(Ranker):
     def recommend(self, k: int) -> np.ndarray:
         return self.recommender_.recommend(k)
 
-    def partial_fit(self, indices: Sequence[int], accepted: Sequence[bool]) -> TimetravelRanker:
-        self.recommender_.partial_fit(indices, accepted)
+    def update(self, indices: Sequence[int], accepted: Sequence[bool]) -> TimetravelRanker:
+        self.recommender_.update(indices, accepted)
         return self
 
 

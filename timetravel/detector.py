@@ -1,4 +1,6 @@
-"""Unsupervised abnormality detector over trajectory features.
+"""The abnormality detector: an unsupervised estimator over trajectory features.
+
+The pipeline that runs it and saves ``RUN/features/`` is :mod:`timetravel.detection`.
 
 Each feature is turned into a normal score by its rank (robust to scale and
 heavy tails) and oriented so that high means suspicious. The detector then
@@ -19,12 +21,12 @@ sample suspicious. True labels are never used.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from timetravel._random import subsample
+from timetravel._validation import check_index, check_int, check_real
 from timetravel.errors import TimetravelError
 from timetravel.features import FEATURES, FeatureTable
 
@@ -39,7 +41,10 @@ class DetectorError(TimetravelError, ValueError):
 
 
 class AbnormalityDetector:
-    """Scores samples by how abnormal their training dynamics are (higher = more suspicious).
+    """Scores samples by how abnormal their training dynamics are.
+
+    ``scores_`` and :meth:`suspicion` are higher for more suspicious samples;
+    :meth:`score_samples` follows scikit-learn (lower = more abnormal).
 
     Parameters
     ----------
@@ -61,14 +66,15 @@ class AbnormalityDetector:
         Sorted reference values of each feature (the rank transform).
     weights_ : ndarray of shape (F,)
         Weight of each oriented normal score in the score.
-    scores_ : ndarray of shape (N,)
-        Scores of the training samples.
+    scores_ : ndarray of shape (N,), float32
+        Suspicion of the training samples, higher = more suspicious
+        (:meth:`score_samples` uses scikit-learn's opposite sign).
 
     Examples
     --------
     >>> from timetravel.features import extract_features  # doctest: +SKIP
     >>> det = AbnormalityDetector().fit(extract_features(store))  # doctest: +SKIP
-    >>> worst = det.score_samples().argmax()  # doctest: +SKIP
+    >>> worst = det.scores_.argmax()  # doctest: +SKIP
     >>> det.reasons(worst)  # doctest: +SKIP
     ['5 of its 10 nearest neighbours carry another label mid-training', ...]
     """
@@ -84,8 +90,8 @@ class AbnormalityDetector:
         """Learn the rank transform and the feature weights; returns self."""
         if self.method not in ("consensus", "mean"):
             raise DetectorError(f"method must be 'consensus' or 'mean', got {self.method!r}")
-        if not self.agreement >= 0:
-            raise DetectorError(f"agreement must be >= 0, got {self.agreement!r}")
+        check_real(self.agreement, "agreement", minimum=0, error=DetectorError)
+        check_int(self.random_state, "random_state", error=DetectorError)
         if not isinstance(features, FeatureTable):
             raise DetectorError(f"features must be a FeatureTable (from extract_features), got {type(features).__name__}")
         x = features.values
@@ -127,22 +133,39 @@ class AbnormalityDetector:
 
     # -- scoring -----------------------------------------------------------------------
 
-    def score_samples(self, values: np.ndarray | None = None) -> np.ndarray:
-        """Suspicion score per sample; higher is more suspicious.
+    def suspicion(self, X: np.ndarray) -> np.ndarray:
+        """Suspicion score of samples with raw feature values ``X``; higher is more suspicious.
+
+        On the training features this equals :attr:`scores_`.
 
         Parameters
         ----------
-        values : ndarray of shape (N, F), optional
-            Raw feature values; defaults to the samples seen in :meth:`fit`.
+        X : ndarray of shape (N, F)
+            Raw feature values, columns in the order of :attr:`names_`.
 
         Returns
         -------
         ndarray of shape (N,), float32
         """
         self._check_fitted()
-        if values is None:
-            return self.scores_
-        return self._score(self.transform(values))
+        return self._score(self.transform(X))
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        """Normality of samples with raw feature values ``X``: the lower, the more abnormal.
+
+        scikit-learn's convention for outlier detectors (``IsolationForest``,
+        ``LocalOutlierFactor``): this is ``-suspicion(X)``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (N, F)
+            Raw feature values, columns in the order of :attr:`names_`.
+
+        Returns
+        -------
+        ndarray of shape (N,), float32
+        """
+        return -self.suspicion(X)
 
     def _score(self, z: np.ndarray) -> np.ndarray:
         mean = z @ self.weights_
@@ -215,10 +238,7 @@ class AbnormalityDetector:
             raise DetectorError("this AbnormalityDetector is not fitted yet; call fit(features) first")
 
     def _check_index(self, i) -> int:
-        n = len(self.raw_)
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < n:
-            raise DetectorError(f"sample index must be an integer in [0, {n}), got {i!r}")
-        return int(i)
+        return check_index(i, "sample index", len(self.raw_), error=DetectorError)
 
 
 def _normal_cdf(z: float) -> float:
@@ -242,183 +262,3 @@ def _consensus_weights(z: np.ndarray) -> np.ndarray:
     if w.sum() <= 0:
         return np.full(len(v), 1.0 / len(v))
     return w / w.sum()
-
-
-# --------------------------------------------------------------------------- RUN/features/
-
-FEATURES_DIR = "features"
-FORMAT_VERSION = 1
-_MANIFEST_KEYS = frozenset(
-    {"format_version", "n_samples", "names", "descriptions", "directions", "has_neighbors", "meta", "epochs",
-     "detector"}
-)
-_ARRAYS = {  # file -> allowed dtype kinds
-    "features.npy": "f",
-    "scores.npy": "f",
-    "reference.npy": "f",
-    "suggested.npy": "iu",
-    "predicted.npy": "iu",
-    "neighbors.npy": "iu",
-}
-
-
-@dataclass
-class Detection:
-    """Features and detector of a run, as written by ``timetravel detect``.
-
-    Attributes
-    ----------
-    features : FeatureTable
-    detector : AbnormalityDetector
-        Fitted; ``reasons(i)`` works without recomputation.
-    scores : ndarray of shape (N,)
-        Suspicion scores (higher = more suspicious).
-    """
-
-    features: FeatureTable
-    detector: AbnormalityDetector
-    scores: np.ndarray
-
-    def ranking(self) -> np.ndarray:
-        """Sample indices, most suspicious first."""
-        return np.argsort(-self.scores, kind="stable")
-
-    def recommender(self, feedback=None, **params):
-        """A fitted :class:`~timetravel.recommend.FeedbackRecommender` over this run.
-
-        Parameters
-        ----------
-        feedback : FeedbackState or dict of int to bool, optional
-            Decisions to replay (``FeedbackLog(run).read()``).
-        **params
-            Recommender parameters (``random_state``, ``exploration``...).
-        """
-        from timetravel.recommend import FeedbackRecommender
-
-        rec = FeedbackRecommender(**params).fit(self.features, self.scores)
-        return rec.restore(feedback) if feedback is not None else rec
-
-
-def detect(store, *, n_neighbors: int = 10, method: str = "consensus", verbose: bool = True) -> Detection:
-    """Extract the features of a run, fit the detector and write ``RUN/features/``.
-
-    Parameters
-    ----------
-    store : RunStore
-    n_neighbors : int
-        k of the neighbour features and of the saved neighbour lists.
-    method : {"consensus", "mean"}
-        Detector weighting.
-    verbose : bool
-        Progress bars.
-
-    Returns
-    -------
-    Detection
-    """
-    from timetravel.features import extract_features
-
-    table = extract_features(store, n_neighbors=n_neighbors, verbose=verbose)
-    detector = AbnormalityDetector(method).fit(table)
-    detection = Detection(table, detector, detector.score_samples())
-    save_detection(store, detection)
-    return detection
-
-
-def save_detection(store, detection: Detection) -> None:
-    """Write ``RUN/features/`` atomically: arrays first, the manifest (which lists them) last."""
-    import time
-
-    from timetravel._io import save_npy_atomic, write_json_atomic
-
-    d = store.derived_dir(FEATURES_DIR)
-    d.mkdir(parents=True, exist_ok=True)
-    t = detection.features
-    save_npy_atomic(d / "features.npy", t.values.astype(np.float32))
-    save_npy_atomic(d / "scores.npy", np.asarray(detection.scores, dtype=np.float32))
-    save_npy_atomic(d / "reference.npy", detection.detector.reference_)
-    save_npy_atomic(d / "suggested.npy", t.suggested.astype(np.int64))
-    save_npy_atomic(d / "predicted.npy", t.predicted.astype(np.int64))
-    if t.neighbors is not None:
-        save_npy_atomic(d / "neighbors.npy", t.neighbors.astype(np.int32))
-    write_json_atomic(d / "manifest.json", {
-        "format_version": FORMAT_VERSION,
-        "n_samples": int(t.n_samples),
-        "names": t.names,
-        "descriptions": t.descriptions,
-        "directions": t.directions.astype(int).tolist(),
-        "epochs": [int(e) for e in t.epochs],
-        "meta": t.meta,
-        "has_neighbors": t.neighbors is not None,
-        "detector": detection.detector.to_dict(),
-        "created": time.time(),
-    })
-
-
-def load_detection(store) -> Detection:
-    """Read ``RUN/features/`` without recomputing anything.
-
-    Raises
-    ------
-    StoreError
-        The run has no features yet (run ``timetravel detect RUN``), or a file
-        is missing, of the wrong shape, or of an unknown format version.
-    """
-    import json
-
-    from timetravel.errors import StoreError
-
-    d = store.derived_dir(FEATURES_DIR)
-    path = d / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StoreError(f"{store.path}: has no detection results yet; run `timetravel detect {store.path}` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{path}: not valid JSON ({exc}); run `timetravel detect {store.path}` again") from None
-    if not isinstance(manifest, dict):
-        raise StoreError(f"{path}: expected a JSON object; run `timetravel detect {store.path}` again")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path}: unknown format_version {manifest.get('format_version')!r}; "
-                         f"this timetravel reads version {FORMAT_VERSION}")
-    again = f"run `timetravel detect {store.path}` again"
-    missing = sorted(_MANIFEST_KEYS - set(manifest))
-    if missing:
-        raise StoreError(f"{path}: written by another timetravel version (missing {', '.join(missing)}); {again}")
-    n, f = store.n_samples, len(manifest["names"])
-    if manifest["n_samples"] != n:
-        raise StoreError(f"{path}: features are for {manifest['n_samples']} samples but the run has {n}; "
-                         f"run `timetravel detect {store.path}` again")
-    expected = {"features.npy": (n, f), "scores.npy": (n,), "suggested.npy": (n,), "predicted.npy": (n,)}
-    if manifest["has_neighbors"]:
-        expected["neighbors.npy"] = (n, int(manifest["meta"]["n_neighbors"]))
-    arrays = {name: _load_array(d / name, shape, _ARRAYS[name]) for name, shape in expected.items()}
-    reference = _load_array(d / "reference.npy", None, "f")
-    if [int(e) for e in manifest["epochs"]] != list(store.epochs):
-        logger.warning("%s: features were computed from epochs %s but the run now has %s; "
-                       "run `timetravel detect %s` to refresh them", d, manifest["epochs"], store.epochs, store.path)
-    table = FeatureTable(
-        values=arrays["features.npy"], names=list(manifest["names"]), descriptions=list(manifest["descriptions"]),
-        directions=np.asarray(manifest["directions"], dtype=np.int8), labels=np.asarray(store.labels),
-        suggested=arrays["suggested.npy"].astype(np.int64), predicted=arrays["predicted.npy"].astype(np.int64),
-        neighbors=arrays.get("neighbors.npy"), epochs=list(manifest["epochs"]), meta=dict(manifest["meta"]),
-    )
-    try:
-        detector = AbnormalityDetector.from_saved(manifest["detector"], reference, table.values)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StoreError(f"{path}: the saved detector cannot be restored ({exc!r}); {again}") from None
-    return Detection(table, detector, arrays["scores.npy"])
-
-
-def _load_array(path, shape, kinds: str) -> np.ndarray:
-    from timetravel.errors import StoreError
-
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise StoreError(f"{path}: file is missing; run `timetravel detect` on the run again") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise StoreError(f"{path}: cannot be read ({exc})") from None
-    if (shape is not None and array.shape != shape) or array.dtype.kind not in kinds:
-        raise StoreError(f"{path}: expected shape {shape} ({kinds}), got {array.shape} {array.dtype}")
-    return array
