@@ -9,6 +9,7 @@ from timetravel.notebook import show
 from timetravel.recommend import FeedbackRecommender
 from timetravel.projection.store import Territory
 from timetravel.store import RunStore, RunWriter
+from timetravel.table import Table, features_table, ranking_table
 
 __all__ = [
     "AbnormalityDetector",
