@@ -22,52 +22,16 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from timetravel.capture._batch import CaptureError, check_labels
 from timetravel.capture._head import LeastSquares, SurrogateWarning
 from timetravel.capture._probe import Rows
+from timetravel.numerics import label_margins
 from timetravel.store import EpochWriter, RunWriter
 
 logger = logging.getLogger("timetravel.capture")
 
 MISSING = ("error", "previous")
-
-
-def label_margins(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Margin of each row: logit of the given label minus the largest other logit.
-
-    This is the per-pass quantity whose average over training is the Area
-    Under the Margin (AUM, Pleiss et al. 2020); negative means the model
-    prefers another class.
-
-    Parameters
-    ----------
-    logits : array of shape (B, K)
-    labels : int array of shape (B,)
-
-    Returns
-    -------
-    ndarray of shape (B,), float32
-
-    Examples
-    --------
-    >>> label_margins(np.array([[2.0, 0.5, 1.0]]), np.array([2])).tolist()
-    [-1.0]
-    """
-    if isinstance(logits, torch.Tensor):
-        logits = logits.detach().to("cpu", torch.float32).numpy()
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    logits = np.asarray(logits, dtype=np.float32)  # also copies a read-only memory map out
-    labels = np.asarray(labels).astype(np.int64, copy=False)
-    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise CaptureError(f"logits must be (B, K) and labels (B,), got {logits.shape} and {labels.shape}")
-    rows = np.arange(len(labels))
-    given = logits[rows, labels]
-    others = logits.copy()
-    others[rows, labels] = -np.inf
-    return given - others.max(axis=1, initial=-np.inf)
 
 
 class EpochSink:
