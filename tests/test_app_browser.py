@@ -230,7 +230,7 @@ def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
 
 
 def _suggested(run, sample: int) -> int:
-    from timetravel.detect import load_detection
+    from timetravel.detection import load_detection
     from timetravel.store import RunStore
 
     return int(load_detection(RunStore(run)).features.suggested[sample])

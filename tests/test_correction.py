@@ -131,7 +131,7 @@ def test_suspects_need_the_runs_detection(tiny_run):
                           detection.features.column("confidence") >= 0.5)
     FeedbackLog(tiny_run.path).append(int(np.argmin(detection.features.column("confidence"))), "accept")
     state = FeedbackLog(tiny_run.path).read()
-    p = 1 / (1 + np.exp(-detection.recommender(feedback=state, random_state=0).score_samples()))
+    p = 1 / (1 + np.exp(-detection.recommender(feedback=state, random_state=0).log_odds()))
     expected = (detection.features.column("confidence") < 0.5) | (p > 0.5)
     expected[list(state.standing)] = False
     assert np.array_equal(~timetravel.corrections(tiny_run, suspects=True).keep, expected)

@@ -252,7 +252,7 @@ def corrections(run: Any, state: FeedbackState | None = None, *, suspects: bool 
     from timetravel.detection import load_detection
 
     detection = load_detection(store)
-    score = detection.recommender(feedback=state, random_state=0).score_samples().astype(np.float64)
+    score = detection.recommender(feedback=state, random_state=0).log_odds().astype(np.float64)
     return drop_suspects(fix, state, confidence=detection.features.column("confidence"),
                          accept_probability=1.0 / (1.0 + np.exp(-score)))
 
