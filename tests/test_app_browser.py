@@ -391,7 +391,7 @@ def test_missing_detection_says_which_command_to_run(browser, tmp_path):
 @pytest.fixture(scope="module")
 def sliced_detected(tmp_path_factory):
     """A run with metadata where source = web (a fifth of the samples) has 50% label noise, the rest 5%."""
-    from timetravel.detect import detect
+    from timetravel.detection import detect
     from timetravel.server_app._testing import write_sliced_run
     from timetravel.store import RunStore
 

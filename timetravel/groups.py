@@ -553,7 +553,7 @@ class GroupAnalysis:
     def suspicion(self) -> np.ndarray | None:
         """Suspicion percentile of every sample (from ``timetravel detect``), or None without a detection."""
         if self._suspicion is None:
-            from timetravel.detect import load_detection
+            from timetravel.detection import load_detection
 
             try:
                 self._suspicion = suspicion_percentile(load_detection(self.store).scores)
