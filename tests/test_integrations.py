@@ -159,6 +159,61 @@ def test_lightning_step_calling_a_submodule(tmp_path):
     assert store.epochs == [0, 1] and store.embedding_dim == 10 and store.epoch_pass(0) == "train"
 
 
+DDP_SCRIPT = """
+import sys, torch, torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+import lightning.pytorch as pl
+from timetravel.integrations import IndexedDataset
+from timetravel.integrations.lightning import TimetravelCallback
+
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU())
+        self.classifier = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+if __name__ == "__main__":
+    x, y = torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(96) % 3
+    loader = DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=16, shuffle=True)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[TimetravelCallback(sys.argv[1], layer="features")])
+    trainer.fit(Net(), loader)
+"""
+
+
+def test_lightning_ddp_two_processes(tmp_path):
+    """Two gloo ranks, each training on half the samples (DistributedSampler): rank 0 writes every sample's row.
+
+    Under DDP Lightning calls the module with its forward redirected to training_step; the callback must read
+    the inner self(x), not the loss. With lr=0 the train-pass epoch equals the final eval pass.
+    """
+    import subprocess
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = timetravel.RunStore(out)
+    assert store.epochs == [0, 1] and [store.epoch_pass(e) for e in store.epochs] == ["train", "eval"]
+    np.testing.assert_allclose(store.logits(0), store.logits(1), rtol=1e-5, atol=1e-5)
+
+
 def test_lightning_without_indexed_dataset_says_how_to_wrap(tmp_path):
     from timetravel.integrations.lightning import TimetravelCallback
 

@@ -61,6 +61,9 @@ class TimetravelCallback(RunRecording, pl.Callback):
     def __init__(self, out: Any, *, model: str | None = None, **settings: Any) -> None:
         RunRecording.__init__(self, out, **settings)
         self.model_name = model
+        self._hooks: list[Any] = []
+        self._depth = 0  # calls of the recorded module in progress
+        self._nested = False  # one of them called the module again
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = pl_module if self.model_name is None else pl_module.get_submodule(self.model_name)
@@ -70,6 +73,23 @@ class TimetravelCallback(RunRecording, pl.Callback):
             raise CaptureError("the trainer's training dataloader has no dataset (one DataLoader over an "
                                "IndexedDataset is needed)")
         self.start(model, dataset, loader, framework="lightning")
+        # Under DDP (and other wrapping strategies) Lightning calls the LightningModule itself with its
+        # forward redirected to training_step, so the module's hooks also see the step's output (the loss)
+        # around the inner self(x). Run before the recorder's hooks and keep it from reading that outer call.
+        self._hooks = [
+            model.register_forward_pre_hook(self._enter, prepend=True),
+            model.register_forward_hook(self._leave, prepend=True),
+        ]
+
+    def _enter(self, module: Any, args: Any) -> None:
+        self._depth += 1
+        self._nested |= self._depth > 1
+
+    def _leave(self, module: Any, args: Any, output: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._nested:
+            self._nested = False
+            self._require().probe.active = False  # the redirected call: its output is not the logits
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -88,7 +108,14 @@ class TimetravelCallback(RunRecording, pl.Callback):
         self.end_epoch(trainer.current_epoch, scalar_metrics(trainer.callback_metrics))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
         self.finish()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
         self.abort(exception)
+
+    def _remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
