@@ -199,7 +199,7 @@ def test_model_kind_end_to_end(tmp_path, kind):
         warnings.simplefilter("error")  # no random-transform warning, no surrogate warning
         rec = Recorder(model, kwargs.pop("layer"), tmp_path / "run", eval_loader, train_pass=True, eval_every=2,
                        store_kwargs=dict(labels=y.numpy(), n_classes=K, embedding_dim=D), **kwargs)
-    assert rec._linear is not None, "the model's own linear head is recorded, not a surrogate"
+    assert rec._head.linear is not None, "the model's own linear head is recorded, not a surrogate"
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for epoch in range(EPOCHS):
         model.train()
@@ -216,7 +216,7 @@ def test_model_kind_end_to_end(tmp_path, kind):
     store = RunStore(tmp_path / "run")
     assert [store.epoch_pass(e) for e in store.epochs] == ["train", "eval", "eval"]
     w, b = store.head(EPOCHS - 1)
-    linear = rec._linear
+    linear = rec._head.linear
     np.testing.assert_array_equal(w, linear.weight.detach().numpy())
     model.eval()
     with torch.no_grad():  # the last epoch is the final model in eval mode, row by sample index
@@ -239,7 +239,7 @@ def test_head_inside_a_sequential_is_found_by_itself(tmp_path):
     model = TutorialCNN()
     store_kwargs = dict(labels=y.numpy(), n_classes=K, embedding_dim=D, overwrite=True)
     rec = Recorder(model, "features", tmp_path / "a", tensor_loader(x, y), head="classifier", store_kwargs=store_kwargs)
-    assert rec.head_name == "classifier.1" and rec._linear is model.classifier[1]
+    assert rec.head_name == "classifier.1" and rec._head.linear is model.classifier[1]
     rec = Recorder(model, "features", tmp_path / "b", tensor_loader(x, y), store_kwargs=store_kwargs)  # head=None
     assert rec.head_name == "classifier.1"
     rec.capture(0)

@@ -304,3 +304,14 @@ def test_recording_leaves_the_training_as_it_was(tmp_path, one_thread, options):
             rec.close()
         weights.append(model.head.weight.detach().clone())
     torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0)
+
+
+def test_recorder_is_exported_lazily():
+    import subprocess
+    import sys
+
+    import timetravel
+
+    assert timetravel.Recorder is Recorder
+    code = "import sys, timetravel; assert 'torch' not in sys.modules; timetravel.Recorder; assert 'torch' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

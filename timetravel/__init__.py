@@ -23,6 +23,7 @@ __all__ = [
     "RunWriter",
     "StoreError",
     "Territory",
+    "Recorder",
     "TimetravelError",
     "corrections",
     "detect",
@@ -30,3 +31,12 @@ __all__ = [
     "load_detection",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # the Recorder needs torch: imported when first asked for, so `import timetravel` stays cheap
+    if name == "Recorder":
+        from timetravel.capture import Recorder
+
+        return Recorder
+    raise AttributeError(f"module 'timetravel' has no attribute {name!r}")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from timetravel.capture._batch import CaptureError
+from timetravel.capture._probe import Rows
 
 logger = logging.getLogger("timetravel.capture")
 
@@ -156,17 +157,65 @@ class LeastSquares:
         return 1.0 - max(sse, 0.0) / sst if sst > 0 else 1.0
 
 
-class SurrogateWarning:
-    """Logs the surrogate head's fit once, and again whenever it is poor."""
+class HeadRecorder:
+    """The head recorded each epoch: the model's own linear head when it gives the logits, else a surrogate.
 
-    def __init__(self, head_name: str | None, layer_name: str | None) -> None:
-        self.head_name, self.layer_name, self.warned = head_name, layer_name, False
+    Parameters
+    ----------
+    model : nn.Module
+    head : nn.Module, str or None
+        As for :class:`~timetravel.capture.Recorder` (see :func:`find_linear_head`).
+    n_classes, embedding_dim : int
+        K and D of the store.
+    layer_name : str or None
+        The embedding layer (None: the head's input), for messages.
 
-    def __call__(self, epoch: int, r2: float) -> None:
-        if not self.warned or r2 < SURROGATE_WARN_R2:
+    Attributes
+    ----------
+    name : str or None
+        Dotted name of the linear head found.
+    linear : nn.Linear or None
+        The head whose weights are recorded; None once a surrogate is fitted instead.
+    checked : bool
+        Whether :meth:`check` has compared it with the model's logits.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module | str | None, *, n_classes: int, embedding_dim: int,
+                 layer_name: str | None) -> None:
+        self.name, self.linear = find_linear_head(model, head, n_classes, embedding_dim)
+        self.n_classes, self.embedding_dim, self.layer_name = n_classes, embedding_dim, layer_name
+        self.checked = False
+        self._warned = False
+
+    def check(self, rows: Rows) -> None:
+        """Keep the linear head only if it reproduces the logits of one eval batch from its embedding."""
+        self.checked = True
+        if self.linear is None or head_reproduces(linear_weights(self.linear), rows.embedding, rows.logits):
+            return
+        logger.warning("head %r does not reproduce the model's logits from the embedding of layer %r; "
+                       "recording a least-squares surrogate head instead", self.name, self.layer_name)
+        if self.layer_name is None:
+            raise CaptureError(f"layer=None records the input of head {self.name!r}, but that head does not give "
+                               "the model's logits; give the embedding layer")
+        self.linear = None
+
+    def in_copy(self, model: nn.Module) -> nn.Linear | None:
+        """The linear head's counterpart in a copy of the model (None when a surrogate is fitted)."""
+        return dict(model.named_modules())[self.name] if self.linear is not None else None
+
+    def new_fit(self) -> LeastSquares | None:
+        """A surrogate fit to fill with one epoch's rows, or None when the model's linear head is recorded."""
+        return LeastSquares(self.embedding_dim, self.n_classes) if self.linear is None else None
+
+    def solve(self, fit: LeastSquares, epoch: int) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, float]]:
+        """The surrogate head of one epoch and its ``head_r2``; logged once, and whenever the fit is poor."""
+        weights = fit.solve()
+        r2 = fit.r2(*weights)
+        if not self._warned or r2 < SURROGATE_WARN_R2:
             logger.warning(
                 "epoch %d: no linear head recorded from the model (head=%r); fitted a least-squares surrogate "
                 "from layer %r to the logits with R^2 = %.4f (stored as head_r2 in the history)",
-                epoch, self.head_name, self.layer_name, r2,
+                epoch, self.name, self.layer_name, r2,
             )
-            self.warned = True
+            self._warned = True
+        return weights, {"head_r2": r2}

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from timetravel.capture._batch import CaptureError, check_labels
-from timetravel.capture._head import LeastSquares, SurrogateWarning
+from timetravel.capture._head import HeadRecorder, LeastSquares
 from timetravel.capture._probe import Rows
 from timetravel.numerics import label_margins
 from timetravel.store import EpochWriter, RunWriter
@@ -41,14 +41,13 @@ class EpochSink:
     ----------
     writer : RunWriter
         The store; its ``labels``, ``heldout_labels`` and ``true_labels`` are used.
+    head : HeadRecorder
+        The head of each train-pass epoch (the model's linear head, or a surrogate fitted to its rows).
     missing : {"error", "previous"}
         What a train-pass epoch does with samples no training pass saw.
-    surrogate_warning : SurrogateWarning
-        Logs the fit of surrogate heads.
     """
 
-    def __init__(self, writer: RunWriter, *, missing: str = "error",
-                 surrogate_warning: SurrogateWarning | None = None) -> None:
+    def __init__(self, writer: RunWriter, head: HeadRecorder, *, missing: str = "error") -> None:
         if missing not in MISSING:
             raise CaptureError(f"missing must be one of {MISSING}, got {missing!r}")
         self.writer = writer
@@ -57,7 +56,7 @@ class EpochSink:
         if writer.heldout_labels is not None:
             self.labels["heldout"] = np.asarray(writer.heldout_labels, dtype=np.int64)
         self.true_labels = writer.true_labels
-        self.warn_surrogate = surrogate_warning or SurrogateWarning(None, None)
+        self.head = head
         n = writer.n_samples
         self._margin_sum = np.zeros(n)
         self._margin_count = np.zeros(n, dtype=np.int64)
@@ -91,7 +90,7 @@ class EpochSink:
 
     # -- training-pass rows ---------------------------------------------------------------
 
-    def add_rows(self, index: np.ndarray, rows: Rows, target: Any, fit_surrogate: bool) -> None:
+    def add_rows(self, index: np.ndarray, rows: Rows, target: Any) -> None:
         """Keep a batch of training-pass rows (the latest row of a sample wins)."""
         if rows.ready is not None:
             rows.ready.synchronize()
@@ -106,9 +105,9 @@ class EpochSink:
         self._logits[index] = logits
         self._seen[index] = True
         self.add_margins(index, label_margins(logits, labels))
-        if fit_surrogate:
-            if self._fit is None:
-                self._fit = LeastSquares(self.writer.embedding_dim, self.writer.n_classes)
+        if self._fit is None:
+            self._fit = self.head.new_fit()
+        if self._fit is not None:
             self._fit.add(emb.astype(np.float32), logits)
 
     @property
@@ -153,11 +152,8 @@ class EpochSink:
         if self.true_labels is not None:
             computed["clean_train_pass_acc"] = float(np.mean(pred[seen] == self.true_labels[seen]))
         if head is None:
-            if self._fit is None:
-                raise CaptureError(f"epoch {epoch}: no linear head and no rows to fit a surrogate head to")
-            head = self._fit.solve()
-            computed["head_r2"] = r2 = self._fit.r2(*head)
-            self.warn_surrogate(epoch, r2)
+            head, fit_metrics = self.head.solve(self._fit, epoch)
+            computed.update(fit_metrics)
         margin = self._take_margins(lambda m: label_margins(self._logits[m], labels[m]))
         with self.writer.begin_epoch(epoch) as ew:
             ew.write(0, self._emb, self._logits)

@@ -24,7 +24,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -39,30 +39,15 @@ from timetravel.capture._batch import (
     check_labels,
     is_shuffled,
     own_random_stream,
-    to_device,
 )
 from timetravel.capture._distributed import Ranks, Shard
-from timetravel.capture._head import (
-    LeastSquares,
-    SurrogateWarning,
-    find_linear_head,
-    head_reproduces,
-    linear_weights,
-    resolve_module,
-)
-from timetravel.capture._probe import OutputSelector, Probe, Rows, describe, to_host
+from timetravel.capture._eval import LOADER_NAMES, EvalPasses, EvalTarget, eval_mode, forward
+from timetravel.capture._head import HeadRecorder, linear_weights, resolve_module
+from timetravel.capture._probe import OutputSelector, Probe, Rows, to_host
 from timetravel.capture._writer import EpochSink, Worker, label_margins
-from timetravel.store import MANIFEST, EpochWriter, RunWriter
+from timetravel.store import MANIFEST, RunWriter
 
 logger = logging.getLogger("timetravel.capture")
-
-
-class _Target(NamedTuple):
-    """What one eval pass runs: the model (or its background copy) and the probe hooked into it."""
-
-    model: nn.Module
-    probe: Probe
-    head: nn.Linear | None
 
 
 class Recorder:
@@ -211,23 +196,25 @@ class Recorder:
         for loader in (eval_loader, heldout_loader, pool_loader):
             own_random_stream(loader)
         self.layer_name, layer_module = resolve_module(model, layer, "layer") if layer is not None else (None, None)
-        self.head_name, self._linear = find_linear_head(model, head, w.n_classes, w.embedding_dim)
+        self._head = HeadRecorder(model, head, n_classes=w.n_classes, embedding_dim=w.embedding_dim,
+                                  layer_name=self.layer_name)
+        self.head_name = self._head.name
         self.format = BatchFormat(inputs, target, index)
         self._selectors = {"embedding": embedding, "logits": logits}
-        self.probe = self._probe(model, layer_module, self._linear)
+        self.probe = self._probe(model, layer_module, self._head.linear)
         self.device = torch.device(device) if device is not None else self._model_device()
         self.background = bool(background)
-        self.verbose = verbose
-        self._warn_surrogate = SurrogateWarning(self.head_name, self.layer_name)
-        self.sink = EpochSink(w, missing=missing, surrogate_warning=self._warn_surrogate)
+        self.sink = EpochSink(w, self._head, missing=missing)
+        self._eval = EvalPasses(w, self.sink, self._head, self.format,
+                                {"train": eval_loader, "heldout": heldout_loader, "pool": pool_loader}, self.device,
+                                verbose)
         self._worker = Worker()
-        self._shadow: _Target | None = None
+        self._shadow: EvalTarget | None = None
         self._shard: list[tuple[Any, Rows]] = []  # this rank's rows, under torch.distributed
         self._open_index: np.ndarray | None = None
         self._open_target: Any = None
         self._batches = 0
         self._last: tuple[int, str] | None = None  # (epoch, pass) of the latest capture
-        self._head_checked = False
         if self.train_pass:
             self.probe.attach()
         if check and eval_loader is not None and self.ranks.is_main:
@@ -282,34 +269,22 @@ class Recorder:
 
     def _check_loader(self, loader: Iterable, split: str) -> None:
         """One batch through the model now, so a mistake shows before the first epoch trains."""
-        name = _LOADER_NAMES[split]
+        name = LOADER_NAMES[split]
         first = self._first_batch(loader)
         b = self.format.split(first)
         if b.index is None and is_shuffled(loader):
             raise CaptureError(f"{name} shuffles its samples (random sampler) but its batches carry no indices; "
                                "use shuffle=False or yield (x, y, index) batches")
-        target = _Target(self.model, self.probe, self._linear)
-        with self._eval_mode(target):
-            rows = self._forward(target, b)
+        with eval_mode(self._main_target()):
+            rows = forward(self._main_target(), b, self.device)
         size = len(rows.logits)
         labels = self.sink.labels.get(split)
         rows_index = PassTracker(loader, self.writer.split_size(split), name, split).rows(b.index, size)
         if labels is not None:
             check_labels(b.target, labels[rows_index], name)
         if split == "train":
-            self._check_head(rows)
+            self._head.check(rows)
         self._check_random_transforms(loader, b, name)
-
-    def _check_head(self, rows: Rows) -> None:
-        self._head_checked = True
-        if self._linear is not None and not head_reproduces(linear_weights(self._linear), rows.embedding,
-                                                            rows.logits):
-            logger.warning("head %r does not reproduce the model's logits from the embedding of layer %r; "
-                           "recording a least-squares surrogate head instead", self.head_name, self.layer_name)
-            if self.layer_name is None:
-                raise CaptureError(f"layer=None records the input of head {self.head_name!r}, but that head does "
-                                   "not give the model's logits; give the embedding layer")
-            self._linear = None
 
     def _check_random_transforms(self, loader: Iterable, first: Any, name: str) -> None:
         again = self.format.split(self._first_batch(loader))
@@ -422,7 +397,7 @@ class Recorder:
             if target is not None:
                 check_labels(target, self.sink.labels["train"][index], "the training batch")
             return
-        self._worker.submit(self.sink.add_rows, index, rows, target, self._linear is None)
+        self._worker.submit(self.sink.add_rows, index, rows, target)
 
     # -- training-mode margins of eval-pass runs ---------------------------------------------
 
@@ -520,7 +495,7 @@ class Recorder:
             self._batches = 0
             self._last = (epoch, "train")
             if self.ranks.is_main:
-                head = linear_weights(self._linear) if self._linear is not None else None
+                head = linear_weights(self._head.linear) if self._head.linear is not None else None
                 self._worker.submit(self.sink.commit_train_pass, epoch, head, metrics, on_commit, started)
             return None
         self._batches = 0
@@ -535,10 +510,10 @@ class Recorder:
             return None
         if self.background:
             self._worker.flush()  # the copy is free again
-            self._worker.submit(self._eval_epoch, self._snapshot(), epoch, metrics, on_commit, started)
+            self._worker.submit(self._eval.record, self._snapshot(), epoch, metrics, on_commit, started)
             return None
         self._worker.flush()  # the writer thread is idle: the sink is ours
-        return self._eval_epoch(_Target(self.model, self.probe, self._linear), epoch, metrics, on_commit, started)
+        return self._eval.record(self._main_target(), epoch, metrics, on_commit, started)
 
     def _gather_shard(self) -> None:
         """Under torch.distributed: gather every rank's training-pass rows to rank 0's writer."""
@@ -556,7 +531,7 @@ class Recorder:
         merged = self.ranks.gather(local)
         if merged is not None and len(merged.index):
             rows = Rows(torch.from_numpy(merged.embedding), torch.from_numpy(merged.logits), None)
-            self._worker.submit(self.sink.add_rows, merged.index, rows, None, self._linear is None)
+            self._worker.submit(self.sink.add_rows, merged.index, rows, None)
             self._batches += 1
 
     def wait(self) -> dict[str, float]:
@@ -609,7 +584,10 @@ class Recorder:
 
     # -- eval passes ----------------------------------------------------------------------------
 
-    def _snapshot(self) -> _Target:
+    def _main_target(self) -> EvalTarget:
+        return EvalTarget(self.model, self.probe, self._head.linear)
+
+    def _snapshot(self) -> EvalTarget:
         """A copy of the model with the current weights, for a background pass."""
         if self._shadow is None:
             self.probe.detach()  # hooks must not be copied along
@@ -618,122 +596,16 @@ class Recorder:
             finally:
                 if self.train_pass:
                     self.probe.attach()
-            named = dict(model.named_modules())
-            layer = named[self.layer_name] if self.layer_name is not None else None
-            head = named[self.head_name] if self._linear is not None else None
-            self._shadow = _Target(model, self._probe(model, layer, head), head)
+            layer = dict(model.named_modules())[self.layer_name] if self.layer_name is not None else None
+            head = self._head.in_copy(model)
+            self._shadow = EvalTarget(model, self._probe(model, layer, head), head)
         with torch.no_grad():
             for dst, src in zip(self._shadow.model.state_dict().values(), self.model.state_dict().values()):
                 dst.copy_(src)
         return self._shadow
-
-    @contextmanager
-    def _eval_mode(self, target: _Target) -> Iterator[None]:
-        was_training = target.model.training
-        attached = bool(target.probe._handles)
-        target.probe.attach()
-        target.model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            target.probe.active = False
-            if not attached:
-                target.probe.detach()
-            target.model.train(was_training)
-
-    def _forward(self, target: _Target, b: Any) -> Rows:
-        target.probe.start()
-        try:
-            target.model(*to_device(b.args, self.device), **to_device(b.kwargs, self.device))
-        except TypeError as exc:  # the batch was taken apart wrongly: say how it was called
-            layout = ", ".join([describe(a) for a in b.args] + [f"{k}={describe(v)}" for k, v in b.kwargs.items()])
-            raise CaptureError(f"calling the model with the batch's inputs failed: model({layout}) raised "
-                               f"TypeError: {exc}; describe the batch with inputs=, target= and index=") from exc
-        finally:
-            target.probe.active = False
-        rows = target.probe.take()
-        if rows.ready is not None:
-            rows.ready.synchronize()
-        return rows
-
-    def _eval_epoch(self, target: _Target, epoch: int, metrics: dict[str, float],
-                    on_commit: Callable[[], None] | None, started: float) -> dict[str, float]:
-        linear = target.head if self._linear is not None else None
-        with self._eval_mode(target), self.writer.begin_epoch(epoch) as ew:
-            surrogate = None if linear is not None else LeastSquares(self.writer.embedding_dim, self.writer.n_classes)
-            train = self._pass(target, self.eval_loader, "train", ew, surrogate)
-            labels = self.sink.labels["train"]
-            computed = {"eval_train_acc": float(np.mean(train["pred"] == labels))}
-            if self.sink.true_labels is not None:
-                computed["clean_train_acc"] = float(np.mean(train["pred"] == self.sink.true_labels))
-            if self.heldout_loader is not None:
-                held = self._pass(target, self.heldout_loader, "heldout", ew, None)
-                computed["test_acc"] = float(np.mean(held["pred"] == self.sink.labels["heldout"]))
-            if self.pool_loader is not None:
-                self._pass(target, self.pool_loader, "pool", ew, None)
-            if linear is not None:
-                head = linear_weights(linear)
-            else:
-                head = surrogate.solve()
-                computed["head_r2"] = r2 = surrogate.r2(*head)
-                self._warn_surrogate(epoch, r2)
-            return self.sink.commit_eval_pass(ew, head, computed, train["margin"], metrics, on_commit, started)
-
-    def _pass(self, target: _Target, loader: Iterable, split: str, ew: EpochWriter,
-              surrogate: LeastSquares | None) -> dict[str, np.ndarray]:
-        """One eval pass over a loader: write rows; return predictions and eval margins."""
-        labels = self.sink.labels.get(split)  # None for the unlabelled pool
-        name = _LOADER_NAMES[split]
-        n = self.writer.split_size(split)
-        tracker = PassTracker(loader, n, name, split)
-        pred = np.zeros(n, dtype=np.int64)
-        margin = np.zeros(n, dtype=np.float32)
-        batches = loader
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(loader, desc=f"capture {split}", leave=False, unit="batch")
-        for batch in batches:
-            b = self.format.split(batch)
-            rows = self._forward(target, b)
-            index = tracker.rows(b.index, len(rows.logits))
-            if labels is not None:
-                check_labels(b.target, labels[index], name)
-            if not self._head_checked and split == "train":
-                self._check_head(rows)
-            emb, logits = rows.embedding.numpy(), rows.logits.numpy()
-            if surrogate is not None:
-                surrogate.add(emb.astype(np.float32), logits)
-            pred[index] = logits.argmax(axis=1)
-            if labels is not None:
-                margin[index] = label_margins(logits, labels[index])
-            _write_rows(ew, index, emb, logits, split)
-        tracker.check_complete()
-        return {"pred": pred, "margin": margin}
 
     def __repr__(self) -> str:
         mode = ", train_pass=True" if self.train_pass else ""
         mode += f", eval_every={self.eval_every}" if self.eval_every else ""
         mode += ", background=True" if self.background else ""
         return f"Recorder(layer={self.layer_name!r}, head={self.head_name!r}, store={str(self.writer.path)!r}{mode})"
-
-
-_LOADER_NAMES = {"train": "eval_loader", "heldout": "heldout_loader", "pool": "pool_loader"}
-
-
-def _runs(sorted_index: np.ndarray) -> list[tuple[int, int]]:
-    """Split sorted positions into contiguous ``(start_pos, stop_pos)`` runs."""
-    breaks = np.flatnonzero(np.diff(sorted_index) != 1) + 1
-    bounds = np.concatenate([[0], breaks, [len(sorted_index)]])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _write_rows(ew: EpochWriter, index: np.ndarray, emb: np.ndarray, logits: np.ndarray, split: str) -> None:
-    if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
-        ew.write(int(index[0]), emb, logits, split=split)
-        return
-    order = np.argsort(index, kind="stable")
-    index, emb, logits = index[order], emb[order], logits[order]
-    for a, b in _runs(index):
-        ew.write(int(index[a]), emb[a:b], logits[a:b], split=split)
