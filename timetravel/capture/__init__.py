@@ -26,7 +26,7 @@ the labels and commits epochs), :mod:`~timetravel.capture._distributed`
 
 from timetravel.capture._batch import BatchFormat, CaptureError, tensor_loader
 from timetravel.capture._head import resolve_module
-from timetravel.capture._writer import label_margins
+from timetravel.numerics import label_margins
 from timetravel.capture.recorder import Recorder
 
 __all__ = ["BatchFormat", "CaptureError", "Recorder", "label_margins", "resolve_module", "tensor_loader"]

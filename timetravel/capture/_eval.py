@@ -20,7 +20,8 @@ from torch import nn
 from timetravel.capture._batch import Batch, BatchFormat, CaptureError, PassTracker, check_labels, to_device
 from timetravel.capture._head import HeadRecorder, LeastSquares, linear_weights
 from timetravel.capture._probe import Probe, Rows, describe
-from timetravel.capture._writer import EpochSink, label_margins
+from timetravel.capture._writer import EpochSink
+from timetravel.numerics import label_margins
 from timetravel.store import EpochWriter, RunWriter
 
 LOADER_NAMES = {"train": "eval_loader", "heldout": "heldout_loader", "pool": "pool_loader"}

@@ -44,7 +44,8 @@ from timetravel.capture._distributed import Ranks, Shard
 from timetravel.capture._eval import LOADER_NAMES, EvalPasses, EvalTarget, eval_mode, forward
 from timetravel.capture._head import HeadRecorder, linear_weights, resolve_module
 from timetravel.capture._probe import OutputSelector, Probe, Rows, to_host
-from timetravel.capture._writer import EpochSink, Worker, label_margins
+from timetravel.capture._writer import EpochSink, Worker
+from timetravel.numerics import label_margins
 from timetravel.store import MANIFEST, RunWriter
 
 logger = logging.getLogger("timetravel.capture")
