@@ -96,3 +96,34 @@ def test_recorder_refuses_a_pool_loader_without_a_pool(tmp_path):
     with pytest.raises(CaptureError, match="has no pool; create it with n_pool"):
         Recorder(_model(), "1", tmp_path / "run", tensor_loader(x, y), head="2", pool_loader=tensor_loader(x),
                  store_kwargs=dict(labels=y.numpy(), n_classes=3, embedding_dim=8))
+
+
+def test_pool_labels_are_logged_replayed_and_undone(tmp_path):
+    from timetravel.feedback import FeedbackLog
+
+    log = FeedbackLog(tmp_path / "feedback.jsonl", n_samples=10, n_classes=3, n_pool=5)
+    log.append(4, "label", "s", label=2, split="pool")
+    log.append(4, "accept", "s")  # training sample 4 is another sample
+    log.append(1, "label", "s", label=0, split="pool")
+    log.append(1, "label", "s", label=1, split="pool")
+    log.append(1, "undo", "s", split="pool")
+    state = FeedbackLog(tmp_path / "feedback.jsonl", n_pool=5).read()
+    assert state.pool_labels == {4: 2, 1: 0}
+    assert state.decisions == {4: True}
+    assert '"split": "pool"' in (tmp_path / "feedback.jsonl").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sample=0, decision="accept", split="pool"), "does not apply to the pool set"),
+    (dict(sample=0, decision="label", label=1), "does not apply to the train set"),
+    (dict(sample=5, decision="label", label=1, split="pool"), "out of range for a run of 5 pool rows"),
+    (dict(sample=0, decision="label", split="pool"), "a pool label needs the label"),
+])
+def test_pool_events_are_checked(tmp_path, kwargs, message):
+    from timetravel.errors import FeedbackLogError
+    from timetravel.feedback import FeedbackLog
+
+    log = FeedbackLog(tmp_path / "feedback.jsonl", n_samples=10, n_classes=3, n_pool=5)
+    sample, decision = kwargs.pop("sample"), kwargs.pop("decision")
+    with pytest.raises(FeedbackLogError, match=message):
+        log.append(sample, decision, **kwargs)

@@ -15,13 +15,19 @@ Each line is one event::
 - ``"seed"``: an example of what the user is after, given as part of a group
   ("find more like these"), not a reviewed decision; the line names the group
   (``"group"``) and the batch it was given in (``"batch"``);
-- ``"undo"``: withdraw the latest standing decision on that sample.
+- ``"undo"``: withdraw the latest standing decision on that sample;
+- ``"label"``: the user gives ``label`` to a sample of the run's unlabelled
+  pool (active learning). Pool events carry ``"split": "pool"`` and their
+  ``sample`` is a pool row; only ``label`` and ``undo`` apply to the pool::
+
+    {"sample": 4, "decision": "label", "label": 2, "split": "pool", "time": 1764427202.0, "session": "a1b2"}
 
 ``accept``, ``relabel``, ``drop`` and ``flag`` are acceptances
 (:attr:`FeedbackState.decisions`; what they mean for retraining is
 :mod:`timetravel.correction`'s job). Seeds stand apart
 (:attr:`FeedbackState.seeds`): the recommender takes them as accepted examples,
-but they are neither exported nor corrected. Lines are appended with ``O_APPEND`` and fsynced before
+but they are neither exported nor corrected. Pool labels stand in
+:attr:`FeedbackState.pool_labels`. Lines are appended with ``O_APPEND`` and fsynced before
 :meth:`FeedbackLog.append` returns, so several app tabs or processes can share
 one log and a crash never loses a confirmed decision. A corrupt line is
 reported and skipped; it never hides the lines after it.
@@ -41,7 +47,9 @@ from timetravel.errors import FeedbackLogError
 
 logger = logging.getLogger(__name__)
 
-DECISIONS = ("accept", "relabel", "drop", "flag", "reject", "seed", "undo")
+DECISIONS = ("accept", "relabel", "drop", "flag", "reject", "seed", "undo", "label")
+SPLITS = ("train", "pool")
+_LABELLED = frozenset({"relabel", "label"})  # decisions that carry a label
 ACCEPTING = frozenset({"accept", "relabel", "drop", "flag"})
 FEEDBACK_FILE = "feedback.jsonl"
 
@@ -57,6 +65,7 @@ class FeedbackEvent:
     label: int | None = None  # the new label of a "relabel"
     group: str | None = None  # the group a "seed" came from
     batch: str | None = None  # the seeds given together (undone together)
+    split: str = "train"  # "pool": sample is a row of the unlabelled pool (label = the label given)
 
     def to_json(self) -> str:
         """The event as one line of the log (without the newline)."""
@@ -64,6 +73,8 @@ class FeedbackEvent:
         for key in ("label", "group", "batch"):
             if getattr(self, key) is not None:
                 obj[key] = getattr(self, key)
+        if self.split != "train":
+            obj["split"] = self.split
         return json.dumps(obj)
 
 
@@ -85,6 +96,8 @@ class FeedbackState:
         Every valid event, in log order.
     errors : list of str
         One message per skipped line ("line 7: not valid JSON").
+    pool_labels : dict of int to int
+        Pool row to the label the user gave it, in decision order.
     """
 
     decisions: dict[int, bool] = field(default_factory=dict)
@@ -92,11 +105,16 @@ class FeedbackState:
     seeds: dict[int, FeedbackEvent] = field(default_factory=dict)
     events: list[FeedbackEvent] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    pool_labels: dict[int, int] = field(default_factory=dict)
     _history: dict[int, list[FeedbackEvent]] = field(default_factory=dict, repr=False)
+    _pool_history: dict[int, list[FeedbackEvent]] = field(default_factory=dict, repr=False)
 
     def apply(self, event: FeedbackEvent) -> None:
         """Replay one more event: a decision stacks on the sample's earlier ones, ``undo`` pops the latest."""
         self.events.append(event)
+        if event.split == "pool":
+            self._apply_pool(event)
+            return
         stack = self._history.setdefault(event.sample, [])
         if event.decision == "undo":
             if stack:
@@ -111,6 +129,17 @@ class FeedbackState:
         elif stack:
             self.decisions[event.sample] = stack[-1].decision in ACCEPTING
             self.standing[event.sample] = stack[-1]
+
+    def _apply_pool(self, event: FeedbackEvent) -> None:
+        stack = self._pool_history.setdefault(event.sample, [])
+        if event.decision == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(event)
+        self.pool_labels.pop(event.sample, None)
+        if stack:
+            self.pool_labels[event.sample] = int(stack[-1].label)
 
     @property
     def accepted(self) -> list[int]:
@@ -136,36 +165,57 @@ class FeedbackLog:
     n_classes : int, optional
         When given, a relabel to a class outside ``[0, n_classes)`` is refused
         on append and reported on read.
+    n_pool : int, optional
+        When given, pool events naming a row outside ``[0, n_pool)`` are
+        refused on append and reported on read.
     """
 
-    def __init__(self, path: str | os.PathLike, n_samples: int | None = None, n_classes: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, n_samples: int | None = None, n_classes: int | None = None,
+                 n_pool: int | None = None) -> None:
         path = Path(path)
         self.path = path / FEEDBACK_FILE if path.is_dir() else path
         self.n_samples = n_samples
         self.n_classes = n_classes
+        self.n_pool = n_pool
 
-    def _check(self, sample: int, decision: str, label: int | None = None, group: str | None = None) -> None:
+    def _check(self, sample: int, decision: str, label: int | None = None, group: str | None = None,
+               split: str = "train") -> None:
         if decision not in DECISIONS:
             raise FeedbackLogError(f"decision must be one of {DECISIONS}, got {decision!r}")
+        if split not in SPLITS:
+            raise FeedbackLogError(f"split must be one of {SPLITS}, got {split!r}")
+        if decision != "undo" and (split == "pool") != (decision == "label"):
+            raise FeedbackLogError(f"decision {decision!r} does not apply to the {split} set; pool samples take "
+                                   "'label' and 'undo', training samples the others")
         if (decision == "seed") != (group is not None):
             raise FeedbackLogError(f"a seed, and only a seed, names its group; got group={group!r} with {decision!r}")
-        if self.n_samples is not None and not 0 <= sample < self.n_samples:
-            raise FeedbackLogError(f"sample {sample} is out of range for a run of {self.n_samples} samples")
-        if decision != "relabel":
+        size = self.n_pool if split == "pool" else self.n_samples
+        if size is not None and not 0 <= sample < size:
+            what = "pool rows" if split == "pool" else "samples"
+            raise FeedbackLogError(f"sample {sample} is out of range for a run of {size} {what}")
+        if decision not in _LABELLED:
             if label is not None:
-                raise FeedbackLogError(f"only a relabel takes a label, got label={label!r} with {decision!r}")
+                raise FeedbackLogError(f"only a relabel takes a label (or a pool label), got label={label!r} with "
+                                       f"{decision!r}")
             return
         if label is None or isinstance(label, bool) or not isinstance(label, int) or label < 0:
-            raise FeedbackLogError(f"a relabel needs the new label as a class index >= 0, got {label!r}")
+            what = "a relabel needs the new label" if decision == "relabel" else "a pool label needs the label"
+            raise FeedbackLogError(f"{what} as a class index >= 0, got {label!r}")
         if self.n_classes is not None and label >= self.n_classes:
             raise FeedbackLogError(f"label {label} is out of range for a run of {self.n_classes} classes")
 
-    def append(self, sample: int, decision: str, session: str = "", *, label: int | None = None) -> FeedbackEvent:
-        """Append one decision (``label``: the new class of a ``"relabel"``) and fsync it; returns the event."""
+    def append(self, sample: int, decision: str, session: str = "", *, label: int | None = None,
+               split: str = "train") -> FeedbackEvent:
+        """Append one decision and fsync it; returns the event.
+
+        ``label``: the new class of a ``"relabel"``, or the class a pool row is
+        given by ``"label"`` (with ``split="pool"``).
+        """
         sample = int(sample)
         label = None if label is None else int(label)
-        self._check(sample, decision, label)
-        event = FeedbackEvent(sample=sample, decision=decision, time=time.time(), session=session, label=label)
+        self._check(sample, decision, label, split=split)
+        event = FeedbackEvent(sample=sample, decision=decision, time=time.time(), session=session, label=label,
+                              split=split)
         append_line_fsynced(self.path, event.to_json())
         return event
 
@@ -222,7 +272,9 @@ class FeedbackLog:
         sample, decision, label, group = obj["sample"], obj["decision"], obj.get("label"), obj.get("group")
         if not isinstance(sample, int) or isinstance(sample, bool):
             raise ValueError(f"sample must be an integer, got {sample!r}")
-        self._check(sample, decision, label, None if group is None else str(group))
+        split = obj.get("split", "train")
+        self._check(sample, decision, label, None if group is None else str(group), split)
         batch = obj.get("batch")
         return FeedbackEvent(sample, decision, float(obj.get("time", 0.0)), str(obj.get("session", "")), label,
-                             None if group is None else str(group), None if batch is None else str(batch))  # fmt: skip
+                             None if group is None else str(group), None if batch is None else str(batch),
+                             split)  # fmt: skip
