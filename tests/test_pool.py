@@ -127,3 +127,34 @@ def test_pool_events_are_checked(tmp_path, kwargs, message):
     sample, decision = kwargs.pop("sample"), kwargs.pop("decision")
     with pytest.raises(FeedbackLogError, match=message):
         log.append(sample, decision, **kwargs)
+
+
+def test_export_writes_the_pool_labels_with_the_models_prediction(tmp_path):
+    import json
+
+    from timetravel.cli import main
+    from timetravel.feedback import FeedbackLog
+
+    rng = np.random.default_rng(1)
+    w = _writer(tmp_path / "run")
+    _epoch(w, 0, rng)
+    store = RunStore(tmp_path / "run")
+    predicted = np.asarray(store.logits(0, "pool")).argmax(axis=1)
+    log = FeedbackLog(tmp_path / "run", n_samples=40, n_classes=3, n_pool=25)
+    log.append(3, "label", label=int(predicted[3]), split="pool")
+    log.append(7, "label", label=int((predicted[7] + 1) % 3), split="pool")
+    out = tmp_path / "pool.json"
+    assert main(["export", str(tmp_path / "run"), "--pool", "--format", "json", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert [r["pool_index"] for r in payload["labelled"]] == [3, 7]
+    assert [r["model_was_wrong"] for r in payload["labelled"]] == [False, True]
+    assert payload["n_model_wrong"] == 1
+
+
+def test_export_pool_without_pool_says_so(tmp_path, capsys):
+    from timetravel.cli import main
+
+    w = RunWriter.create(tmp_path / "run", labels=np.arange(10) % 2, n_classes=2, embedding_dim=2)
+    w.write_epoch(0, np.zeros((10, 2)), np.zeros((10, 2)), head=(np.zeros((2, 2)), np.zeros(2)))
+    assert main(["export", str(tmp_path / "run"), "--pool"]) != 0
+    assert "has no unlabelled pool" in capsys.readouterr().err

@@ -9,6 +9,10 @@ standing decision (``accept``, ``relabel``, ``drop`` or ``flag``, see
 :mod:`timetravel.feedback`); ``corrected_label`` is the label retraining uses
 (:mod:`timetravel.correction`): the new label of a relabel, the given label
 otherwise, and empty for a dropped sample.
+
+Labels the user gave to the run's unlabelled pool (active learning) are
+exported by :func:`pool_label_records` (``timetravel export RUN --pool``): pool
+row, the label given, and the final model's prediction it corrects.
 """
 
 from __future__ import annotations
@@ -179,3 +183,48 @@ def write_export(path: str | Path, text: str) -> Path:
     path = Path(path)
     write_bytes_atomic(path, text.encode("utf-8"))
     return path
+
+
+@dataclass(frozen=True)
+class PoolLabelRecord:
+    """One pool sample the user labelled."""
+
+    pool_index: int
+    label: int
+    label_name: str
+    predicted_label: int
+    predicted_name: str
+    model_was_wrong: bool
+
+
+POOL_FIELDS = tuple(PoolLabelRecord.__dataclass_fields__)
+
+
+def pool_label_records(store: RunStore, state: FeedbackState | None = None) -> list[PoolLabelRecord]:
+    """The pool samples labelled in the app, in decision order, with the final model's prediction."""
+    if state is None:
+        state = FeedbackLog(store.path, store.n_samples, store.n_classes, store.n_pool).read()
+    if not state.pool_labels:
+        return []
+    rows = np.asarray(list(state.pool_labels), dtype=np.int64)
+    predicted = np.asarray(store.logits(store.epochs[-1], "pool")[rows]).argmax(axis=1)
+    names = store.class_names
+    return [PoolLabelRecord(int(i), int(label), names[int(label)], int(p), names[int(p)], int(p) != int(label))
+            for (i, label), p in zip(state.pool_labels.items(), predicted.tolist())]
+
+
+def render_pool(records: list[PoolLabelRecord], store: RunStore, fmt: str) -> str:
+    """Text of a pool-label export in ``fmt`` (``"csv"`` or ``"json"``)."""
+    if fmt not in FORMATS:
+        raise TimetravelError(f"export format must be one of {FORMATS}, got {fmt!r}")
+    rows = [asdict(r) for r in records]
+    if fmt == "json":
+        payload = {"run": str(store.path), "n_pool": store.n_pool, "n_labelled": len(rows),
+                   "n_model_wrong": sum(r.model_was_wrong for r in records), "fields": list(POOL_FIELDS),
+                   "labelled": rows}
+        return json.dumps(payload, indent=2) + "\n"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=POOL_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
