@@ -176,20 +176,24 @@ class DeepDebuggerRanker(Ranker):
         Share of the last epochs whose trajectory is used (DeepDebugger: 2/3).
     pca_dim : int
         Dimensions of the embedding-space trajectories when there is no canvas.
+    split : {"train", "pool"}
+        Rank the training samples (abnormal-sample recommendation) or the
+        unlabelled pool (active learning; always embedding-space trajectories).
     """
 
     name = "deepdebugger"
     uses_feedback = True
 
-    def __init__(self, n_clusters: int = 30, period: float = 2 / 3, pca_dim: int = 8) -> None:
+    def __init__(self, n_clusters: int = 30, period: float = 2 / 3, pca_dim: int = 8, split: str = "train") -> None:
         self.n_clusters = n_clusters
         self.period = period
         self.pca_dim = pca_dim
+        self.split = split
 
     def _initial_scores(self, data: RankingInput) -> np.ndarray:
         from sklearn.cluster import Birch
 
-        traj, self.space_ = _trajectories(data.store, self.period, self.pca_dim, data.random_state)
+        traj, self.space_ = _trajectories(data.store, self.period, self.pca_dim, data.random_state, self.split)
         data.notes["deepdebugger_space"] = self.space_
         accel = np.diff(traj, n=2, axis=1).reshape(len(traj), -1)
         # scikit-learn's default threshold (0.5) suits DeepDebugger's canvas units only; scaled to the
@@ -198,7 +202,7 @@ class DeepDebuggerRanker(Ranker):
         labels = Birch(n_clusters=self.n_clusters, threshold=max(0.5 * radius, 1e-12)).fit_predict(accel)
         cluster_score = 1.0 - np.bincount(labels)[labels] / len(labels)
         store = data.store
-        uncertainty = 1.0 - store.probabilities(store.epochs[-1]).max(axis=1)
+        uncertainty = 1.0 - store.probabilities(store.epochs[-1], self.split).max(axis=1)
         self._x = np.column_stack([uncertainty, cluster_score])
         return self._x.mean(axis=1)
 
@@ -210,20 +214,21 @@ class DeepDebuggerRanker(Ranker):
         self._scores = self._x @ coef
 
 
-def _trajectories(store, period: float, pca_dim: int, seed: int) -> tuple[np.ndarray, str]:
+def _trajectories(store, period: float, pca_dim: int, seed: int, split: str = "train") -> tuple[np.ndarray, str]:
     """(N, T, d) trajectories over the last ``period`` of epochs: canvas when projected, else PCA of embeddings."""
     epochs = list(store.epochs)
     epochs = epochs[-max(3, int(round(len(epochs) * period))) :]
     projected = set(store.projected_epochs)
-    if all(e in projected for e in epochs):
+    if split == "train" and all(e in projected for e in epochs):
         return np.stack([np.asarray(store.projection(e), dtype=np.float32) for e in epochs], axis=1), "canvas"
-    n = store.n_samples
+    n = store.split_size(split)
     rows = subsample(n, 4000, seed, "deepdebugger-pca")
-    pool = np.concatenate([np.asarray(store.embedding(e)[rows], dtype=np.float64) for e in epochs])
+    pool = np.concatenate([np.asarray(store.embedding(e, split)[rows], dtype=np.float64) for e in epochs])
     mean = pool.mean(axis=0)
     _, _, vt = np.linalg.svd(pool - mean, full_matrices=False)
     proj = vt[: min(pca_dim, vt.shape[0])].T
-    traj = np.stack([(np.asarray(store.embedding(e), dtype=np.float64) - mean) @ proj for e in epochs], axis=1)
+    traj = np.stack([(np.asarray(store.embedding(e, split), dtype=np.float64) - mean) @ proj for e in epochs],
+                    axis=1)
     return traj.astype(np.float32), "embedding-pca"
 
 

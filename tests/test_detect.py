@@ -20,7 +20,7 @@ def toy(tmp_path_factory):
     return store, extract_features(store, verbose=False)
 
 
-@pytest.mark.parametrize("method", ["consensus", "mean"])
+@pytest.mark.parametrize("method", ["cross-view", "consensus", "mean"])
 def test_finds_planted_mislabels(toy, method):
     store, table = toy
     scores = AbnormalityDetector(method).fit(table).scores_
@@ -71,7 +71,7 @@ def test_errors_before_fit_and_bad_params(toy):
     _, table = toy
     with pytest.raises(DetectorError, match="not fitted yet"):
         AbnormalityDetector().score_samples(table.values)
-    with pytest.raises(DetectorError, match="method must be 'consensus' or 'mean', got 'magic'"):
+    with pytest.raises(DetectorError, match="method must be one of 'cross-view', 'consensus', 'mean', got 'magic'"):
         AbnormalityDetector("magic").fit(table)
     with pytest.raises(DetectorError, match="agreement must be a finite number >= 0, got -1"):
         AbnormalityDetector(agreement=-1).fit(table)
@@ -160,3 +160,30 @@ def test_score_samples_takes_x_and_follows_scikit_learns_direction(toy):
     np.testing.assert_allclose(det.score_samples(table.values), -det.scores_, rtol=1e-6)
     np.testing.assert_allclose(det.suspicion(table.values[:5]), det.scores_[:5], rtol=1e-6)
     assert np.argmin(det.score_samples(table.values)) == np.argmax(det.scores_)  # lower = more abnormal
+
+
+def test_cross_view_weights_favour_the_features_both_views_support():
+    from timetravel.detector import cross_view_weights
+
+    rng = np.random.default_rng(0)
+    bad = rng.random(4000) < 0.1
+    hard = rng.random(4000) < 0.1  # clean but hard: high loss only, ordinary neighbours
+    z = rng.normal(size=(4000, 5))
+    z[:, 0] += 2.0 * bad  # a strong logit feature
+    z[:, 1] += 0.5 * bad + 2.0 * hard  # a logit feature mostly about hard samples
+    z[:, 2] += 0.0  # noise
+    z[:, 3] += 1.5 * bad  # embedding view
+    z[:, 4] += 0.3 * bad
+    w = cross_view_weights(z, np.array([False, False, False, True, True]))
+    assert np.isclose(w.sum(), 1.0) and (w >= 0).all()
+    assert w[0] > 5 * w[1] and w[0] > 5 * w[2] and w[3] > 5 * w[4]
+
+
+def test_cross_view_weights_with_one_view_use_its_own_consensus():
+    from timetravel.detector import cross_view_weights
+
+    rng = np.random.default_rng(1)
+    bad = rng.random(2000) < 0.1
+    z = rng.normal(size=(2000, 3)) + np.outer(bad, [2.0, 2.0, 0.0])
+    w = cross_view_weights(z, np.zeros(3, dtype=bool))
+    assert w[2] < 0.05 and np.isclose(w.sum(), 1.0)

@@ -87,7 +87,7 @@ class Detection:
         return rec.restore(feedback) if feedback is not None else rec
 
 
-def detect(store, *, n_neighbors: int = 10, method: str = "consensus", verbose: bool = True) -> Detection:
+def detect(store, *, n_neighbors: int = 10, method: str = "cross-view", verbose: bool = True) -> Detection:
     """Extract the features of a run, fit the detector and write ``RUN/features/``.
 
     Parameters
@@ -95,8 +95,8 @@ def detect(store, *, n_neighbors: int = 10, method: str = "consensus", verbose: 
     store : RunStore
     n_neighbors : int
         k of the neighbour features and of the saved neighbour lists.
-    method : {"consensus", "mean"}
-        Detector weighting.
+    method : {"cross-view", "consensus", "mean"}
+        Detector weighting (see :class:`~timetravel.detector.AbnormalityDetector`).
     verbose : bool
         Progress bars.
 

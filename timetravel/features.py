@@ -42,6 +42,7 @@ class FeatureSpec:
     direction: int
     reason: str  # phrase for the app, formatted with the value as {v}
     family: str = ""  # features of one family say the same thing; reasons name only the strongest
+    view: str = "logits"  # "logits" (training dynamics) or "embedding" (geometry): the detector's two views
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -68,21 +69,26 @@ FEATURES: dict[str, FeatureSpec] = {
         FeatureSpec("loss_early", "mean cross-entropy of the given label over the first quarter of the epochs", 1,
                     "high loss early in training ({v:.2f}), before it could be memorised"),
         FeatureSpec("knn_disagreement_early", "fraction of the k nearest neighbours in embedding space with another "
-                    "label, early in training", 1, "{v:.0%} of its nearest neighbours carry another label early on", "knn"),
+                    "label, early in training", 1, "{v:.0%} of its nearest neighbours carry another label early on", "knn",
+                    view="embedding"),
         FeatureSpec("knn_disagreement_mid", "fraction of the k nearest neighbours in embedding space with another "
-                    "label, mid-training", 1, "{v:.0%} of its nearest neighbours carry another label mid-training", "knn"),
+                    "label, mid-training", 1, "{v:.0%} of its nearest neighbours carry another label mid-training", "knn",
+                    view="embedding"),
         FeatureSpec("knn_disagreement_last", "fraction of the k nearest neighbours in embedding space with another "
-                    "label, at the last epoch", 1, "{v:.0%} of its nearest neighbours carry another label at the end", "knn"),
+                    "label, at the last epoch", 1, "{v:.0%} of its nearest neighbours carry another label at the end", "knn",
+                    view="embedding"),
         FeatureSpec("centroid_distance", "distance to the centroid of its labelled class over that class's median "
                     "distance, averaged over epochs", 1, "far from the centre of its class ({v:.1f}x the typical "
-                    "distance)"),
+                    "distance)", view="embedding"),
         FeatureSpec("centroid_ratio", "distance to its labelled class's centroid over the distance to the nearest "
                     "other centroid, averaged over epochs", 1,
-                    "closer to another class's centre than to its own (ratio {v:.2f})"),
+                    "closer to another class's centre than to its own (ratio {v:.2f})", view="embedding"),
         FeatureSpec("canvas_speed", "mean distance travelled per epoch on the 2D canvas (in canvas widths)", 1,
-                    "moves fast on the canvas ({v:.3f} canvas widths per epoch)", "canvas"),
+                    "moves fast on the canvas ({v:.3f} canvas widths per epoch)", "canvas",
+                    view="embedding"),
         FeatureSpec("canvas_acceleration", "mean change of velocity per epoch on the 2D canvas (in canvas widths)", 1,
-                    "its canvas trajectory keeps changing direction ({v:.3f})", "canvas"),
+                    "its canvas trajectory keeps changing direction ({v:.3f})", "canvas",
+                    view="embedding"),
     )
 }
 

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run store directory")
     parser.add_argument("--top", type=int, default=20, help="how many of the most suspicious samples to print")
     parser.add_argument("--neighbors", type=int, default=10, help="k of the nearest-neighbour features")
-    parser.add_argument("--method", choices=("consensus", "mean"), default="consensus",
+    parser.add_argument("--method", choices=("cross-view", "consensus", "mean"), default="cross-view",
                         help="how the detector weights the features")
     parser.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
 
