@@ -158,3 +158,55 @@ def test_export_pool_without_pool_says_so(tmp_path, capsys):
     w.write_epoch(0, np.zeros((10, 2)), np.zeros((10, 2)), head=(np.zeros((2, 2)), np.zeros(2)))
     assert main(["export", str(tmp_path / "run"), "--pool"]) != 0
     assert "has no unlabelled pool" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pool_run(tmp_path_factory):
+    """A recorded active-learning run: 10% of the tabular subject labelled, the rest as the pool."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import subjects
+
+    return RunStore(subjects.record_pool_run("tabular", 0.1, 0, 4, tmp_path_factory.mktemp("pool")))
+
+
+def test_pool_features_describe_every_pool_sample(pool_run):
+    from timetravel.active import POOL_FEATURES, pool_features
+
+    f = pool_features(pool_run)
+    assert f.values.shape == (pool_run.n_pool, len(POOL_FEATURES)) and np.isfinite(f.values).all()
+    np.testing.assert_array_equal(f.predicted, np.asarray(pool_run.logits(3, "pool")).argmax(axis=1))
+    assert (f.predicted != f.runner_up).all()
+    lc = f.values[:, f.names.index("least_confidence")]
+    assert (0 <= lc).all() and (lc < 1).all()
+
+
+def test_pool_scores_find_mispredicted_samples_better_than_chance(pool_run):
+    from timetravel.active import pool_scores
+
+    scores = pool_scores(pool_run)
+    wrong = np.asarray(pool_run.logits(3, "pool")).argmax(axis=1) != pool_run.pool_true_labels
+    top = np.argsort(-scores)[: int(wrong.sum()) // 2]
+    assert wrong[top].mean() > wrong.mean() + 0.1
+
+
+def test_pool_recommender_learns_from_labels(pool_run):
+    from timetravel.active import pool_recommender
+
+    rec = pool_recommender(pool_run, random_state=0)
+    first = rec.recommend(5)
+    assert len(set(first.tolist())) == 5 and first.max() < pool_run.n_pool
+    rec.update(first, [True, False, True, False, True])
+    assert not set(rec.recommend(20).tolist()) & set(first.tolist())
+
+
+def test_pool_features_without_pool_say_what_to_record(tmp_path):
+    from timetravel.active import ActiveLearningError, pool_features
+
+    w = RunWriter.create(tmp_path / "run", labels=np.arange(10) % 2, n_classes=2, embedding_dim=2)
+    for e in range(2):
+        w.write_epoch(e, np.zeros((10, 2)), np.zeros((10, 2)), head=(np.zeros((2, 2)), np.zeros(2)))
+    with pytest.raises(ActiveLearningError, match="no pool samples; record them with pool_loader"):
+        pool_features(RunStore(tmp_path / "run"))
