@@ -19,4 +19,4 @@ def test_missing_bench_extra_is_named_with_the_install_command(tmp_path, monkeyp
 
 def test_unknown_benchmark_lists_the_known_ones(capsys):
     assert main(["bench", "nope"]) == 2
-    assert "known: app, fix, projection, recommend, recorder" in capsys.readouterr().err
+    assert "known: active, app, fix, projection, recommend, recorder" in capsys.readouterr().err
