@@ -315,3 +315,19 @@ def test_recorder_is_exported_lazily():
     assert timetravel.Recorder is Recorder
     code = "import sys, timetravel; assert 'torch' not in sys.modules; timetravel.Recorder; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_app_caption_says_how_a_mixed_run_recorded_each_epoch(tmp_path):
+    from types import SimpleNamespace
+
+    from timetravel.server_app.timeline import caption
+
+    x, y = _data()
+    model = _Net()
+    rec = Recorder(model, "body", _writer(tmp_path / "run", y), tensor_loader(x, y), head="head", train_pass=True)
+    _train(rec, model, tensor_loader(x, y, batch_size=10, with_index=True), 2)
+    rec.close()
+    store = RunStore(tmp_path / "run")
+    data = SimpleNamespace(store=store, epochs=store.epochs)
+    assert caption(data, 0).startswith("epoch 0 (1 of 2, train pass)")
+    assert caption(data, 1).startswith("epoch 1 (2 of 2, eval pass)")
