@@ -36,7 +36,7 @@ def test_readme_recording_example_runs(tmp_path, monkeypatch):
     assert [train_pass.epoch_pass(e) for e in train_pass.epochs] == ["train"] * 4 + ["eval"]
     for store in (plain, train_pass):
         assert store.class_names == ["circle", "square", "cross"]
-        assert store.thumbs.shape == (600, 16, 16, 3) and store.has_heldout(4)
+        assert store.thumbs.shape == (300, 16, 16, 3) and store.has_heldout(4)
         assert store.train_margin(0) is not None and "test_acc" in store.history[-1]
         assert "head_r2" not in store.history[-1]  # the classifier's Linear was found inside the Sequential
-    assert detect(train_pass, verbose=False).scores.shape == (600,)
+    assert detect(train_pass, verbose=False).scores.shape == (300,)
