@@ -12,8 +12,8 @@ from functools import partial
 
 import numpy as np
 
+from timetravel.activations import ActivationPattern, activation_pattern, prefetch_embeddings
 from timetravel.errors import TimetravelError
-from timetravel.activations import ActivationPattern, activation_pattern
 from timetravel.server_app._bokeh import TabSlot
 from timetravel.server_app.activations_view import ActivationsView
 from timetravel.server_app.catalog import GroupCatalog
@@ -69,9 +69,9 @@ class Activating:
     def _computed(self, request: tuple, result: tuple[ActivationPattern | None, float | str]) -> None:
         self._busy = False
         self._shown = request
-        data, epoch = self.s.data, request[0]
-        pos = data.epochs.index(epoch) if epoch in data.epochs else 0
-        data.embedding_stats.prefetch([e for e in data.epochs[max(pos - 1, 0) : pos + 2] if e != epoch], data.executor)
+        epochs, epoch = self.s.data.epochs, request[0]
+        pos = epochs.index(epoch) if epoch in epochs else 0
+        prefetch_embeddings(self.s.data.store, [e for e in epochs[max(pos - 1, 0) : pos + 2] if e != epoch])
         pattern, detail = result
         if pattern is None:
             self.view.clear(f"<div class='tt-note'>{html.escape(str(detail))}</div>")
@@ -90,8 +90,7 @@ def _timed(data, epoch: int, selection: np.ndarray, reference: np.ndarray | None
     """The pattern and how long it took (ms), or (None, why) when it cannot be computed."""
     start = time.perf_counter()
     try:
-        pattern = activation_pattern(data.store, epoch, selection, reference, reference_name=reference_name,
-                                     stats=data.embedding_stats)  # fmt: skip
+        pattern = activation_pattern(data.store, epoch, selection, reference, reference_name=reference_name)
     except TimetravelError as exc:
         return None, str(exc)
     return pattern, 1000 * (time.perf_counter() - start)

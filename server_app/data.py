@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from timetravel.activations import EmbeddingStats
 from timetravel.groups import GroupAnalysis
 from timetravel.server_app.palette import class_palette, territory_image, territory_lut
 from timetravel.numerics import cosine_neighbours, label_margins, reduced_embedding
@@ -115,7 +114,6 @@ class RunData:
         self._lock = threading.RLock()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="timetravel-app")
         self.analysis = GroupAnalysis(store)  # confusion, subgroups: the numerics notebooks use too
-        self.embedding_stats = EmbeddingStats(store)  # per-epoch class moments behind the activation patterns
         self._manifest_stamp: tuple | None = None
         self._reduced: tuple[int, np.ndarray] | None = None  # (epoch, reduced embedding) of the inspector
         self.epochs: list[int] = []

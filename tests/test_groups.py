@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from timetravel.activations import EmbeddingStats, activation_pattern
+from timetravel.activations import SAMPLE_ROWS, activation_pattern
 from timetravel.errors import StoreError
 from timetravel.groups import (
     Column,
@@ -69,12 +69,12 @@ def test_confusion_over_time_and_group_metrics_table(sliced):
     held = analysis.confusion(5, "heldout")
     assert held.sum() == 80
     table = analysis.metrics()
-    frame = table.rows()
+    frame = table.to_dicts()
     web = [r for r in frame if r["group"] == "source = web"]
     assert len(web) == 6 and {r["kind"] for r in web} == {"metadata"}
     phone = [r for r in frame if r["group"] == "source = phone"]
     assert web[2]["accuracy"] < phone[2]["accuracy"]
-    assert {"class 0", "source = web"} <= set(table["group"].tolist())
+    assert {"class 0", "source = web"} <= set(table["group"])
     assert any(r["kind"] == "pair" for r in frame)
 
 
@@ -90,18 +90,20 @@ def test_activation_pattern_finds_the_units_that_set_a_class_apart(sliced):
     from timetravel.store import RunStore
 
     store = RunStore(sliced)
-    stats = EmbeddingStats(store)
     selection = np.flatnonzero(store.labels == 1)[:40]
     reference = np.flatnonzero(store.labels == 2)
-    pattern = activation_pattern(store, 5, selection, reference, reference_name="class 2", stats=stats, top=8)
+    pattern = activation_pattern(store, 5, selection, reference, reference_name="class 2", top=8)
     assert pattern.reference == "class 2" and pattern.n_selection == 40
     assert np.all(np.abs(pattern.separation[:-1]) >= np.abs(pattern.separation[1:]))
     assert abs(pattern.separation[0]) > 2  # classes sit apart in the embedding by construction
     assert pattern.rows.shape == (2 + 12, 8) and pattern.row_names[0] == "selection (mean)"
     np.testing.assert_allclose(pattern.selection_hist.sum(axis=1), 1.0)
     # against its own class: the selection is part of class 1, so it separates far less
-    own = activation_pattern(store, 5, selection, stats=stats, top=8)
+    own = activation_pattern(store, 5, selection, top=8)
     assert own.reference == "its classes" and abs(own.separation[0]) < abs(pattern.separation[0])
+    whole = activation_pattern(store, 5, np.flatnonzero(store.labels == 1), top=8)  # the whole class
+    assert whole.reference == "the rest of the run" and whole.n_reference == 2000 - whole.n_selection
+    assert SAMPLE_ROWS < 2000 or whole.n_reference > 0
 
 
 def test_saved_selections_round_trip(tmp_path):

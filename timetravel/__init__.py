@@ -5,6 +5,8 @@ from timetravel.detection import Detection, detect, load_detection
 from timetravel.detector import AbnormalityDetector
 from timetravel.errors import DatasetError, FeedbackLogError, StoreError, TimetravelError
 from timetravel.features import FeatureTable, extract_features
+from timetravel.groups import GroupAnalysis
+from timetravel.metadata import write_metadata
 from timetravel.notebook import show
 from timetravel.recommend import FeedbackRecommender
 from timetravel.projection.store import Territory
@@ -19,6 +21,7 @@ __all__ = [
     "FeatureTable",
     "FeedbackRecommender",
     "FeedbackLogError",
+    "GroupAnalysis",
     "RunStore",
     "RunWriter",
     "StoreError",
@@ -29,6 +32,7 @@ __all__ = [
     "detect",
     "extract_features",
     "load_detection",
+    "write_metadata",
 ]
 __version__ = "0.1.0"
 

@@ -11,13 +11,12 @@
   than the whole they are on one metric, at 95% confidence.
 
 The app (``server_app/``) and notebooks share this module; :class:`GroupAnalysis` is the
-entry point for a run, and every result is a :class:`Table` (``.to_pandas()`` for a
-DataFrame).
+entry point for a run; results are plain arrays or a :class:`~timetravel.table.Table`
+(shown as HTML in Jupyter, ``.to_pandas()`` for a DataFrame).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -26,8 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from timetravel.errors import TimetravelError
-
-logger = logging.getLogger(__name__)
+from timetravel.table import Table
 
 # metric name -> (description, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -44,49 +42,10 @@ class GroupError(TimetravelError, ValueError):
     """A group question that cannot be answered as asked (the message says why)."""
 
 
-# --------------------------------------------------------------------------- tables
-
-
-class Table:
-    """A small column table (dict of equal-length numpy arrays) that notebooks can turn into a DataFrame.
-
-    ``table["size"]`` is a column, ``len(table)`` the row count, ``table.rows()`` the rows as
-    dicts, ``table.to_pandas()`` a ``pandas.DataFrame`` (pandas is optional).
-    """
-
-    def __init__(self, columns: dict[str, Any]) -> None:
-        self.columns = {name: np.asarray(values) for name, values in columns.items()}
-        lengths = {len(v) for v in self.columns.values()}
-        if len(lengths) > 1:
-            raise GroupError(f"table columns differ in length: {sorted(lengths)}")
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.columns[name]
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values()))) if self.columns else 0
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Every row as a dict of Python values."""
-        names = list(self.columns)
-        return [dict(zip(names, values)) for values in zip(*(self.columns[n].tolist() for n in names))]
-
-    def to_pandas(self):
-        """The table as a ``pandas.DataFrame``.
-
-        Raises
-        ------
-        ImportError
-            pandas is not installed (``pip install pandas``).
-        """
-        import pandas as pd
-
-        return pd.DataFrame(self.columns)
-
-    def __repr__(self) -> str:
-        head = self.rows()[:5]
-        more = f"\n... {len(self) - 5} more rows" if len(self) > 5 else ""
-        return f"Table({len(self)} rows × {list(self.columns)})\n" + "\n".join(map(str, head)) + more
+def _table(columns: dict[str, list], title: str) -> Table:
+    """A :class:`~timetravel.table.Table` with numeric columns as arrays (shown right-aligned)."""
+    return Table({k: np.asarray(v) if v and isinstance(v[0], (int, float, np.number)) else v
+                  for k, v in columns.items()}, title=title)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -355,7 +314,7 @@ def group_metrics(
         out["mean_loss"] += curves["loss"].tolist()
         out["mean_suspicion"] += [sus] * n_epochs
         out["accepted_share"] += [acc] * n_epochs
-    return Table(out)
+    return _table(out, "group metrics per epoch")
 
 
 def group_curves(outcomes: Outcomes, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -492,14 +451,14 @@ def suggest_subgroups(
 
 def suggestions_table(suggestions: Sequence[Suggestion]) -> Table:
     """Suggestions as a table: ``subgroup, size, value, overall, gap, lower``."""
-    return Table({
+    return _table({
         "subgroup": [s.name for s in suggestions],
         "size": [s.size for s in suggestions],
         "value": [s.value for s in suggestions],
         "overall": [s.overall for s in suggestions],
         "gap": [s.gap for s in suggestions],
         "lower": [s.lower for s in suggestions],
-    })  # fmt: skip
+    }, "suggested subgroups, most confidently worse first")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- a run's groups
