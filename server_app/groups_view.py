@@ -154,7 +154,7 @@ def make_groups(data: RunData, epoch: int) -> GroupsView:
         TableColumn(field="size", title="size", formatter=NumberFormatter(format="0,0"), width=50),
         TableColumn(field="value", title="value", formatter=number, width=55),
         TableColumn(field="gap", title="worse by", formatter=number, width=60),
-    ], 170)  # fmt: skip
+    ], 120)  # fmt: skip
     groups = ColumnDataSource(dict(group=[], kind=[], size=[], value=[], accepted=[]), name="groups_source")
     groups_table = _table("groups_table", groups, [
         TableColumn(field="group", title="group", width=200),
@@ -162,7 +162,7 @@ def make_groups(data: RunData, epoch: int) -> GroupsView:
         TableColumn(field="size", title="size", formatter=NumberFormatter(format="0,0"), width=50),
         TableColumn(field="value", title="value", formatter=number, width=60),
         TableColumn(field="accepted", title="accepted", formatter=NumberFormatter(format="0%"), width=55),
-    ], 170)  # fmt: skip
+    ], 140)  # fmt: skip
     compare_a = Select(title="Compare", value=_NO_GROUP, options=[(_NO_GROUP, "(none)")], name="compare_a")
     compare_b = Select(title="with", value=_NO_GROUP, options=[(_NO_GROUP, "(none)")], name="compare_b")
     more_like = Button(label="Find more like this group", name="more_like_group", disabled=True,
