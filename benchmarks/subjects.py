@@ -287,7 +287,6 @@ def record_run(subject: str, kind: str, rate: float, seed: int, epochs: int, out
         Run directory per number of epochs (``epochs`` and each snapshot).
     """
     import torch
-    import torch.nn.functional as F
 
     from timetravel.capture import Recorder, tensor_loader
     from timetravel.noise import class_similarity, inject_noise
@@ -317,23 +316,36 @@ def record_run(subject: str, kind: str, rate: float, seed: int, epochs: int, out
     recorder = Recorder(model, "body", writer, tensor_loader(x, y, batch_size=500),
                         heldout_loader=tensor_loader(torch.from_numpy(data.x_test), torch.from_numpy(data.y_test),
                                                      batch_size=500), head="fc")
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+
+    def snapshot(epoch: int) -> None:
+        if epoch + 1 in paths and epoch + 1 != epochs:
+            _copy_run(path, paths[epoch + 1])
+
+    _train(model, train, recorder, spec.lr, epochs, path.name, after_epoch=snapshot)
+    return paths
+
+
+def _train(model, loader, recorder, lr: float, epochs: int, name: str, *, after_epoch=None) -> None:
+    """The user's loop: Adam at a constant learning rate, margins fed to the recorder, one capture per epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for epoch in range(epochs):
         model.train()
-        total = 0.0
-        for xb, yb, ib in train:
+        total, count = 0.0, 0
+        for xb, yb, ib in loader:
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             recorder.record_train_margins(ib, logits, yb)
-            total += loss.item() * len(yb)
-        metrics = recorder.capture(epoch, metrics={"train_loss": total / len(y)})
-        logger.info("%s epoch %d: %s", path.name, epoch, {m: round(v, 3) for m, v in metrics.items()})
-        if epoch + 1 in paths and epoch + 1 != epochs:
-            _copy_run(path, paths[epoch + 1])
-    return paths
+            total, count = total + loss.item() * len(yb), count + len(yb)
+        metrics = recorder.capture(epoch, metrics={"train_loss": total / max(count, 1)})
+        logger.info("%s epoch %d: %s", name, epoch, {m: round(v, 3) for m, v in metrics.items()})
+        if after_epoch is not None:
+            after_epoch(epoch)
 
 
 def _copy_run(src: Path, dst: Path) -> None:
@@ -367,7 +379,6 @@ def record_pool_run(subject: str, labelled: float, seed: int, epochs: int, out: 
         The run directory (:func:`pool_run_name`).
     """
     import torch
-    import torch.nn.functional as F
 
     from timetravel.capture import Recorder, tensor_loader
     from timetravel.store import RunWriter
@@ -401,15 +412,5 @@ def record_pool_run(subject: str, labelled: float, seed: int, epochs: int, out: 
                         heldout_loader=tensor_loader(torch.from_numpy(data.x_test), torch.from_numpy(data.y_test),
                                                      batch_size=500),
                         pool_loader=tensor_loader(torch.from_numpy(data.x[pool]), batch_size=500))
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    for epoch in range(epochs):
-        model.train()
-        for xb, yb, ib in loader:
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            recorder.record_train_margins(ib, logits, yb)
-        recorder.capture(epoch)
+    _train(model, loader, recorder, spec.lr, epochs, path.name)
     return path
