@@ -155,6 +155,26 @@ def _evaluate(store, path: Path, args, seed: int) -> dict:
     return result
 
 
+def _cached_result(store, path: Path, args: argparse.Namespace, seed: int, setting: dict) -> dict:
+    """One run's result, kept beside the run (an interrupted benchmark keeps the runs it finished)."""
+    import json
+
+    from timetravel._io import write_json_atomic
+
+    key = {**setting, "rounds": args.rounds, "mistake": args.mistake, "user_draws": args.user_draws,
+           "cv_folds": args.cv_folds, "reviewers": list(REVIEWERS), "epochs": list(store.epochs)}
+    cached = path / "bench_fix_result.json"
+    if cached.exists():
+        saved = json.loads(cached.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    t0 = time.perf_counter()
+    result = _evaluate(store, path, args, seed)
+    result.update(setting, run=path.name, seconds=time.perf_counter() - t0)
+    write_json_atomic(cached, {"key": key, "result": result})
+    return result
+
+
 def _gap(acc: float, noisy: float, clean: float) -> float:
     return (acc - noisy) / (clean - noisy) if clean > noisy else float("nan")
 
@@ -274,6 +294,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench"), help="where recorded runs are cached")
     p.add_argument("--out", default=str(RESULTS_DIR))
     p.add_argument("--name", default="fix", help="basename of the result files")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only combine the runs of result files of partial runs (e.g. one per dataset, run side by "
+                        "side) into --name's table and plot")
     return p
 
 
@@ -285,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from bench_recommend import _run_dir, _train
 
+    if args.merge:
+        import json
+
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        runs = [r for part in parts for r in part["results"]["runs"]]
+        commits = sorted({part["results"].get("commit", part["git_commit"]) for part in parts})
+        minutes = sum(part["results"].get("minutes", 0.0) for part in parts)
+        return _report(runs, args, ", ".join(commits), minutes, merged=[Path(p).name for p in args.merge])
     started, commit = time.time(), git_commit()  # the code that runs is the code at the start
     runs = []
     for dataset in args.datasets.split(","):
@@ -293,11 +324,13 @@ def main(argv: list[str] | None = None) -> int:
             for seed in (int(s) for s in args.seeds.split(",")):
                 path = _run_dir(Path(args.cache), dataset, kind, args.rate, seed, n)
                 store = _train(path, dataset, kind, args.rate, seed, args.epochs, n, args.threads)
-                t0 = time.perf_counter()
-                result = _evaluate(store, path, args, seed)
-                result.update(dataset=dataset, noise=kind, rate=args.rate, seed=seed, run=path.name,
-                              seconds=time.perf_counter() - t0)
-                runs.append(result)
+                runs.append(_cached_result(store, path, args, seed, dict(dataset=dataset, noise=kind,
+                                                                          rate=args.rate, seed=seed)))
+    return _report(runs, args, commit, (time.time() - started) / 60)
+
+
+def _report(runs: list[dict], args: argparse.Namespace, commit: str, minutes: float,
+            merged: list[str] | None = None) -> int:
     table = _aggregate(runs)
     headline, full, targets = _rows(table)
     out = Path(args.out)
@@ -317,9 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.cv_folds}-fold out-of-sample probabilities of the same model, every flagged sample dropped "
         f"({dropped} dropped on average).",
         f"Plot: [{png.name}]({png.name}). Measured with the code of commit `{commit}`; total time "
-        f"{(time.time() - started) / 60:.1f} min (accuracy does not depend on the machine's load).",
+        f"{minutes:.1f} min (accuracy does not depend on the machine's load)"
+        + (f"; merged from {', '.join(merged)}." if merged else "."),
     ]
-    write_results(args.name, {"table": table, "runs": runs, "settings": vars(args)}, headline,
+    results = {"table": table, "runs": runs, "settings": vars(args), "commit": commit, "minutes": minutes}
+    write_results(args.name, results, headline,
                   title="Accuracy after fixing the labels found in review (`timetravel bench fix`)",
                   sections=[("Targets after the last round", targets), ("Every round", full)], notes=notes,
                   results_dir=out)

@@ -24,10 +24,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AppArgs:
-    """The app's command line: ``RUN [--renderer auto|webgl|canvas|raster]``."""
+    """The app's command line: ``RUN [--renderer auto|webgl|canvas|raster] [--compare RUN2]``."""
 
     run: str | None
     renderer: str = "auto"
+    compare: str | None = None
 
 
 def parse_args(argv: list[str]) -> AppArgs:
@@ -41,8 +42,9 @@ def parse_args(argv: list[str]) -> AppArgs:
     parser = argparse.ArgumentParser(prog="timetravel.server_app", add_help=False)
     parser.add_argument("run", nargs="?")
     parser.add_argument("--renderer", choices=("auto", *BACKENDS), default="auto")
+    parser.add_argument("--compare", default=None)
     args = parser.parse_args(argv)
-    return AppArgs(run=args.run, renderer=args.renderer)
+    return AppArgs(run=args.run, renderer=args.renderer, compare=args.compare)
 
 
 class AppContext:
@@ -59,6 +61,7 @@ class AppContext:
         self._lock = threading.Lock()
         self._data: RunData | None = None
         self._review: Review | None = None
+        self._other: RunData | None = None
 
     def open(self) -> tuple[RunData, Review]:
         """The run and its review (started), opened on the first call and refreshed on later ones.
@@ -82,6 +85,26 @@ class AppContext:
             data, review = self._data, self._review
         review.start()
         return data, review
+
+    def open_compared(self) -> RunData:
+        """The run named by ``--compare`` (the run itself when it names the same directory), opened once.
+
+        Raises
+        ------
+        TimetravelError
+            It cannot be opened.
+        """
+        from pathlib import Path
+
+        data, _ = self.open()
+        if Path(self.args.compare).resolve() == data.path.resolve():
+            return data
+        with self._lock:
+            if self._other is None:
+                self._other = RunData(self.args.compare)
+            else:
+                self._other.refresh()
+            return self._other
 
     def warm(self) -> None:
         """Open the run, load its last projected epoch, start ranking and read every epoch's predictions.
@@ -112,8 +135,9 @@ def _read_outcomes(data: RunData) -> None:
     def close(self) -> None:
         """Stop the run's background work (the server is shutting down)."""
         with self._lock:
-            if self._data is not None:
-                self._data.close()
+            for data in (self._data, self._other):
+                if data is not None:
+                    data.close()
 
 
 def context_of(server_context: object) -> AppContext:

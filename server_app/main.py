@@ -185,10 +185,46 @@ def _show_failure(status: Div, text: str) -> None:
     status.text = f"<span class='tt-error'>{html.escape(text)}</span>"
 
 
+def build_compare(doc: Document, context: AppContext) -> None:
+    """Fill ``doc`` with the comparison of the context's run and ``--compare`` run (or a message page)."""
+    from timetravel.server_app.compare import ComparePage
+
+    try:
+        left, _ = context.open()
+        right = context.open_compared()
+    except TimetravelError as exc:
+        message_page(doc, "The runs cannot be opened", f"<p>{html.escape(str(exc))}</p>")
+        return
+    if left.n_samples != right.n_samples:
+        message_page(doc, "These runs have different samples",
+                     f"<p>{html.escape(str(left.path))} has {left.n_samples:,} samples and "
+                     f"{html.escape(str(right.path))} {right.n_samples:,}; compare a run with the run "
+                     "<code>timetravel fix</code> made from it.</p>")  # fmt: skip
+        return
+    if not [e for e in left.epochs if e in right.epochs]:
+        missing = right if left.epochs else left
+        message_page(doc, "No projected epoch in common",
+                     f"<p>Project the run aligned with the other: <code>timetravel project "
+                     f"{html.escape(str(missing.path))} --align-to {html.escape(str(left.path))}</code> "
+                     "(<code>timetravel fix</code> does it), and reload this page.</p>")  # fmt: skip
+        return
+    page = ComparePage(left, right)
+    doc.title = f"timetravel: {left.path.name} vs {right.path.name}"
+    root = page.layout()
+    _style_divs(root)
+    doc.add_root(root)
+    for side in (page.left, page.right):
+        if side.canvas.dots_js is not None:
+            doc.js_on_event(DocumentReady, side.canvas.dots_js)
+
+
 def build(doc: Document, context: AppContext) -> None:
     """Fill ``doc`` for the context's run (or with a message page)."""
     if not context.args.run:
         message_page(doc, "No run given", "<p>Start the app with <code>timetravel serve RUN</code>.</p>")
+        return
+    if context.args.compare:
+        build_compare(doc, context)
         return
     try:
         data, review = context.open()

@@ -531,4 +531,64 @@ def test_more_like_these_seeds_the_recommender_and_undo_withdraws_it(browser, sl
         _wait_log(sliced, 2 * len(selected))
         page.wait_for_function("() => !Bokeh.documents[0].get_model_by_name('counters').text.includes('seeded')")
         assert FeedbackLog(sliced).read().seeds == {}
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """A second projected run of the same 600 samples (another seed: other predictions)."""
+    return write_synthetic_run(tmp_path_factory.mktemp("browser") / "other", n_samples=600, n_classes=5,
+                               n_epochs=6, grid=48, seed=1)  # fmt: skip
+
+
+def _open_compare(browser, url: str):
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    page.set_default_timeout(30_000)
+    page.js_errors = []
+    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 && "
+                           "Bokeh.documents[0].get_model_by_name('changed_note') != null && "
+                           "Bokeh.documents[0].get_model_by_name('changed_note').text.includes('epoch')")
+    page.wait_for_selector(".bk-DataTable .slick-row")
+    return page
+
+
+def _compare_state(page) -> dict:
+    return page.evaluate(
+        "() => { const d = Bokeh.documents[0];"
+        " const titles = [...d._all_models.values()].filter((m) => m.name == 'canvas').map((m) => m.title.text);"
+        " const points = [...d._all_models.values()].filter((m) => m.name == 'points_source');"
+        " return {titles, selected: points.map((p) => Array.from(p.selected.indices)),"
+        " changed: Array.from(d.get_model_by_name('changed_source').data.index),"
+        " note: d.get_model_by_name('changed_note').text}; }")
+
+
+def test_compare_two_runs_side_by_side(browser, run, other_run):
+    with serve(run, args=["--compare", str(other_run)]) as server:
+        page = _open_compare(browser, server.url)
+        state = _compare_state(page)
+        assert state["titles"] == ["run, epoch 5: test accuracy 89.2%", state["titles"][1]]
+        assert state["titles"][1].startswith("other, epoch 5")
+        assert f"<b name='n_changed'>{len(state['changed'])}</b>" in state["note"] or "listed" in state["note"]
+        # a changed row selects that sample on both canvases
+        page.locator(".bk-DataTable .slick-row").first.locator("input[type=checkbox]").click()
+        page.wait_for_function("() => [...Bokeh.documents[0]._all_models.values()].filter((m) => m.name == "
+                               "'points_source').every((p) => p.selected.indices.length == 1)")
+        first = _compare_state(page)["changed"][0]
+        assert _compare_state(page)["selected"] == [[first], [first]]
+        _shot(page, "app-compare")
+        page.get_by_role("button", name="◀").click()  # one slider moves both canvases
+        page.wait_for_function("() => [...Bokeh.documents[0]._all_models.values()].filter((m) => m.name == "
+                               "'canvas').every((f) => f.title.text.includes('epoch 4'))")
+        assert page.js_errors == []
+
+
+def test_compare_two_epochs_of_one_run(browser, run):
+    with serve(run, args=["--compare", str(run)]) as server:
+        page = _open_compare(browser, server.url)
+        titles = _compare_state(page)["titles"]
+        left, right = (int(t.split("epoch ")[1].split(":")[0]) for t in titles)
+        assert right == left + 1  # before / after: the right canvas shows the next epoch by default
+        assert f"at epoch {left} left and {right} right" in _compare_state(page)["note"]
+        _shot(page, "app-compare-epochs")
         assert page.js_errors == []

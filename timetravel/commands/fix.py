@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-suspects", action="store_true",
                         help="also leave out the unreviewed samples whose label the model gave < 50%% probability on "
                              "average over training (needs `timetravel detect RUN`)")
+    parser.add_argument("--no-project", action="store_true",
+                        help="only train: do not project RUN2 (aligned with RUN) and detect, as `serve --compare` needs")
     parser.add_argument("--threads", type=int, help="torch threads for training (default: cores - 1, at least 1)")
     parser.add_argument("--sync-capture", action="store_true",
                         help="record each epoch in the training thread instead of alongside the next epoch")
@@ -37,7 +39,26 @@ def run(args: argparse.Namespace) -> int:
     before, after = _last_test(RunStore(args.run, verify="headers")), _last_test(fixed)
     if before is not None and after is not None:
         print(f"clean test at the last epoch: {before:.4f} -> {after:.4f} ({after - before:+.4f})")
+    reviewed = RunStore(args.run, verify="headers")
+    if not args.no_project and reviewed.projected_epochs:
+        _project_and_detect(fixed, reviewed, verbose=not args.quiet)
+        print(f"compare:    timetravel serve {args.run} --compare {args.out}")
     return 0
+
+
+def _project_and_detect(fixed, reviewed, *, verbose: bool) -> None:
+    """What `serve --compare` shows: RUN2's projection (RUN's settings, aligned with RUN's) and its detection."""
+    import inspect
+    import json
+
+    from timetravel.detect import detect
+    from timetravel.projection import TemporalProjector
+
+    manifest = json.loads((reviewed.derived_dir("projection") / "manifest.json").read_text(encoding="utf-8"))
+    accepted = inspect.signature(TemporalProjector).parameters
+    params = {k: v for k, v in manifest.get("params", {}).items() if k in accepted}
+    TemporalProjector(**params, verbose=verbose).fit(fixed, reference=reviewed)
+    detect(fixed, verbose=verbose)
 
 
 def _last_test(store) -> float | None:

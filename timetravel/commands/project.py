@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="discard an existing projection (needed when the settings changed)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    parser.add_argument("--align-to", metavar="RUN", default=None,
+                        help="a projected run of the same samples (e.g. the run `timetravel fix` retrained): start "
+                             "each epoch from its layout so the same sample sits in about the same place")
 
 
 def _connect(args: argparse.Namespace):
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             n_jobs=args.n_jobs,
             backend=args.backend,
             verbose=not (args.json or getattr(args, "quiet", False)),
-        ).fit(store, overwrite=args.overwrite, until=args.until)
+        ).fit(store, overwrite=args.overwrite, until=args.until, reference=args.align_to)
     finally:
         if client is not None:
             client.close()

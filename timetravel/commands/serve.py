@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default 127.0.0.1, this machine only; the app has no authentication)",
     )
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    parser.add_argument("--compare", metavar="RUN2", default=None,
+                        help="compare RUN with RUN2 (e.g. the run `timetravel fix` made) side by side on one epoch "
+                             "slider; RUN2 = RUN compares two epochs of one run")
     parser.add_argument(
         "--renderer",
         choices=RENDERERS,
@@ -41,12 +44,16 @@ def app_directory():
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def make_application(run_dir: str, renderer: str = "auto"):
-    """The Bokeh ``Application`` of the app for ``run_dir`` (what ``timetravel serve`` and ``timetravel.show`` serve)."""
+def make_application(run_dir: str, renderer: str = "auto", compare: str | None = None):
+    """The Bokeh ``Application`` of the app for ``run_dir`` (what ``timetravel serve`` and ``timetravel.show`` serve).
+
+    With ``compare`` (another run of the same samples, or ``run_dir`` itself) the page compares the two.
+    """
     from bokeh.application import Application
     from bokeh.application.handlers import DirectoryHandler
 
-    return Application(DirectoryHandler(filename=str(app_directory()), argv=[str(run_dir), "--renderer", renderer]))
+    argv = [str(run_dir), "--renderer", renderer, *(["--compare", str(compare)] if compare else [])]
+    return Application(DirectoryHandler(filename=str(app_directory()), argv=argv))
 
 
 def _free_port(host: str) -> int:
@@ -58,7 +65,8 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", renderer: str = "auto"):
+def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", renderer: str = "auto",
+                compare: str | None = None):
     """A started-but-not-running Bokeh ``Server`` serving the app for ``run_dir`` at ``/``.
 
     The same directory app as ``bokeh serve server_app --args RUN``: its ``app_hooks.py``
@@ -74,6 +82,8 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", rend
         Address to bind.
     renderer : {"auto", "webgl", "canvas", "raster"}
         How the browser draws the dots (see ``timetravel serve --help``).
+    compare : str, optional
+        A second run of the same samples (or ``run_dir`` again, for two of its epochs): serve the comparison.
 
     Returns
     -------
@@ -89,11 +99,13 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", rend
     from timetravel.store import RunStore
 
     store = RunStore(run_dir, verify="headers")
+    if compare is not None:
+        compare = str(RunStore(compare, verify="headers").path)
     if port == 0:
         port = _free_port(host)
     origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"})
     server = Server(
-        {"/": make_application(str(store.path), renderer)},
+        {"/": make_application(str(store.path), renderer, compare)},
         port=port,
         address=host,
         allow_websocket_origin=origins,
@@ -113,7 +125,7 @@ def url_of(server) -> str:
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    server = make_server(args.run, port=args.port, host=args.host, renderer=args.renderer)
+    server = make_server(args.run, port=args.port, host=args.host, renderer=args.renderer, compare=args.compare)
     url = url_of(server)
     print(f"timetravel app for {args.run} at {url}  (Ctrl+C stops it)", flush=True)
     if not args.no_browser:

@@ -439,7 +439,12 @@ class TemporalProjector:
         )
 
     def fit(
-        self, store: RunStore | str | Path, *, overwrite: bool = False, until: int | None = None
+        self,
+        store: RunStore | str | Path,
+        *,
+        overwrite: bool = False,
+        until: int | None = None,
+        reference: RunStore | str | Path | None = None,
     ) -> TemporalProjector:
         """Project every recorded epoch not yet projected, resuming from the last finished one.
 
@@ -453,6 +458,12 @@ class TemporalProjector:
         until : int, optional
             Project only the recorded epochs up to this one (a later call
             continues from there).
+        reference : RunStore or path, optional
+            A projected run of the same samples (the run a ``timetravel fix``
+            retrained): each epoch starts from the reference's layout of that
+            epoch, held to it by springs of ``anchor_strength / 2`` and rotated
+            onto it, so the same sample sits in about the same place in both
+            runs. Epochs the reference lacks are laid out as usual.
 
         Returns
         -------
@@ -471,6 +482,17 @@ class TemporalProjector:
         self._validate(store)
         out = projection_dir(store.path)
         params = self._result_params()
+        self._reference = None
+        if reference is not None:
+            reference = reference if isinstance(reference, RunStore) else RunStore(reference, verify="headers")
+            if reference.n_samples != store.n_samples:
+                raise ProjectionError(f"reference {reference.path} has {reference.n_samples} samples but "
+                                      f"{store.path} has {store.n_samples}; align only runs of the same samples")
+            if not reference.projected_epochs:
+                raise ProjectionError(f"reference {reference.path} has no projection; run `timetravel project "
+                                      f"{reference.path}` first")
+            self._reference = reference
+            params = {**params, "reference": str(reference.path.resolve())}
         manifest = files.read_manifest(out)
         if manifest is not None and not overwrite:
             self._check_resumable(manifest, params, out)
@@ -560,7 +582,16 @@ class TemporalProjector:
         graph: FuzzyGraph = graph_result["graph"]
         seed = int(_seeds(self.random_state, epoch)[1])
         info: dict[str, Any] = {"graph_seconds": graph_result["seconds"]}
-        if prev is None:
+        reference = getattr(self, "_reference", None)
+        if reference is not None and epoch in reference.projected_epochs:
+            target = np.asarray(reference.projection(epoch), dtype=np.float32)
+            n_epochs = self.max_epochs or (300 if store.n_samples <= 10000 else 100)
+            spring = np.full(len(target), self.anchor_strength / 2, dtype=np.float32)
+            xy = optimize_layout(target, graph, layout_params, n_epochs=n_epochs, learning_rate=self.learning_rate,
+                                 seed=seed, anchor=target, anchor_strength=spring)  # fmt: skip
+            xy = align_to(target, xy)
+            info.update(sgd_epochs=n_epochs, neighbour_overlap=None)
+        elif prev is None:
             n_epochs = self.init_epochs or (500 if store.n_samples <= 10000 else 200)
             start = initial_layout(_embedding(store, epoch))
             xy = optimize_layout(start, graph, layout_params, n_epochs=n_epochs, learning_rate=1.0, seed=seed)
