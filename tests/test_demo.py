@@ -23,7 +23,10 @@ def test_demo_writes_a_complete_run_and_reuses_it(tmp_path, capsys, monkeypatch)
     assert store.territory(2).classes.shape == (200, 200)
     detection = load_detection(store)
     assert detection.scores.shape == (store.n_samples,)
-    assert f"serve it with: timetravel serve {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"serve it with: timetravel serve {out}" in printed
+    assert (f"timetravel fix {out} --out {out}-fixed --drop-suspects && timetravel serve {out} --compare {out}-fixed"
+            in printed)
 
     manifest = json.loads((out / "projection" / "manifest.json").read_text())
     manifest["params"]["min_dist"] = 0.5  # as if an older timetravel had projected with other defaults

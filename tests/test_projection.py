@@ -470,3 +470,28 @@ def test_baselines_return_one_layout_per_epoch(blobs, name):
     assert sorted(layouts) == blobs.epochs and seconds > 0
     assert all(y.shape == (len(rows), 2) and y.dtype == np.float32 for y in layouts.values())
     assert knn_preservation(np.asarray(blobs.embedding(2))[rows], layouts[2], k=10) > 0.1
+
+
+def test_a_run_projected_with_a_reference_sits_where_the_reference_does(tiny_run, tmp_path):
+    TemporalProjector(**FAST, random_state=7, verbose=False).fit(tiny_run)
+    aligned, free = _copy(tiny_run, tmp_path / "aligned"), _copy(tiny_run, tmp_path / "free")
+    TemporalProjector(**FAST, random_state=8, verbose=False).fit(aligned, reference=tiny_run)
+    TemporalProjector(**FAST, random_state=8, verbose=False).fit(free)
+    ref, a, f = (RunStore(s.path) for s in (tiny_run, aligned, free))
+    for e in ref.projected_epochs:
+        scale = np.ptp(np.asarray(ref.projection(e)), axis=0).mean()
+        off_aligned = np.linalg.norm(np.asarray(a.projection(e)) - ref.projection(e), axis=1).mean() / scale
+        off_free = np.linalg.norm(np.asarray(f.projection(e)) - ref.projection(e), axis=1).mean() / scale
+        assert off_aligned < 0.1 and off_aligned < off_free / 2
+    manifest = json.loads((aligned.path / "projection" / "manifest.json").read_text())
+    assert manifest["params"]["reference"] == str(tiny_run.path.resolve())
+    with pytest.raises(ProjectionError, match=r"other settings \(reference\)"):
+        TemporalProjector(**FAST, random_state=8, verbose=False).fit(aligned)
+
+
+def test_a_reference_must_hold_the_same_samples_and_a_projection(tiny_run, blobs, tmp_path):
+    with pytest.raises(ProjectionError, match="align only runs of the same samples"):
+        TemporalProjector(**FAST, verbose=False).fit(_copy(tiny_run, tmp_path / "a"), reference=blobs)
+    unprojected = _copy(tiny_run, tmp_path / "b")
+    with pytest.raises(ProjectionError, match="has no projection; run `timetravel project"):
+        TemporalProjector(**FAST, verbose=False).fit(_copy(tiny_run, tmp_path / "c"), reference=unprojected)

@@ -64,10 +64,17 @@ def run(args: argparse.Namespace) -> int:
     detection = detect(store)
     top = detection.ranking()[:5]
     log.info("most suspicious samples: %s", ", ".join(str(int(i)) for i in top))
+    fixed = store.path.with_name(store.path.name + "-fixed")
+    next_step = (f"after reviewing (relabel / drop), retrain and compare: timetravel fix {store.path} --out {fixed} "
+                 f"--drop-suspects && timetravel serve {store.path} --compare {fixed}")
     if args.no_serve:
         print(f"demo run ready in {store.path}; serve it with: timetravel serve {store.path}")
+        print(next_step)
         return 0
+    print(next_step, flush=True)
     serve_parser = argparse.ArgumentParser(prog="timetravel serve")
     serve.add_arguments(serve_parser)  # the serve command's own defaults for everything else
     serve_argv = [str(store.path), "--port", str(args.port), "--host", args.host]
-    return serve.run(serve_parser.parse_args(serve_argv + (["--no-browser"] if args.no_browser else [])))
+    status = serve.run(serve_parser.parse_args(serve_argv + (["--no-browser"] if args.no_browser else [])))
+    print(next_step)
+    return status
