@@ -58,11 +58,15 @@ def per_class_accuracy(data: RunData, epoch: int) -> tuple[np.ndarray, str]:
 
 
 def changed_samples(left: Side, right: Side) -> np.ndarray:
-    """Samples whose prediction (at the shown epochs) or suggested label differs between the sides."""
-    changed = left.data.frame(left.epoch).pred != right.data.frame(right.epoch).pred
+    """Samples whose prediction (at the shown epochs) differs between the sides, or whose suggested label does
+    while one side predicts another class than the label it trained on (elsewhere the suggestion, the most
+    likely other class of a well-learned sample, changes for no reason worth a look)."""
+    lp, rp = left.data.frame(left.epoch).pred, right.data.frame(right.epoch).pred
+    changed = lp != rp
     a, b = _suggested(left.data), _suggested(right.data)
-    if a is not None and b is not None and a is not b and left.data.path != right.data.path:
-        changed |= np.asarray(a) != np.asarray(b)
+    if a is not None and b is not None and left.data.path != right.data.path:
+        doubted = (lp != left.data.labels) | (rp != right.data.labels)
+        changed |= (np.asarray(a) != np.asarray(b)) & doubted
     return np.flatnonzero(changed)
 
 
