@@ -196,6 +196,57 @@ def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, de
     return out
 
 
+_COMPARE_DRAWN = """() => { const d = window.Bokeh && Bokeh.documents[0]; if (!d) return false;
+  const all = [...d._all_models.values()];
+  const pts = all.filter((m) => m.name == 'points_source'), dots = all.filter((m) => m.name == 'dots_source');
+  return pts.length == 2 && pts.every((p) => p.get_length() > 0)
+    && dots.every((s) => (s.data.image || []).length > 0); }"""
+
+_COMPARE_STEP = """(p) => new Promise((resolve) => {
+  const d = Bokeh.documents[0], all = [...d._all_models.values()];
+  const pts = all.filter((m) => m.name == 'points_source'), dots = all.filter((m) => m.name == 'dots_source');
+  const before = pts.map((s) => s.data.x), dotsBefore = dots.map((s) => s.data);
+  const slider = d.get_model_by_name('compare_slider');
+  const t0 = performance.now();
+  slider.value = p; slider.value_throttled = p;
+  const check = () => {
+    const moved = pts.every((s, i) => s.data.x !== before[i]) && dots.every((s, i) => s.data !== dotsBefore[i]);
+    if (moved) { requestAnimationFrame(() => resolve(performance.now() - t0)); } else { requestAnimationFrame(check); }
+  };
+  requestAnimationFrame(check);
+})"""
+
+
+def _measure_compare(run: Path, *, loads: int, steps: int, seed: int) -> dict:
+    """The comparison page (two epochs of ``run``: two canvases of all its samples): first render and epoch step."""
+    from playwright.sync_api import sync_playwright
+
+    from timetravel.server_app._testing import launch_chromium, serve
+
+    rng = np.random.default_rng(seed)
+    with serve(run, args=["--compare", str(run)], timeout=600) as server, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        first, page = [], None
+        for _ in range(loads):
+            if page is not None:
+                page.context.close()
+            page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+            page.goto(server.url)
+            page.wait_for_function(_COMPARE_DRAWN, timeout=120_000, polling="raf")
+            first.append(page.evaluate("() => performance.now()") / 1000.0)
+        n_epochs = page.evaluate("() => Bokeh.documents[0].get_model_by_name('compare_slider').end") + 1
+        current = page.evaluate("() => Bokeh.documents[0].get_model_by_name('compare_slider').value")
+        step_times = []
+        for _ in range(steps):
+            position = int(rng.choice([p for p in range(n_epochs - 1) if p != current]))  # the right side moves too
+            step_times.append(page.evaluate(_COMPARE_STEP, position))
+            current = position
+        backend = page.evaluate("() => [...Bokeh.documents[0]._all_models.values()].some((m) => m.name == "
+                                "'dots_source') ? 'raster' : 'canvas'")  # fmt: skip
+    return {"backend": backend, "first_render_s": {"cold": first[0], "warm_median": _median(first[1:] or first)},
+            "step_ms": {"median": _median(step_times), "p95": _p95(step_times), "all": step_times}}
+
+
 def _pair(a: float, b: float, fmt: str) -> str:
     return f"{a:{fmt}} / {b:{fmt}}"
 
@@ -259,13 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jumps", type=int, default=10)
     parser.add_argument("--decisions", type=int, default=20, help="alternating accept / reject clicks")
     parser.add_argument("--no-views", action="store_true", help="skip the group views' timings")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the comparison page (serve RUN --compare RUN: two canvases of every sample)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for app.json and app.md")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     renderers = [r for r in args.renderers.split(",") if r]
     browser = subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip()
     measured: dict[str, dict] = {}
-    rows = []
+    rows, compare_rows = [], []
     for n in sizes:
         print(f"app benchmark: {n:,} samples: preparing the run", flush=True)
         run, prep = _prepare_run(n, args.epochs, args.grid)
@@ -287,6 +340,17 @@ def main(argv: list[str] | None = None) -> int:
                 print("  group views after a step: " + ", ".join(f"{k} {v[k]['median']:.0f} ms" for k in
                       ("confusion", "groups", "activations")) + f"; activations after a selection "
                       f"{v['activations_selection']['median']:.0f} ms", flush=True)  # fmt: skip
+        if args.compare:
+            print(f"app benchmark: {n:,} samples: comparison page", flush=True)
+            c = _measure_compare(run, loads=args.loads, steps=args.steps, seed=0)
+            measured[str(n)]["compare"] = c
+            compare_rows.append({"points per side": f"{n:,}", "renderer": c["backend"],
+                                 "first render": f"{c['first_render_s']['cold']:.2f} s (later "
+                                                 f"{c['first_render_s']['warm_median']:.2f} s)",
+                                 "epoch step (median / p95)": f"{c['step_ms']['median']:.0f} / "
+                                                              f"{c['step_ms']['p95']:.0f} ms"})
+            print(f"  compare ({c['backend']}): first render {c['first_render_s']['cold']:.2f} s, step "
+                  f"{c['step_ms']['median']:.0f} ms", flush=True)
     results = {"browser": browser, "params": vars(args), "targets": TARGETS, "sizes": measured}
     t = TARGETS
     notes = [
@@ -297,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.steps} steps, {args.jumps} jumps, {args.decisions} decisions per setting. Browser: {browser}.",
         *NOTES,
     ]
+    sections = [("Comparison page (serve RUN --compare RUN; target: first render < 3 s, step < 150 ms at 50k)",
+                 compare_rows)] if compare_rows else []
     json_path, md_path = write_results("app", results, rows, title="App benchmark (headless Chromium)",
-                                       notes=notes, results_dir=Path(args.out))  # fmt: skip
+                                       notes=notes, sections=sections, results_dir=Path(args.out))  # fmt: skip
     print(f"wrote {json_path} and {md_path}")
     return 0
 
