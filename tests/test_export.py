@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -155,3 +157,27 @@ def test_cli_exports_each_decision_with_the_label_retraining_uses(tiny_run, caps
     assert (rows[5]["decision"], rows[5]["corrected_label"]) == ("flag", int(tiny_run.labels[5]))
     assert rows[6]["decision"] == "accept"
     assert payload["n_by_decision"] == {"accept": 1, "relabel": 1, "drop": 1, "flag": 1}
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "under a file"])
+def test_export_never_replaces_what_is_not_a_regular_file(tmp_path, kind):
+    from timetravel.export import write_export
+
+    target = tmp_path / "out.csv"
+    if kind == "symlink":
+        (tmp_path / "precious").write_text("keep")
+        target.symlink_to(tmp_path / "precious")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        (tmp_path / "file").write_text("keep")
+        target = tmp_path / "file" / "out.csv"
+    with pytest.raises(TimetravelError, match=r"cannot write the export to .*out.csv: .*; choose a regular file"):
+        write_export(target, "index\n")
+    if kind == "symlink":
+        assert target.is_symlink() and (tmp_path / "precious").read_text() == "keep"
+    elif kind == "fifo":
+        assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert not [p for p in tmp_path.rglob(".*.tmp")]

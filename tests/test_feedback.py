@@ -143,3 +143,45 @@ def test_seeds_are_logged_as_one_batch_and_replayed_apart_from_decisions(tmp_pat
     assert log.read().seeds == {}
     with pytest.raises(FeedbackLogError, match="names its group"):
         log.append(4, "seed", "s")
+
+
+# --------------------------------------------------------------------------- robustness (issue 14)
+
+
+def test_a_torn_last_line_never_swallows_the_next_decision(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=100)
+    log.path.write_bytes(b'{"sample": 20, "decision": "acc')  # a writer killed mid-line
+    log.append(84, "accept")
+    log.append(85, "reject")
+    state = FeedbackLog(tmp_path, n_samples=100).read()
+    assert state.decisions == {84: True, 85: False}
+    assert len(state.errors) == 1 and "line 1 skipped" in state.errors[0]
+    assert log.path.read_bytes().count(b"\n") == 3  # the torn line ended by the first append, in the same write
+
+
+def test_a_record_glued_to_a_torn_line_by_an_older_version_is_kept(tmp_path):
+    log = FeedbackLog(tmp_path, n_samples=100)
+    log.path.write_bytes(b'{"sample": 20, "decision": "acc{"sample": 84, "decision": "accept", "time": 1.0}\n')
+    state = log.read()
+    assert state.decisions == {84: True}
+    assert "the complete record at its end was kept" in state.errors[0]
+
+
+def test_appends_refuse_a_symlinked_log_and_leave_its_target_alone(tmp_path):
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "feedback.jsonl").symlink_to(target)
+    log = FeedbackLog(tmp_path / "run", n_samples=10)
+    with pytest.raises(FeedbackLogError, match=r"feedback.jsonl: is a symbolic link; .*the decision was not saved"):
+        log.append(1, "accept")
+    assert target.read_text() == ""
+
+
+def test_a_log_that_is_a_directory_gives_one_clear_error(tmp_path):
+    (tmp_path / "feedback.jsonl").mkdir()
+    log = FeedbackLog(tmp_path, n_samples=10)
+    with pytest.raises(FeedbackLogError, match=r"feedback.jsonl: is a directory, not a feedback log"):
+        log.append(1, "accept")
+    with pytest.raises(FeedbackLogError, match=r"feedback.jsonl: cannot be read \(Is a directory\)"):
+        log.read()

@@ -8,8 +8,10 @@ before returning.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,15 +44,32 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _refuse_non_regular(path: Path) -> None:
+    """Raise ``OSError(EINVAL)`` when ``path`` exists and is not a regular file (a link, device, directory)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise OSError(errno.EINVAL, f"{kind}, which is never replaced", str(path))
+
+
 def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file renamed over ``path``; only a regular file (or nothing) is ever replaced."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where a folder of the path should be
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", exc.filename) from None
+    _refuse_non_regular(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        _refuse_non_regular(path)  # checked again just before the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,22 +96,33 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda fh: fh.write(data))
 
 
-def append_line_fsynced(path: Path, line: str) -> None:
-    """Append one line to a text log and fsync it before returning.
-
-    ``O_APPEND`` makes each write land at the end even with several writers,
-    and one ``write`` call per line keeps lines whole.
-    """
-    append_lines_fsynced(path, [line])
-
-
 def append_lines_fsynced(path: Path, lines: list[str]) -> None:
-    """Append ``lines`` to a text log in one ``write`` call and fsync it before returning."""
+    """Append ``lines`` to a text log in one ``write`` call and fsync it before returning.
+
+    The log must be a regular file (or not exist yet): a symbolic link is
+    refused (``O_NOFOLLOW``), so an append never lands in a file the link
+    points to. When the log ends in a partial line (a writer killed mid-line),
+    the write starts with a newline, so the partial line stays alone (readers
+    skip it) and never swallows the new records.
+
+    Raises
+    ------
+    OSError
+        ``ELOOP`` for a symbolic link, ``EISDIR`` for a directory, ``EINVAL``
+        for something else that is not a regular file, or any error of the
+        filesystem; the log is unchanged.
+    """
     if any("\n" in line for line in lines):
         raise ValueError("a log line must not contain a newline")
     data = "".join(line + "\n" for line in lines).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o644)
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            data = b"\n" + data  # one write: the record and the newline that ends the torn line before it
         os.write(fd, data)
         os.fsync(fd)
     finally:

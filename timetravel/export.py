@@ -179,9 +179,22 @@ def render(records: list[ExportRecord], store: RunStore, fmt: str) -> str:
 
 
 def write_export(path: str | Path, text: str) -> Path:
-    """Write an export atomically; returns the path written."""
+    """Write an export atomically; returns the path written.
+
+    Raises
+    ------
+    TimetravelError
+        The target is not a regular file (a device, a symbolic link, a
+        directory: never replaced) or cannot be written (no such folder, a
+        path under a file, a read-only filesystem); nothing was written.
+    """
     path = Path(path)
-    write_bytes_atomic(path, text.encode("utf-8"))
+    try:
+        write_bytes_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        where = exc.filename or path
+        raise TimetravelError(f"cannot write the export to {path}: {where}: {exc.strerror or exc}; "
+                              "choose a regular file in a writable folder") from None
     return path
 
 

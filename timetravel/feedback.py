@@ -35,6 +35,7 @@ reported and skipped; it never hides the lines after it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from timetravel._io import append_line_fsynced, append_lines_fsynced
+from timetravel._io import append_lines_fsynced
 from timetravel.errors import FeedbackLogError
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class FeedbackLog:
         self._check(sample, decision, label, split=split)
         event = FeedbackEvent(sample=sample, decision=decision, time=time.time(), session=session, label=label,
                               split=split)
-        append_line_fsynced(self.path, event.to_json())
+        self._append([event.to_json()])
         return event
 
     def append_seeds(self, samples, group: str, session: str = "") -> list[FeedbackEvent]:
@@ -229,7 +230,7 @@ class FeedbackLog:
             self._check(int(sample), "seed", None, group)
             events.append(FeedbackEvent(int(sample), "seed", now, session, group=group, batch=batch))
         if events:
-            append_lines_fsynced(self.path, [e.to_json() for e in events])
+            self._append([e.to_json() for e in events])
         return events
 
     def append_undos(self, samples, session: str = "") -> list[FeedbackEvent]:
@@ -240,27 +241,61 @@ class FeedbackLog:
             self._check(int(sample), "undo")
             events.append(FeedbackEvent(int(sample), "undo", now, session))
         if events:
-            append_lines_fsynced(self.path, [e.to_json() for e in events])
+            self._append([e.to_json() for e in events])
         return events
 
+    def _append(self, lines: list[str]) -> None:
+        """Append whole lines (one write, fsynced); a log that is not a regular file is refused, unchanged."""
+        try:
+            append_lines_fsynced(self.path, lines)
+        except OSError as exc:
+            raise FeedbackLogError(f"{self.path}: {_why_not_appendable(exc)}; the decision was not saved") from None
+
     def read(self) -> FeedbackState:
-        """Replay the log into the standing decisions; corrupt lines are reported and skipped."""
+        """Replay the log into the standing decisions; corrupt lines are reported and skipped.
+
+        A line that is corrupt only at its start (an older timetravel appended
+        to a torn last line) still gives the complete record at its end.
+
+        Raises
+        ------
+        FeedbackLogError
+            The log exists but cannot be read (a directory, no permission).
+        """
         state = FeedbackState()
-        if not self.path.exists():
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
             return state
-        with open(self.path, "rb") as fh:
+        except OSError as exc:
+            raise FeedbackLogError(f"{self.path}: cannot be read ({exc.strerror or exc}); "
+                                   "it must be the run's feedback log, a regular file") from None
+        with fh:
             for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
                     continue
                 try:
                     event = self._parse(raw)
                 except (ValueError, TypeError, FeedbackLogError) as exc:
-                    msg = f"{self.path}: line {lineno} skipped ({exc})"
+                    event = self._salvage(raw)
+                    kept = "; the complete record at its end was kept" if event is not None else ""
+                    msg = f"{self.path}: line {lineno} skipped ({exc}){kept}"
                     logger.warning(msg)
                     state.errors.append(msg)
-                    continue
+                    if event is None:
+                        continue
                 state.apply(event)
         return state
+
+    def _salvage(self, raw: bytes) -> FeedbackEvent | None:
+        """The record glued after a torn line (``{"sample": 20, "decision": "acc{"sample": 84, ...}``), if any."""
+        start = raw.rfind(b'{"sample"')
+        if start <= 0:
+            return None
+        try:
+            return self._parse(raw[start:])
+        except (ValueError, TypeError, FeedbackLogError):
+            return None
 
     def _parse(self, raw: bytes) -> FeedbackEvent:
         obj = json.loads(raw.decode("utf-8"))
@@ -278,3 +313,13 @@ class FeedbackLog:
         return FeedbackEvent(sample, decision, float(obj.get("time", 0.0)), str(obj.get("session", "")), label,
                              None if group is None else str(group), None if batch is None else str(batch),
                              split)  # fmt: skip
+
+
+def _why_not_appendable(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a symbolic link; decisions are appended only to a regular file (replace the link with one)"
+    if exc.errno == errno.EISDIR:
+        return "is a directory, not a feedback log (move it away)"
+    if exc.errno == errno.EINVAL:
+        return "is not a regular file (replace it with one, or move it away)"
+    return f"cannot be appended to ({exc.strerror or exc})"
