@@ -429,7 +429,7 @@ def test_cli_project_prints_metrics_and_resumes(tiny_run, capsys):
     args = ["project", str(tiny_run.path), "--n-jobs", "1", "--grid-size", "24", "--decoder-steps", "60"]
     assert main(["-q", *args, "--until", "1"]) == 0
     out = capsys.readouterr().out
-    assert "2 epochs projected" in out and "train:     kNN" in out and " mean " in out
+    assert "2 epochs projected" in out and "      train kNN" in out and "    heldout kNN" in out and " mean " in out
     assert main(["-q", *args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert sorted(report["metrics"]) == ["0", "1", "2"]

@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,15 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def file_crc32(path: Path, chunk_bytes: int = 8 * 2**20) -> int:
+    """CRC32 of a file's bytes, read in chunks (cheap next to an fsync: about 1 GB/s)."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def fsync_file(path: Path) -> None:

@@ -35,10 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timetravel", description="A time-travelling debugger for deep classifiers."
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only log warnings and errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only log warnings and errors, no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    # the same flags after the sub-command (`timetravel detect RUN -q`); SUPPRESS keeps the top level's value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only log warnings and errors, no progress bars")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in _available_commands().items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -57,9 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimetravelError as exc:
         print(f"timetravel {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the user named cannot be read or written: say which and why
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"timetravel {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"timetravel {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"timetravel {args.command}: internal error ({type(exc).__name__}: {exc}); this is a bug in "
+              "timetravel: rerun with --debug for the traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

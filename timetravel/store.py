@@ -27,11 +27,13 @@ killed mid-epoch leaves a store that opens with the epochs completed so far.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
 import shutil
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from pathlib import Path
@@ -39,14 +41,20 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from timetravel._io import fsync_dir, fsync_file, read_manifest, save_npy_atomic, write_json_atomic
-from timetravel._validation import check_labels
+from timetravel._io import file_crc32, fsync_dir, fsync_file, read_manifest, save_npy_atomic, write_json_atomic
+from timetravel._validation import check_int, check_labels
 from timetravel.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "run.json"
+CHECKSUMS = "checksums.json"  # per epoch: {"format_version": 1, "algorithm": "crc32", "files": {name: crc}}
+CHECKSUM_VERSION = 1
+WRITER_LOCK = ".writer.lock"  # held (flock, shared) by every live RunWriter: readers can tell a run is growing
+# run-level arrays written by RunWriter.create, checksummed in run.json
+_RUN_ARRAYS = ("labels.npy", "true_labels.npy", "noise_mask.npy", "thumbs.npy", "heldout_labels.npy",
+               "pool_true_labels.npy", "pool_thumbs.npy")
 EMBEDDING_DTYPES = ("float16", "float32")
 SPLITS = ("train", "heldout", "pool")
 _PREFIX = {"train": "", "heldout": "heldout_", "pool": "pool_"}  # file-name prefix of each split's arrays
@@ -91,7 +99,114 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     actual = path.stat().st_size
     if actual < expected:
         raise StoreError(f"{path}: truncated, {actual} bytes on disk but the header promises {expected}")
+    if actual > expected:
+        raise StoreError(f"{path}: {actual - expected} unexpected bytes after the array's data (the header promises "
+                         f"{expected} bytes in all); the file is corrupt")
     return tuple(shape), dtype
+
+
+def _crc_and_fsync(path: Path) -> int:
+    crc = file_crc32(path)
+    fsync_file(path)
+    return crc
+
+
+def _checksum_record(files: dict[str, int]) -> dict[str, Any]:
+    return {"format_version": CHECKSUM_VERSION, "algorithm": "crc32", "files": files}
+
+
+def _recorded_crcs(files: Any, path: Path) -> dict[str, int]:
+    if files is None:
+        return {}
+    if isinstance(files, dict) and "files" in files:  # run.json's "checksums" holds a whole record
+        files = files["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and "/" not in k and isinstance(v, int) and not isinstance(v, bool) for k, v in files.items()
+    ):
+        raise StoreError(f"{path}: checksums must map file names to CRC32 integers, got {files!r}")
+    return files
+
+
+def _check_crc(path: Path, expected: int) -> None:
+    try:
+        actual = file_crc32(path)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: file is missing (it has a recorded checksum)") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if actual != expected:
+        raise StoreError(f"{path}: checksum mismatch (CRC32 {actual:08x}, recorded {expected:08x} when it was "
+                         "written): the file changed or is corrupt")
+
+
+def _hold_writer_lock(path: Path) -> int | None:
+    """Open ``RUN/.writer.lock`` and hold a shared lock on it while this process writes the run (None: no flock)."""
+    try:
+        fd = os.open(path / WRITER_LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError:
+        return None  # a read-only copy of a run: nothing to announce
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def being_written(path: str | os.PathLike) -> bool:
+    """Whether a live process holds a :class:`RunWriter` on the run at ``path`` (the lock dies with it)."""
+    try:
+        fd = os.open(Path(path) / WRITER_LOCK, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's lock
+    return False
+
+
+def _field_error(path: Path, key: str, expected: str, value: Any) -> StoreError:
+    return StoreError(f"{path}: field {key!r} must be {expected}, got {value!r}")
+
+
+def validate_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Check the type and range of every field of ``run.json`` this timetravel reads.
+
+    Raises
+    ------
+    StoreError
+        Naming ``run.json``, the field, what it must be and what it is.
+    """
+    for key in ("n_samples", "n_classes", "embedding_dim", "epochs", "embedding_dtype"):
+        if key not in manifest:
+            raise StoreError(f"{path}: required field {key!r} is missing")
+    for key, minimum in (("n_samples", 1), ("n_classes", 1), ("embedding_dim", 1), ("n_heldout", 0), ("n_pool", 0)):
+        if key in manifest:
+            check_int(manifest[key], f"{path}: field {key!r}", minimum=minimum, error=StoreError)
+    if manifest["embedding_dtype"] not in EMBEDDING_DTYPES:
+        raise _field_error(path, "embedding_dtype", f"one of {EMBEDDING_DTYPES}", manifest["embedding_dtype"])
+    epochs = manifest["epochs"]
+    if not isinstance(epochs, list) or not all(
+        isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs
+    ):
+        raise _field_error(path, "epochs", "a list of epoch numbers (integers >= 0)", epochs)
+    if len(set(epochs)) != len(epochs):
+        raise _field_error(path, "epochs", "a list without repeats", epochs)
+    names = manifest.get("class_names")
+    if names is not None and (
+        not isinstance(names, list) or len(names) != manifest["n_classes"] or not all(isinstance(n, str) for n in names)
+    ):
+        raise _field_error(path, "class_names", f"a list of n_classes = {manifest['n_classes']} strings", names)
+    for key in ("has_true_labels", "has_pool_true_labels"):
+        if key in manifest and not isinstance(manifest[key], bool):
+            raise _field_error(path, key, "true or false", manifest[key])
+    history = manifest.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise _field_error(path, "history", "a list of per-epoch objects", history)
+    for key in ("epoch_passes", "checksums", "noise"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise _field_error(path, key, "an object", manifest[key])
+    if "dataset" in manifest and not isinstance(manifest["dataset"], str):
+        raise _field_error(path, "dataset", "a string", manifest["dataset"])
 
 
 def _check_finite(array: np.ndarray, path: Path, chunk_rows: int = 65536) -> None:
@@ -158,6 +273,7 @@ class RunStore:
         self.pool_true_labels = (
             self._load_labels("pool_true_labels.npy", self.n_pool) if m.get("has_pool_true_labels") else None
         )
+        self._check_thumbs()
         self._check_epochs()
         full = verify == "full" or (verify == "auto" and self._epoch_bytes() <= FULL_VERIFY_BYTES)
         if full:
@@ -172,11 +288,7 @@ class RunStore:
         manifest = read_manifest(path, FORMAT_VERSION)
         if manifest is None:
             raise StoreError(f"{path}: file is missing; {self.path} is not a timetravel run store")
-        for key in ("n_samples", "n_classes", "embedding_dim", "epochs", "embedding_dtype"):
-            if key not in manifest:
-                raise StoreError(f"{path}: required field {key!r} is missing")
-        if manifest["embedding_dtype"] not in EMBEDDING_DTYPES:
-            raise StoreError(f"{path}: embedding_dtype must be one of {EMBEDDING_DTYPES}")
+        validate_manifest(manifest, path)
         return manifest
 
     def _header(self, path: Path, shape: tuple[int, ...], kinds: str) -> np.dtype:
@@ -241,6 +353,16 @@ class RunStore:
         files.update({p: spec for p, spec in optional.items() if p.exists()})
         return files
 
+    def _check_thumbs(self) -> None:
+        path = self.path / "thumbs.npy"
+        if path.exists():
+            shape, dtype = _npy_header(path)
+            if len(shape) not in (3, 4) or shape[0] != self.n_samples or dtype != np.uint8 or (
+                len(shape) == 4 and shape[3] not in (1, 3, 4)
+            ):
+                raise StoreError(f"{path}: expected ({self.n_samples}, H, W[, C]) uint8 images, got {shape} {dtype}; "
+                                 "rewrite it as uint8 (values 0..255) or remove it")
+
     def _check_epochs(self) -> None:
         for epoch in self.epochs:
             for path, (shape, kinds) in self._epoch_files(epoch).items():
@@ -251,10 +373,36 @@ class RunStore:
         return per_epoch * len(self.epochs)
 
     def verify(self) -> None:
-        """Scan every recorded array for NaN/inf; raise :class:`StoreError` on the first."""
+        """Check every recorded array against its checksum and scan it for NaN/inf; raise on the first problem.
+
+        Stores written before checksums existed have none to check; they are
+        still scanned for NaN/inf.
+        """
+        self.verify_run_files()
         for epoch in self.epochs:
-            for path in self._epoch_files(epoch):
-                self._mmap(path)
+            self.verify_epoch(epoch)
+
+    def verify_run_files(self) -> int:
+        """Check the run-level arrays (labels, thumbnails...) against ``run.json``'s checksums; returns how many."""
+        recorded = _recorded_crcs(self.manifest.get("checksums"), self.path / MANIFEST)
+        for name, crc in recorded.items():
+            _check_crc(self.path / name, crc)
+        return len(recorded)
+
+    def verify_epoch(self, epoch: int) -> int:
+        """Check one epoch's arrays against ``checksums.json`` and scan them for NaN/inf; returns files checksummed."""
+        self._require_epoch(epoch)
+        d = self.epoch_dir(epoch)
+        recorded = {}
+        path = d / CHECKSUMS
+        if path.exists():
+            record = read_manifest(path, CHECKSUM_VERSION)
+            recorded = _recorded_crcs(record.get("files"), path)
+        for array in self._epoch_files(epoch):  # NaN/inf first: the more telling message
+            self._mmap(array)
+        for name, crc in recorded.items():
+            _check_crc(d / name, crc)
+        return len(recorded)
 
     # -- per-epoch arrays ---------------------------------------------------------------
 
@@ -362,6 +510,11 @@ class RunStore:
         from timetravel.metadata import read_metadata
 
         return read_metadata(self.path, self.n_samples)
+
+    @property
+    def being_written(self) -> bool:
+        """Whether a live process is still recording this run (it holds a :class:`RunWriter` on it)."""
+        return being_written(self.path)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -547,8 +700,10 @@ class EpochWriter:
         self._arrays.clear()  # drop the maps before the rename; fsync writes their dirty pages
         # Concurrent fsyncs share the filesystem's journal commits: about half
         # the time of one after another, which matters for small, fast epochs.
+        files = sorted(self._tmp.glob("*.npy"))
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(fsync_file, self._tmp.iterdir()))
+            crcs = list(pool.map(_crc_and_fsync, files))
+        write_json_atomic(self._tmp / CHECKSUMS, _checksum_record(dict(zip((f.name for f in files), crcs))))
         fsync_dir(self._tmp)
         final = w.path / "epochs" / epoch_dirname(self.epoch)
         if final.exists():  # an earlier, unlisted or replaced attempt at this epoch
@@ -593,6 +748,26 @@ class RunWriter:
         self.n_heldout = int(manifest.get("n_heldout", 0))
         self.n_pool = int(manifest.get("n_pool", 0))
         self.embedding_dtype = manifest["embedding_dtype"]
+        self._lock_fd = _hold_writer_lock(self.path)
+        if self._lock_fd is not None:
+            weakref.finalize(self, os.close, self._lock_fd)
+
+    def _remove_leftovers(self) -> None:
+        """Delete the hidden ``epochs/.EEEE.tmp-*`` directories of killed writers, when no other writer is active."""
+        leftovers = sorted((self.path / "epochs").glob(".*.tmp-*"))
+        if not leftovers or self._lock_fd is None:
+            return
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone on the run: nobody is filling them
+        except BlockingIOError:
+            logger.warning("%s: another process is writing this run; its temporary epochs are left alone", self.path)
+            return
+        try:
+            for leftover in leftovers:
+                shutil.rmtree(leftover, ignore_errors=True)
+            logger.info("%s: removed %d unfinished epoch(s) left by an interrupted writer", self.path, len(leftovers))
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
 
     def split_size(self, split: str) -> int:
         """Number of samples of a split (0 when the run has none)."""
@@ -722,6 +897,8 @@ class RunWriter:
         }
         if true_labels is not None:
             manifest["noise_rate_actual"] = float(np.mean(labels != true_labels))
+        written = [name for name in _RUN_ARRAYS if (path / name).exists()]
+        manifest["checksums"] = _checksum_record({name: file_crc32(path / name) for name in written})
         if metadata is not None:
             from timetravel.metadata import write_metadata
 
@@ -734,8 +911,10 @@ class RunWriter:
     def resume(cls, path: str | os.PathLike) -> RunWriter:
         """Open an existing run to append more epochs (the store is validated first)."""
         store = RunStore(path, verify="headers")
-        return cls(store.path, store.manifest, labels=store.labels, heldout_labels=store.heldout_labels,
-                   true_labels=store.true_labels, pool_true_labels=store.pool_true_labels)
+        writer = cls(store.path, store.manifest, labels=store.labels, heldout_labels=store.heldout_labels,
+                     true_labels=store.true_labels, pool_true_labels=store.pool_true_labels)
+        writer._remove_leftovers()
+        return writer
 
     @property
     def epochs(self) -> list[int]:
@@ -772,7 +951,8 @@ class RunWriter:
 
     def update_manifest(self, **fields: Any) -> None:
         """Set extra manifest fields and rewrite ``run.json`` atomically."""
-        reserved = {"format_version", "n_samples", "n_classes", "embedding_dim", "epochs", "history", "epoch_passes"}
+        reserved = {"format_version", "n_samples", "n_classes", "embedding_dim", "epochs", "history", "epoch_passes",
+                    "checksums"}
         if reserved & fields.keys():
             raise StoreError(f"cannot overwrite manifest fields {sorted(reserved & fields.keys())}")
         self.manifest.update(fields)

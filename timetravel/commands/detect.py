@@ -11,7 +11,8 @@ HELP = "compute trajectory features and the abnormality ranking of a run (writes
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run store directory")
-    parser.add_argument("--top", type=int, default=20, help="how many of the most suspicious samples to print")
+    parser.add_argument("--top", type=int, default=None,
+                        help="how many of the most suspicious samples to print (default: 20 in the table, all in --json)")
     parser.add_argument("--neighbors", type=int, default=10, help="k of the nearest-neighbour features")
     parser.add_argument("--method", choices=("cross-view", "consensus", "mean"), default="cross-view",
                         help="how the detector weights the features")
@@ -23,31 +24,45 @@ def run(args: argparse.Namespace) -> int:
     from timetravel.errors import TimetravelError
     from timetravel.store import RunStore
 
-    if args.top < 0:
+    if args.top is not None and args.top < 0:
         raise TimetravelError(f"--top must be >= 0, got {args.top}")
     store = RunStore(args.run)
-    detection = detect(store, n_neighbors=args.neighbors, method=args.method, verbose=not args.json)
+    if store.being_written:
+        print(f"timetravel detect: note: {store.path} is still being recorded; the features use the "
+              f"{len(store.epochs)} epochs committed so far", file=sys.stderr)
+    detection = detect(store, n_neighbors=args.neighbors, method=args.method, verbose=not (args.json or args.quiet))
     names = store.class_names
     table = detection.features
+    top = args.top if args.top is not None else (table.n_samples if args.json else 20)
+    noisy = store.noise_mask
     rows = []
-    for rank, i in enumerate(detection.ranking()[: args.top], start=1):
-        rows.append({
+    for rank, i in enumerate(detection.ranking()[:top], start=1):
+        row = {
             "rank": rank,
             "sample": int(i),
             "score": round(float(detection.scores[i]), 4),
-            "label": names[table.labels[i]],
-            "suggested": names[table.suggested[i]],
+            "label": int(table.labels[i]),
+            "label_name": names[table.labels[i]],
+            "suggested": int(table.suggested[i]),
+            "suggested_name": names[table.suggested[i]],
             "reasons": detection.detector.reasons(int(i)),
-        })
+        }
+        if noisy is not None:
+            row["noisy"] = bool(noisy[i])  # benchmark runs only: the injected noise, never used by the detector
+        rows.append(row)
+    canvas = table.meta.get("projection_epochs") or []
+    coverage = (f"canvas features from the {len(canvas)} projected epochs {canvas[0]}..{canvas[-1]} of "
+                f"{len(table.epochs)}" if canvas else "no canvas features (fewer than 3 projected epochs)")
     if args.json:
-        json.dump({"run": str(store.path), "features": table.names, "ranking": rows}, sys.stdout, indent=2)
+        json.dump({"run": str(store.path), "features": table.names, "epochs": table.epochs,
+                   "projection_epochs": canvas, "ranking": rows}, sys.stdout, indent=2)
         print()
         return 0
-    print(f"{store.path}: {table.n_samples} samples, {len(table.names)} features -> "
+    print(f"{store.path}: {table.n_samples} samples, {len(table.names)} features ({coverage}) -> "
           f"{features_dir(store.path)}")
     for r in rows:
         print(f"{r['rank']:4d}. sample {r['sample']:>7d}  score {r['score']:+.3f}  "
-              f"label {r['label']!r}, maybe {r['suggested']!r}")
+              f"label {r['label_name']!r}, maybe {r['suggested_name']!r}")
         for reason in r["reasons"]:
             print(f"        - {reason}")
     return 0

@@ -67,7 +67,7 @@ def _format(value: float | None) -> str:
 
 def _table(metrics: dict[int, dict]) -> list[str]:
     splits = [s for s in ("train", "heldout") if any(s in m for m in metrics.values())]
-    header = "epoch " + " ".join(f"{split[:5]}:{_SHORT[name]:>8s}" for split in splits for name in _METRICS)
+    header = "epoch " + " ".join(f"{split + ' ' + _SHORT[name]:>14s}" for split in splits for name in _METRICS)
     lines = [header]
     for epoch in sorted(metrics):
         cells = [_format(metrics[epoch].get(split, {}).get(name)) for split in splits for name in _METRICS]
@@ -82,10 +82,18 @@ def _table(metrics: dict[int, dict]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from timetravel.errors import TimetravelError
     from timetravel.projection import TemporalProjector
     from timetravel.store import RunStore
 
     store = RunStore(args.run)
+    if args.until is not None and (not store.epochs or args.until < store.epochs[0]):
+        shown = f"{store.epochs[0]}..{store.epochs[-1]}" if store.epochs else "none yet"
+        raise TimetravelError(f"--until {args.until} is before every recorded epoch of {store.path} "
+                              f"(recorded: {shown}); give one of them")
+    if store.being_written:
+        print(f"timetravel project: note: {store.path} is still being recorded; projecting the "
+              f"{len(store.epochs)} epochs committed so far (run this again later for the rest)", file=sys.stderr)
     client = _connect(args)
     try:
         projector = TemporalProjector(
