@@ -272,3 +272,88 @@ def test_projection_of_another_format_is_refused_not_listed(tmp_path, manifest, 
         store.projected_epochs
     with pytest.raises(ProjectionError, match=r"run `timetravel project .*r --overwrite`"):
         store.projection(0)
+
+
+# --------------------------------------------------------------------------- checksums, trailing bytes (issue 14)
+
+
+def _flip_bytes(path, n=8):
+    data = bytearray(path.read_bytes())
+    header = len(data) - np.load(path, mmap_mode="r").nbytes
+    for k in range(n):  # low-order mantissa bytes: still finite, still the right shape
+        data[header + 4 * k] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_fail_full_verification_and_check(tmp_path, capsys):
+    from timetravel.cli import main
+
+    build_run(tmp_path / "r")
+    _flip_bytes(tmp_path / "r" / "epochs" / "0001" / "logits.npy")
+    with pytest.raises(StoreError, match=r"0001/logits\.npy: checksum mismatch \(CRC32 [0-9a-f]{8}, recorded"):
+        RunStore(tmp_path / "r", verify="full")
+    assert main(["check", str(tmp_path / "r")]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM" in out and "0001/logits.npy: checksum mismatch" in out and "1 problem(s) found" in out
+
+
+def test_check_passes_a_sound_run_and_a_run_written_before_checksums(tmp_path, capsys):
+    from timetravel.cli import main
+
+    build_run(tmp_path / "r")
+    assert main(["check", str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
+    for path in (tmp_path / "r" / "epochs").glob("*/checksums.json"):
+        path.unlink()
+    manifest = json.loads((tmp_path / "r" / "run.json").read_text())
+    del manifest["checksums"]
+    (tmp_path / "r" / "run.json").write_text(json.dumps(manifest))
+    RunStore(tmp_path / "r", verify="full")  # still opens
+    assert main(["check", str(tmp_path / "r")]) == 0
+    assert "3 epochs written before checksums" in capsys.readouterr().out
+
+
+def test_trailing_bytes_after_an_arrays_data_are_refused(tmp_path):
+    build_run(tmp_path / "r")
+    with open(tmp_path / "r" / "epochs" / "0002" / "embedding.npy", "ab") as fh:
+        fh.write(b"\0" * 16)
+    with pytest.raises(StoreError, match=r"0002/embedding\.npy: 16 unexpected bytes after the array's data"):
+        RunStore(tmp_path / "r")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_samples", None, "field 'n_samples' must be a positive integer, got None"),
+    ("n_samples", "abc", "field 'n_samples' must be a positive integer, got 'abc'"),
+    ("epochs", ["x"], r"field 'epochs' must be a list of epoch numbers"),
+    ("epochs", {"a": 1}, r"field 'epochs' must be a list of epoch numbers"),
+    ("epochs", [0, 1, 1], r"field 'epochs' must be a list without repeats, got \[0, 1, 1\]"),
+    ("class_names", ["a", "b"], r"field 'class_names' must be a list of n_classes = 3 strings"),
+    ("history", 5, r"field 'history' must be a list of per-epoch objects, got 5"),
+    ("has_true_labels", "yes", r"field 'has_true_labels' must be true or false"),
+])
+def test_every_manifest_field_is_type_checked(tmp_path, field, value, message):
+    build_run(tmp_path / "r")
+    manifest = json.loads((tmp_path / "r" / "run.json").read_text())
+    manifest[field] = value
+    (tmp_path / "r" / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"run\.json: " + message):
+        RunStore(tmp_path / "r")
+
+
+def test_float_thumbnails_are_refused_when_the_run_is_opened(tmp_path):
+    build_run(tmp_path / "r")
+    np.save(tmp_path / "r" / "thumbs.npy", np.zeros((60, 4, 4), dtype=np.float32))
+    with pytest.raises(StoreError, match=r"thumbs\.npy: expected \(60, H, W\[, C\]\) uint8 images, got \(60, 4, 4\) float32"):
+        RunStore(tmp_path / "r", verify="headers")
+
+
+def test_a_resume_removes_the_temporary_epochs_of_a_killed_writer(tmp_path):
+    build_run(tmp_path / "r")
+    leftover = tmp_path / "r" / "epochs" / ".0003.tmp-deadbeef"
+    leftover.mkdir()
+    (leftover / "embedding.npy").write_bytes(b"partial")
+    writer = RunWriter.resume(tmp_path / "r")
+    assert not leftover.exists()
+    assert RunStore(tmp_path / "r").being_written
+    del writer
+    assert not RunStore(tmp_path / "r").being_written

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from timetravel.errors import TimetravelError
 
-COMMANDS = ("train", "project", "detect", "serve", "export", "fix", "demo", "bench")
+COMMANDS = ("train", "project", "detect", "serve", "export", "check", "fix", "demo", "bench")
 
 
 def _available_commands() -> dict[str, object]:
