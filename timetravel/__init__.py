@@ -25,13 +25,17 @@ __all__ = [
     "RunStore",
     "RunWriter",
     "StoreError",
-    "Territory",
+    "Table",
     "Recorder",
+    "Territory",
     "TimetravelError",
     "corrections",
     "detect",
     "extract_features",
+    "features_table",
     "load_detection",
+    "ranking_table",
+    "show",
     "write_metadata",
 ]
 __version__ = "0.1.0"
