@@ -110,7 +110,7 @@ def test_a_fixed_run_can_be_fixed_again(reviewed, tmp_path):
 
 
 def test_errors_say_what_to_do(tmp_path, reviewed):
-    from server_app._testing import write_synthetic_run
+    from timetravel.server_app._testing import write_synthetic_run
 
     own = write_synthetic_run(tmp_path / "own", n_samples=40, n_epochs=2)
     FeedbackLog(own).append(1, "drop")
