@@ -27,13 +27,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from timetravel._processes import in_worker
 from timetravel._random import subsample
 from timetravel._validation import check_int, check_real
 from timetravel.projection import store as files
@@ -516,9 +519,12 @@ class TemporalProjector:
             workers = max(1, effective_n_jobs(self.n_jobs))
             chunk = self.chunk_size or max(2, 2 * workers)
             with (
+                warnings.catch_warnings(),
                 Parallel(n_jobs=self.n_jobs, return_as="generator") as parallel,
                 tqdm(total=len(todo), desc="projecting", unit="epoch", disable=not self.verbose) as bar,
             ):
+                # An interrupted fit (Ctrl+C) leaves results unused; joblib's warning about it says nothing to a user.
+                warnings.filterwarnings("ignore", message=r".*tasks (have|which) .*(not used|cancelled)")
                 self._run(store, manifest, out, todo, prev, parallel, chunk, bar)
         self.epochs_ = sorted(int(e) for e in manifest["epochs"])
         self.metrics_ = {int(e): entry["metrics"] for e, entry in manifest["epochs"].items()}
@@ -544,6 +550,8 @@ class TemporalProjector:
 
         cfg = self._config(store.n_samples)
         path = str(store.path)
+        task = delayed(in_worker)
+        me = os.getpid()  # workers die with this process, even after a kill -9
         layout_params = LayoutParams(*find_ab_params(self.spread, self.min_dist), self.negative_sample_rate)
         prev_epochs = dict(zip(todo, [prev.epoch if prev else None] + todo[:-1]))
         pending: list[tuple[int, dict[str, Any], Any]] = []  # epochs laid out, waiting to be finished
@@ -551,8 +559,8 @@ class TemporalProjector:
             batch = todo[start : start + chunk]
             jobs = [job for _, _, job in pending]
             if prev is not None and prev.knn is None and batch:  # resuming: the last finished epoch's kNN
-                jobs.append(delayed(_graph_task)(path, prev.epoch, None, cfg))
-            jobs += [delayed(_graph_task)(path, e, prev_epochs[e], cfg) for e in batch]
+                jobs.append(task(me, _graph_task, path, prev.epoch, None, cfg))
+            jobs += [task(me, _graph_task, path, e, prev_epochs[e], cfg) for e in batch]
             if not jobs:
                 break
             results = parallel(jobs)
@@ -565,9 +573,8 @@ class TemporalProjector:
             for epoch in batch:
                 graph_result = next(results)
                 xy, heldout_xy, layout_info = self._layout(store, epoch, graph_result, prev, layout_params)
-                job = delayed(_finish_task)(
-                    path, epoch, None if prev is None else (prev.epoch, prev.xy, prev.heldout_xy), xy, heldout_xy, cfg
-                )
+                before = None if prev is None else (prev.epoch, prev.xy, prev.heldout_xy)
+                job = task(me, _finish_task, path, epoch, before, xy, heldout_xy, cfg)
                 entry = {"xy": xy, "heldout_xy": heldout_xy, **layout_info}
                 pending.append((epoch, entry, job))
                 prev = _Previous(epoch, xy, heldout_xy, graph_result["graph"].knn)
