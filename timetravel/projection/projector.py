@@ -564,22 +564,23 @@ class TemporalProjector:
             if not jobs:
                 break
             results = parallel(jobs)
-            finished, pending = pending, []
-            for epoch, entry, _ in finished:
-                self._commit(out, manifest, epoch, entry, next(results))
-                bar.update(1)
-            if prev is not None and prev.knn is None and batch:
-                prev.knn = next(results)["graph"].knn
-            for epoch in batch:
-                graph_result = next(results)
-                xy, heldout_xy, layout_info = self._layout(store, epoch, graph_result, prev, layout_params)
-                before = None if prev is None else (prev.epoch, prev.xy, prev.heldout_xy)
-                job = task(me, _finish_task, path, epoch, before, xy, heldout_xy, cfg)
-                entry = {"xy": xy, "heldout_xy": heldout_xy, **layout_info}
-                pending.append((epoch, entry, job))
-                prev = _Previous(epoch, xy, heldout_xy, graph_result["graph"].knn)
-            for _ in results:  # every result was taken; this lets joblib mark the call as finished
-                raise RuntimeError("more parallel results than jobs")
+            with contextlib.closing(results):  # an interrupt stops the call here, inside fit's filters
+                finished, pending = pending, []
+                for epoch, entry, _ in finished:
+                    self._commit(out, manifest, epoch, entry, next(results))
+                    bar.update(1)
+                if prev is not None and prev.knn is None and batch:
+                    prev.knn = next(results)["graph"].knn
+                for epoch in batch:
+                    graph_result = next(results)
+                    xy, heldout_xy, layout_info = self._layout(store, epoch, graph_result, prev, layout_params)
+                    before = None if prev is None else (prev.epoch, prev.xy, prev.heldout_xy)
+                    job = task(me, _finish_task, path, epoch, before, xy, heldout_xy, cfg)
+                    entry = {"xy": xy, "heldout_xy": heldout_xy, **layout_info}
+                    pending.append((epoch, entry, job))
+                    prev = _Previous(epoch, xy, heldout_xy, graph_result["graph"].knn)
+                for _ in results:  # every result was taken; this lets joblib mark the call as finished
+                    raise RuntimeError("more parallel results than jobs")
 
     def _layout(self, store, epoch, graph_result, prev, layout_params):
         """Step 2 of an epoch: the sequential, warm-started layout."""
