@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from bokeh.models import CustomJS, DataTable, InlineStyleSheet, Tabs
+from bokeh.models import CustomJS, DataTable, InlineStyleSheet, Select, Tabs
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -88,3 +88,17 @@ class LazyPanel(TabSlot):
         if hasattr(controller, "start"):
             controller.start()
         controller.refresh()
+
+
+def choice(select: Select) -> str:
+    """The value of ``select`` when it is one of its options, else its first option.
+
+    A Select's value is any string to Bokeh, so a crafted client message can set one that
+    no option has; the widget is then put back on its first option (a session whose later
+    updates all read the value keeps working).
+    """
+    values = [o[0] if isinstance(o, tuple) else o for o in select.options]
+    if select.value in values or not values:
+        return select.value
+    select.value = values[0]
+    return values[0]

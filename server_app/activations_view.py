@@ -12,7 +12,7 @@ from bokeh.palettes import RdBu11
 from bokeh.plotting import figure
 
 from timetravel.activations import ActivationPattern
-from timetravel.server_app._bokeh import custom_js
+from timetravel.server_app._bokeh import choice, custom_js
 
 REFERENCE_CLASSES = ""  # the compare-with choice "its classes"
 EMPTY = ("<span class='tt-muted'>Select samples (box or lasso on the canvas, a confusion cell, a group) to see "
@@ -34,7 +34,7 @@ class ActivationsView:
 
     def reference_name(self) -> str:
         """The group the selection is compared with ("" = its classes)."""
-        return str(self.reference.value)
+        return choice(self.reference)
 
     def on_reference(self, callback: Callable[[], None]) -> None:
         self.reference.on_change("value", lambda _a, _o, _n: callback())

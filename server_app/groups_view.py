@@ -24,7 +24,7 @@ from bokeh.plotting import figure
 from bokeh.transform import dodge
 
 from timetravel.groups import METRICS
-from timetravel.server_app._bokeh import redraw_table_on_new_data
+from timetravel.server_app._bokeh import choice, redraw_table_on_new_data
 from timetravel.server_app.data import RunData
 
 RANK_AT = ("all epochs", "this epoch")
@@ -68,7 +68,7 @@ class GroupsView:
     layout: object
 
     def metric_name(self) -> str:
-        return str(self.metric.value)
+        return choice(self.metric)
 
     def ranked_at_epoch(self) -> bool:
         """Whether suggestions are ranked at the current epoch (else over all epochs)."""
@@ -76,7 +76,7 @@ class GroupsView:
 
     def chosen(self) -> tuple[str, str]:
         """The names of the two compared groups ("" for none)."""
-        return str(self.compare_a.value), str(self.compare_b.value)
+        return choice(self.compare_a), choice(self.compare_b)
 
     def on_settings(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` when the metric or where it is ranked changes."""

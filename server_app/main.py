@@ -262,7 +262,7 @@ def build(doc: Document, context: AppContext) -> None:
         if hasattr(job, "start"):
             job.start()
     snap = session.snap
-    session.change(frame=frame, snap=snap, **({"target": snap.queue[0]} if snap.queue else {}))
+    session.change(frame=frame, snap=snap, **({"target": session.shown_queue()[0]} if snap.queue else {}))
 
 
 def main(doc: Document, context: AppContext) -> None:

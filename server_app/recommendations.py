@@ -22,7 +22,7 @@ from bokeh.models import (
     TableColumn,
 )
 
-from timetravel.server_app._bokeh import custom_js, redraw_table_on_new_data
+from timetravel.server_app._bokeh import choice, custom_js, redraw_table_on_new_data
 from timetravel.server_app.data import RunData
 from timetravel.server_app.review import ReviewSnapshot
 
@@ -55,7 +55,7 @@ class QueueView:
     _preselected_for: int | None = None  # the sample whose suggested label relabel_to was set to
 
     def k(self) -> int:
-        return int(self.size.value)
+        return int(choice(self.size))
 
     def on_row(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(sample)`` when the user clicks a queue row (not when :meth:`show` selects one)."""
@@ -89,7 +89,7 @@ class QueueView:
     def chosen(self) -> tuple[str, int | None]:
         """The decision Accept makes now, with the relabel target."""
         action = ACTIONS[self.action.active]
-        return action, int(self.relabel_to.value) if action == "relabel" else None
+        return action, int(choice(self.relabel_to)) if action == "relabel" else None
 
     def on_undo(self, callback: Callable[[], None]) -> None:
         self.undo.on_click(callback)
@@ -117,7 +117,7 @@ class QueueView:
         """
         ready = snap.status == "ready"
         self.status.text = "" if ready else f"<div class='tt-note'>{html.escape(snap.message)}</div>"
-        queue = snap.queue[: self.k()] if rows is None else rows
+        queue = snap.shown(self.k()) if rows is None else rows
         names = data.class_names
         self.table_source.data = dict(
             rank=list(range(1, len(queue) + 1)),

@@ -51,6 +51,16 @@ class ReviewSnapshot:
     standing: dict[int, FeedbackEvent] = field(default_factory=dict)  # the decision kind and relabel target
     seeds: dict[int, str] = field(default_factory=dict)  # seeded sample -> its group's name
 
+    def shown(self, k: int) -> list[int]:
+        """The first ``k`` recommendations, the likeliest to be accepted first.
+
+        The recommender picks them by a posterior sample (exploration), so its own order
+        can disagree with the posterior-mean p(accept) the queue shows; the rows on show
+        are ordered by that p(accept), which is what the user reads.
+        """
+        rows = self.queue[:k]
+        return sorted(rows, key=lambda i: -self.scores.get(i, float("-inf")))
+
 
 class _Ranking:
     """Detection (``RUN/features/``) plus feedback recommender, behind the few calls the app makes."""

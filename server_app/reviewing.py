@@ -141,9 +141,9 @@ class Reviewing:
         if snap.version <= s.snap.version:
             return
         if s.target is not None and s.target in snap.decisions:
-            s.change(snap=snap, target=next((i for i in snap.queue if i not in snap.decisions), None))
+            s.change(snap=snap, target=next((i for i in snap.shown(s.queue_size) if i not in snap.decisions), None))
         elif s.target is None and snap.queue:
-            s.change(snap=snap, target=snap.queue[0])
+            s.change(snap=snap, target=snap.shown(s.queue_size)[0])
         else:
             s.change(snap=snap)
 

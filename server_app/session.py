@@ -110,15 +110,19 @@ class Session:
             changed.add(SCOPE)
         changed = frozenset(changed)
         for listener in self._listeners:
-            listener(changed)
+            try:
+                listener(changed)
+            except Exception as exc:  # one view failing must not stop the others, nor fail silently
+                logger.exception("updating a view after a change of %s failed", sorted(changed))
+                self._failed(f"Part of the page could not be updated: {exc} (the server log has the details)", None)
 
     def inspect(self, sample: int | None) -> None:
         """Show ``sample`` in the inspector (None clears it); decisions apply to it."""
         self.change(target=sample)
 
     def shown_queue(self) -> list[int]:
-        """The queue rows on show (the first ``queue_size`` recommendations)."""
-        return self.snap.queue[: self.queue_size]
+        """The queue rows on show (the first ``queue_size`` recommendations, by p(accept))."""
+        return self.snap.shown(self.queue_size)
 
     # -- the event loop and the executor ------------------------------------------------
 
@@ -152,7 +156,7 @@ class Session:
         self.data.executor.submit(work).add_done_callback(finished)
 
     def on_failure(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(sentence)`` when background work fails."""
+        """Call ``listener(sentence)`` when background work or the update of a view fails."""
         self._failure_listeners.append(listener)
 
     def _failed(self, text: str, failed: Callable[[], None] | None) -> None:

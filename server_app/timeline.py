@@ -19,6 +19,7 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
+from timetravel.server_app._bokeh import choice
 from timetravel.server_app.data import RunData
 
 # Frames per second offered by the play control.
@@ -57,7 +58,7 @@ class TimelineView:
         self.cursor.location = epoch
 
     def fps(self) -> float:
-        return float(self.speed.value)
+        return float(choice(self.speed))
 
     def playing(self) -> bool:
         return bool(self.play.active)

@@ -146,3 +146,41 @@ def test_no_run_argument_page():
     doc = Document()
     app.main(doc, AppContext([]))
     assert "timetravel serve RUN" in _text(doc)
+
+
+@pytest.mark.parametrize("widget", ["queue_size", "speed", "relabel_to", "group_metric", "activation_reference"])
+def test_a_crafted_select_value_is_put_back_and_the_session_keeps_working(run, widget):
+    doc = _build(run)
+    tabs = doc.select_one({"name": "side_tabs"})
+    for i in range(len(tabs.tabs)):  # the group tabs build their views when first opened
+        tabs.active = i
+    select = doc.select_one({"name": widget})
+    assert select is not None, widget
+    select.value = "abc"  # what a crafted client message can set: any string
+    slider = doc.select_one({"name": "epoch_slider"})
+    data, _ = _context(run).open()
+    data.frame(1)
+    slider.value = 1
+    assert doc.select_one({"name": "canvas"}).title.text.startswith("epoch 1 ")
+    values = [o[0] if isinstance(o, tuple) else o for o in select.options]
+    from timetravel.server_app._bokeh import choice
+
+    assert choice(select) in values and select.value in values
+
+
+def test_a_failing_view_update_reaches_the_page_and_the_other_views_still_update(run, monkeypatch):
+    from timetravel.errors import StoreError
+    from timetravel.server_app.recommendations import QueueView
+
+    def broken(*_args, **_kwargs):
+        raise StoreError(f"{run}/feedback.jsonl: not readable; check its permissions")
+
+    doc = _build(run)
+    monkeypatch.setattr(QueueView, "show", broken)
+    doc.select_one({"name": "queue_size"}).value = "5"  # the queue's listener fails
+    status = doc.select_one({"name": "status"}).text
+    assert "feedback.jsonl: not readable; check its permissions" in status and "tt-error" in status
+    data, _ = _context(run).open()
+    data.frame(2)
+    doc.select_one({"name": "epoch_slider"}).value = 2
+    assert doc.select_one({"name": "canvas"}).title.text.startswith("epoch 2 ")

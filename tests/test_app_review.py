@@ -199,3 +199,20 @@ def test_queue_within_a_group(run):
     assert len(rows) == 5 and set(rows) <= set(group)
     review.decide(rows[0], "reject", "s1")
     assert rows[0] not in review.recommend_within(group, 5)
+
+
+def test_rows_on_show_are_in_p_accept_order_after_decisions(run):
+    review = _ready(run)
+    disagreements = 0
+    for k in range(8):  # decisions make the recommender explore: its order is a posterior sample
+        snap = review.snapshot()
+        review.decide(snap.queue[0], "accept" if k % 3 else "reject", "s1")
+        snap = review.snapshot()
+        for size in (5, 10, 20):
+            shown = snap.shown(size)
+            assert sorted(shown) == sorted(snap.queue[:size])
+            p = [snap.scores[i] for i in shown]
+            assert p == sorted(p, reverse=True)
+        raw = [snap.scores[i] for i in snap.queue[:10]]
+        disagreements += raw != sorted(raw, reverse=True)
+    assert disagreements  # the case the order fixes happens in this run
