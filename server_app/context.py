@@ -122,6 +122,13 @@ class AppContext:
             return
         data.executor.submit(_read_outcomes, data)
 
+    def close(self) -> None:
+        """Stop the run's background work (the server is shutting down)."""
+        with self._lock:
+            for data in (self._data, self._other):
+                if data is not None:
+                    data.close()
+
 
 def _read_outcomes(data: RunData) -> None:
     """Every epoch's predictions and losses, for the group views (read once, off the event loop)."""
@@ -131,13 +138,6 @@ def _read_outcomes(data: RunData) -> None:
             data.analysis.outcomes("heldout")
     except Exception:  # noqa: BLE001 - the group views retry, and report, on first use
         logger.warning("reading the predictions of every epoch failed", exc_info=True)
-
-    def close(self) -> None:
-        """Stop the run's background work (the server is shutting down)."""
-        with self._lock:
-            for data in (self._data, self._other):
-                if data is not None:
-                    data.close()
 
 
 def context_of(server_context: object) -> AppContext:

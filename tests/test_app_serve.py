@@ -30,6 +30,26 @@ def test_server_binds_localhost_by_default(tmp_path):
         server.stop()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--port", "99999"], "--port 99999 is not a port: give 0..65535"),
+    (["--port", "-1"], "--port -1 is not a port"),
+    (["--host", "8.8.8.8"], "cannot listen on 8.8.8.8:5006: not an address of this machine"),
+    (["--host", "nope.invalid"], "--host nope.invalid: not an address or a known host name"),
+    (["--port", "IN_USE"], "the port is in use (another server?); pick another --port, or 0 for a free one"),
+])
+def test_serve_bad_address_is_one_line_naming_it(tmp_path, capsys, args, message):
+    import socket
+
+    run = write_synthetic_run(tmp_path / "run", n_samples=30, n_epochs=2, grid=4)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = [str(taken.getsockname()[1]) if a == "IN_USE" else a for a in args]
+        assert cli(["serve", str(run), "--no-browser", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_unknown_renderer_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["serve", str(tmp_path), "--renderer", "opengl"])
@@ -45,6 +65,7 @@ def test_serve_subprocess_prints_its_url_and_serves_the_page(tmp_path):
         assert "timetravel" in page and "bokeh" in page.lower()
     assert server.proc.returncode == 0
     assert "timetravel app stopped" in server.output
+    assert "Traceback" not in server.output and "Error" not in server.output, server.output  # shutdown hooks too
 
 
 def _loaded_context(server):

@@ -56,12 +56,37 @@ def make_application(run_dir: str, renderer: str = "auto", compare: str | None =
     return Application(DirectoryHandler(filename=str(app_directory()), argv=argv))
 
 
-def _free_port(host: str) -> int:
+def _listen_check(host: str, port: int) -> int:
+    """Bind ``host:port`` once (0: a free port) and return the port; an error says what to change.
+
+    Raises
+    ------
+    TimetravelError
+        A port out of range, a host name that does not resolve, an address that is not this
+        machine's, or a port already in use.
+    """
+    import errno
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+    from timetravel.errors import TimetravelError
+
+    if not 0 <= port <= 65535:
+        raise TimetravelError(f"--port {port} is not a port: give 0..65535 (0 picks a free one)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TimetravelError(f"--host {host}: not an address or a known host name ({exc}); the default "
+                              "127.0.0.1 serves this machine only") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed port is free
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            why = {errno.EADDRINUSE: "the port is in use (another server?); pick another --port, or 0 for a free one",
+                   errno.EADDRNOTAVAIL: "not an address of this machine; give one of its own (default 127.0.0.1)",
+                   errno.EACCES: "no permission to listen there (ports below 1024 need root); pick another --port"}
+            raise TimetravelError(f"cannot listen on {host}:{port}: "
+                                  f"{why.get(exc.errno, exc.strerror or str(exc))}") from None
         return int(sock.getsockname()[1])
 
 
@@ -93,6 +118,8 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", rend
     ------
     StoreError
         ``run_dir`` is not a readable run store.
+    TimetravelError
+        The server cannot listen on ``host:port`` (the sentence says why and what to change).
     """
     from bokeh.server.server import Server
 
@@ -101,8 +128,7 @@ def make_server(run_dir: str, *, port: int = 5006, host: str = "127.0.0.1", rend
     store = RunStore(run_dir, verify="headers")
     if compare is not None:
         compare = str(RunStore(compare, verify="headers").path)
-    if port == 0:
-        port = _free_port(host)
+    port = _listen_check(host, port)
     origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"})
     server = Server(
         {"/": make_application(str(store.path), renderer, compare)},
