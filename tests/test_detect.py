@@ -109,6 +109,20 @@ def test_load_refuses_damaged_files(tmp_path):
         load_detection(store)
 
 
+@pytest.mark.parametrize("name, value, what", [("neighbors.npy", 100, "sample numbers outside 0..99"),
+                                               ("neighbors.npy", -1, "sample numbers outside 0..99"),
+                                               ("suggested.npy", 99, r"classes outside 0..\d+")])
+def test_load_refuses_out_of_range_indices_naming_the_file(tmp_path, name, value, what):
+    store = simulate_run(tmp_path / "run", n_samples=100, seed=2)
+    detect(store, verbose=False)
+    path = tmp_path / "run" / "features" / name
+    array = np.load(path)
+    array.flat[7] = value
+    np.save(path, array)
+    with pytest.raises(StoreError, match=rf"features/{name}: holds {what} .*run `timetravel detect .*` again"):
+        load_detection(store)
+
+
 def test_load_refuses_features_of_another_version(tmp_path):
     store = simulate_run(tmp_path / "run", n_samples=100, seed=2)
     detect(store, verbose=False)

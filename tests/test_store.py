@@ -77,8 +77,10 @@ def test_nan_is_refused_at_write(tmp_path):
     w = RunWriter.create(tmp_path / "r", labels=np.zeros(4, int), n_classes=2, embedding_dim=3)
     emb = np.zeros((4, 3))
     emb[2, 1] = np.nan
-    with pytest.raises(StoreError, match="NaN or inf.*row 2"):
+    with pytest.raises(StoreError, match=r"epoch 0: the embedding recorded holds NaN or inf values \(first at row 2\), "
+                                         "so the epoch was not written: did training diverge"):
         w.write_epoch(0, emb, np.zeros((4, 2)), head=(np.zeros((2, 3)), np.zeros(2)))
+    assert RunStore(tmp_path / "r").epochs == []  # nothing half-written, the run still opens
 
 
 def _killed_writer(path: str, ready) -> None:

@@ -109,7 +109,7 @@ def test_resume_and_overwrite_errors(tmp_path):
     [
         (dict(epochs=0), "epochs must be a positive integer, got 0"),
         (dict(batch_size=-1), "batch_size must be a positive integer, got -1"),
-        (dict(lr=0.0), "lr must be a positive number, got 0.0"),
+        (dict(lr=0.0), "lr must be a positive finite number, got 0.0"),
         (dict(model="vit"), "model must be 'auto' or one of"),
         (dict(embedding_dtype="int8"), "embedding_dtype must be one of"),
         (dict(threads=0), "threads must be a positive integer, got 0"),
@@ -118,6 +118,23 @@ def test_resume_and_overwrite_errors(tmp_path):
 def test_bad_settings(tmp_path, kwargs, message):
     with pytest.raises(TrainError, match=message):
         _run(tmp_path / "run", **kwargs)
+
+
+def test_diverged_training_says_so_and_keeps_the_run_resumable(tmp_path):
+    with pytest.raises(TrainError, match=r"training diverged in epoch 0: the training loss is nan; lower the "
+                                         r"learning rate \(now 1e\+30, --lr\)"):
+        _run(tmp_path / "run", epochs=2, lr=1e30)
+    assert RunStore(tmp_path / "run").epochs == []
+
+
+def test_a_run_folder_that_training_made_is_removed_when_it_fails_before_writing(tmp_path):
+    with pytest.raises(Exception, match="missing.npz: no such file or folder"):
+        _run(tmp_path / "new" / "run", dataset="arrays:" + str(tmp_path / "missing.npz"))
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(Exception):
+        _run(tmp_path / "kept", dataset="arrays:" + str(tmp_path / "missing.npz"))
+    assert (tmp_path / "kept").is_dir()  # a folder the user made stays
 
 
 def test_synthetic_cnn_float32_without_heldout(tmp_path):

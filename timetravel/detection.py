@@ -165,6 +165,13 @@ def load_detection(store) -> Detection:
     if manifest["has_neighbors"]:
         expected["neighbors.npy"] = (n, int(manifest["meta"]["n_neighbors"]))
     arrays = {name: _load_array(d / name, shape, _ARRAYS[name]) for name, shape in expected.items()}
+    bounds = {"neighbors.npy": (n, "sample numbers"), "suggested.npy": (store.n_classes, "classes"),
+              "predicted.npy": (store.n_classes, "classes")}
+    for name, (limit, what) in bounds.items():
+        values = arrays.get(name)
+        if values is not None and values.size and (values.min() < 0 or values.max() >= limit):
+            raise StoreError(f"{d / name}: holds {what} outside 0..{limit - 1} (found {values.min()}..{values.max()}); "
+                             f"{again}")
     reference = _load_array(d / "reference.npy", None, "f")
     if [int(e) for e in manifest["epochs"]] != list(store.epochs):
         logger.warning("%s: features were computed from epochs %s but the run now has %s; "

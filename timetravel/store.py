@@ -217,6 +217,43 @@ def _check_finite(array: np.ndarray, path: Path, chunk_rows: int = 65536) -> Non
             raise StoreError(f"{path}: contains NaN or inf values (first at row {bad})")
 
 
+def make_run_folder(path: str | os.PathLike) -> Path:
+    """Create the folder of a new run (and its parents), or say in one sentence why it cannot be.
+
+    Parameters
+    ----------
+    path : path-like
+        The run's folder; it may exist already (empty, or holding a run to replace).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    StoreError
+        ``path`` is a file, a folder on the way is a file, or the folder cannot be made or
+        written (a read-only or pseudo file system such as /proc).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: a file is there, and a run is a folder; give a new path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"{parent}: is a file, not a folder; give a run path whose folders can be made")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"cannot make the run folder {path}: {exc.strerror or exc}; give a path in a folder "
+                         "you can write to") from None
+    return path
+
+
 class RunStore:
     """Read-only view of a run store directory.
 
@@ -698,7 +735,13 @@ class EpochWriter:
         if "head_weight" not in self._arrays:
             raise StoreError(f"epoch {self.epoch}: the classification head was not recorded (set_head)")
         for name, array in self._arrays.items():
-            _check_finite(array, self._tmp / f"{name}.npy")
+            try:
+                _check_finite(array, self._tmp / f"{name}.npy")
+            except StoreError as exc:
+                row = str(exc).rsplit("(", 1)[1].rstrip(")")
+                raise StoreError(f"epoch {self.epoch}: the {name.replace('_', ' ')} recorded holds NaN or inf values "
+                                 f"({row}), so the epoch was not written: did training diverge (a lower learning "
+                                 "rate)? Epochs before it are kept") from None
         self._arrays.clear()  # drop the maps before the rename; fsync writes their dirty pages
         # Concurrent fsyncs share the filesystem's journal commits: about half
         # the time of one after another, which matters for small, fast epochs.
@@ -856,7 +899,7 @@ class RunWriter:
         class_names = list(class_names) if class_names is not None else [str(k) for k in range(n_classes)]
         if len(class_names) != n_classes:
             raise StoreError(f"class_names has {len(class_names)} entries but n_classes is {n_classes}")
-        path.mkdir(parents=True, exist_ok=True)
+        make_run_folder(path)
         save_npy_atomic(path / "labels.npy", labels)
         if true_labels is not None:
             true_labels = _as_labels(true_labels, "true_labels", n_classes)

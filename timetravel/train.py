@@ -16,6 +16,7 @@ given (``timetravel fix`` trains on corrected labels with it), and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import io
@@ -38,7 +39,7 @@ from timetravel._io import write_bytes_atomic
 from timetravel.capture import Recorder, tensor_loader
 from timetravel.errors import TimetravelError
 from timetravel.models import MODEL_NAMES, make_model
-from timetravel.store import EMBEDDING_DTYPES, MANIFEST, RunStore, RunWriter
+from timetravel.store import EMBEDDING_DTYPES, MANIFEST, RunStore, RunWriter, make_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class TrainConfig:
                 raise TrainError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise TrainError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise TrainError(f"lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise TrainError(f"lr must be a positive finite number, got {self.lr!r}")
         if self.model not in ("auto", *MODEL_NAMES):
             raise TrainError(f"model must be 'auto' or one of {MODEL_NAMES}, got {self.model!r}")
         if self.embedding_dtype not in EMBEDDING_DTYPES:
@@ -241,12 +242,33 @@ def _prepare_data(config: TrainConfig, verbose: bool = True) -> tuple[Any, Any, 
     return splits, noisy, kind
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(out: Path) -> Iterator[None]:
+    """A run folder this call creates is removed again when the call fails before writing to it."""
+    fresh = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _check_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """The run folder ``out`` can take this training: a run to resume, or a folder for a new one."""
+    exists = (out / MANIFEST).exists()
+    if resume and not exists:
+        raise TrainError(f"{out}: there is no run to resume; start one without resume")
+    if not resume:
+        if exists and not overwrite:
+            raise TrainError(f"{out}: a run already exists here; pass overwrite (--overwrite) or resume (--resume)")
+        make_run_folder(out)
+    return out
+
+
 def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: str, model: nn.Module,
                 labels: np.ndarray, extra: dict[str, Any], *, resume: bool, overwrite: bool) -> RunWriter:
-    exists = (out / MANIFEST).exists()
     if resume:
-        if not exists:
-            raise TrainError(f"{out}: there is no run to resume; start one without resume")
         writer = RunWriter.resume(out)
         stored = writer.manifest.get("train", {})
         changed = {k: (stored.get(k), v) for k, v in config.to_manifest().items() if k != "epochs" and stored.get(k) != v}
@@ -257,8 +279,6 @@ def _open_store(out: Path, config: TrainConfig, splits: Any, noisy: Any, kind: s
             raise TrainError(f"{out}: the stored labels differ from those the settings produce; cannot resume")
         writer.update_manifest(train=config.to_manifest())
         return writer
-    if exists and not overwrite:
-        raise TrainError(f"{out}: a run already exists here; pass overwrite (--overwrite) or resume (--resume)")
     train, test = splits.train, splits.test
     return RunWriter.create(
         out,
@@ -445,7 +465,8 @@ def record_training(
         ``keep``, or the errors of :func:`train_run`.
     """
     out = Path(out)
-    with _torch_threads(threads):
+    with _removed_if_left_empty(out), _torch_threads(threads):
+        _check_out(out, resume=resume, overwrite=overwrite)  # before minutes of loading and training
         splits, noisy, kind = _prepare_data(config, verbose)
         train, test = splits.train, splits.test
         if expect_labels is not None and not np.array_equal(np.asarray(expect_labels), noisy.labels):
@@ -569,6 +590,11 @@ def _fit(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, record
             started = time.perf_counter()
             metrics = train_epoch(model, optimizer, loader, recorder=recorder, keep=keep)
             metrics["train_seconds"] = time.perf_counter() - started
+            if not math.isfinite(metrics["train_loss"]):
+                lr = optimizer.param_groups[0]["lr"]
+                raise TrainError(f"training diverged in epoch {epoch}: the training loss is {metrics['train_loss']}; "
+                                 f"lower the learning rate (now {lr:g}, --lr) and train again (epochs before it are "
+                                 f"kept in {out})")
             if test is not None:
                 metrics["test_acc"] = accuracy(model, *test)
             # saved once the epoch is committed: a kill in between re-runs this epoch on resume, deterministically

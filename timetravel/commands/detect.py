@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from timetravel.errors import TimetravelError
     from timetravel.store import RunStore
 
-    if args.top is not None and args.top < 0:
-        raise TimetravelError(f"--top must be >= 0, got {args.top}")
+    if args.top is not None and args.top < 1:
+        raise TimetravelError(f"--top must be at least 1, got {args.top}")
     store = RunStore(args.run)
     if store.being_written:
         print(f"timetravel detect: note: {store.path} is still being recorded; the features use the "

@@ -147,7 +147,17 @@ def build_splits(
     """Make the two :class:`Dataset` splits from ``(images, labels)`` pairs.
 
     Both splits are normalised with the training split's channel statistics.
+
+    Raises
+    ------
+    DatasetError
+        A split without samples.
     """
+    for split, (images, _) in (("training", train), ("test", test)):
+        if len(images) == 0:
+            raise DatasetError(f"dataset {name!r}: the {split} split holds no samples; check the files it was "
+                               "read from (a run needs training samples, and records the test split as its "
+                               "held-out set)")
     mean, std = channel_stats(train[0])
 
     def make(images: np.ndarray, labels: np.ndarray) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DatasetError(f"{path}: truncated IDX header, {len(data)} bytes but the header needs {header}")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    size = int(np.prod(shape))
+    size = math.prod(shape)  # Python integers: a crafted header cannot overflow it
     if len(data) - header != size:
         problem = "truncated" if len(data) - header < size else "has trailing bytes"
         raise DatasetError(
