@@ -6,14 +6,15 @@ projected and detected run the module writes once; cases that change the run get
 
 from __future__ import annotations
 
+import math
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
 
+from faults import base_run
 from timetravel.cli import main as cli
-from timetravel.server_app._testing import write_synthetic_run
 
 # (command line with {run} / {tmp} / {file} placeholders, a piece of the one-line error)
 CASES = [
@@ -67,30 +68,31 @@ def _write_idx(folder: Path, n_train: int, dims: tuple[int, ...] | None = None) 
     folder.mkdir()
     for name, shape in [("train-images-idx3-ubyte", dims or (n_train, 28, 28)), ("train-labels-idx1-ubyte", (n_train,)),
                         ("t10k-images-idx3-ubyte", (2, 28, 28)), ("t10k-labels-idx1-ubyte", (2,))]:  # fmt: skip
-        body = b"" if dims and "train-images" in name else bytes(int(__import__("math").prod(shape)))
+        body = b"" if dims and "train-images" in name else bytes(math.prod(shape))
         (folder / name).write_bytes(struct.pack(">BBBB", 0, 0, 8, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
                                     + body)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    from timetravel.detection import detect
-    from timetravel.store import RunStore
+    """A projected, detected run with a feedback log (the one the fault corpus damages)."""
+    return base_run(tmp_path_factory.mktemp("cli") / "run")
 
-    path = write_synthetic_run(tmp_path_factory.mktemp("cli") / "run", n_samples=120, n_epochs=3, grid=8)
-    detect(RunStore(path), verbose=False)
-    return path
+
+def prepare_case(tmp: Path, base: Path) -> None:
+    """The files the cases refer to: a copy of the run, a plain file, an empty and two broken MNIST folders."""
+    shutil.copytree(base, tmp / "run")
+    (tmp / "afile").write_text("not a run")
+    (tmp / "empty").mkdir()
+    _write_idx(tmp / "mnist0", 0)
+    _write_idx(tmp / "mnisthuge", 2, dims=(2**31 - 1,) * 3)
 
 
 @pytest.mark.parametrize("line, message", CASES, ids=[c[0] for c in CASES])
 def test_bad_argument_is_one_line_naming_it(base, tmp_path, capsys, line, message):
-    run = shutil.copytree(base, tmp_path / "run")
-    (tmp_path / "afile").write_text("not a run")
-    (tmp_path / "empty").mkdir()
-    _write_idx(tmp_path / "mnist0", 0)
-    _write_idx(tmp_path / "mnisthuge", 2, dims=(2**31 - 1,) * 3)
+    prepare_case(tmp_path, base)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    argv = line.format(run=run, tmp=tmp_path, file=tmp_path / "afile").split()
+    argv = line.format(run=tmp_path / "run", tmp=tmp_path, file=tmp_path / "afile").split()
     try:
         code = cli(["-q", *argv])
     except SystemExit as exc:  # argparse's own refusals (a type or choice error)

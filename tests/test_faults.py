@@ -1,16 +1,23 @@
-"""Fault injection at the process level: kills and interrupts of the commands, and what they leave behind."""
+"""Fault injection: kills and interrupts of the commands, a corrupt-store corpus, the server's surface.
+
+The harness is ``benchmarks/faults.py``; ``timetravel bench reliability`` runs it with more
+tries and writes ``benchmarks/results/reliability.md``.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import faults
 from conftest import build_run
 
 
@@ -90,3 +97,47 @@ def test_no_worker_outlives_a_killed_or_interrupted_projection(long_run, how):
         out = proc.stdout.read().decode()
         assert "Traceback" not in out and "Warning" not in out, out
         assert proc.returncode != 0
+
+
+# ---------------------------------------------------------------- the harness of benchmarks/faults.py
+
+CORPUS = faults.corpus()
+
+
+@pytest.fixture(scope="module")
+def damaged_base(tmp_path_factory) -> Path:
+    return faults.base_run(tmp_path_factory.mktemp("faults") / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corruption", CORPUS, ids=[c.name for c in CORPUS])
+def test_every_corruption_is_refused_naming_the_file_by_every_reader(damaged_base, tmp_path, corruption):
+    tally = faults.run_corpus(damaged_base, tmp_path, [corruption])
+    assert tally.counts["clear"] == tally.tries == len(faults.TARGETS), "\n".join(tally.findings)
+
+
+def _clean(tally: faults.Tally) -> None:
+    assert tally.tries and tally.counts["clear"] == tally.tries, "\n".join(tally.findings)
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_uninterrupted_run(tmp_path):
+    _clean(faults.kill_train_loop(tmp_path, 2, np.random.default_rng(1)))
+
+
+@pytest.mark.slow
+def test_killed_projection_resumes_to_the_uninterrupted_projection(tmp_path):
+    _clean(faults.kill_project_loop(faults.unprojected_run(tmp_path / "run"), tmp_path, 2, np.random.default_rng(2)))
+
+
+@pytest.mark.slow
+def test_a_killed_feedback_writer_loses_no_acknowledged_decision(tmp_path):
+    _clean(faults.kill_appender_loop(tmp_path, 3, np.random.default_rng(3)))
+
+
+@pytest.mark.slow
+def test_server_surface_and_concurrent_sessions(damaged_base, tmp_path):
+    run = shutil.copytree(damaged_base, tmp_path / "run")
+    tally, timings = faults.server_surface(run, sessions=3, decisions=4)
+    _clean(tally)
+    assert timings["decisions_in_log"] >= timings["decisions"]

@@ -392,6 +392,11 @@ class RunStore:
 
     def _check_thumbs(self) -> None:
         path = self.path / "thumbs.npy"
+        recorded = _recorded_crcs(self.manifest.get("checksums"), self.path / MANIFEST)
+        missing = sorted(name for name in recorded if not (self.path / name).exists())
+        if missing:  # optional files (thumbnails) are recorded only when written: one gone is damage
+            raise StoreError(f"{self.path / missing[0]}: file is missing (run.json records it); restore it from a "
+                             "copy of the run")
         if path.exists():
             shape, dtype = _npy_header(path)
             if len(shape) not in (3, 4) or shape[0] != self.n_samples or dtype != np.uint8 or (
