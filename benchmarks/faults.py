@@ -520,8 +520,9 @@ def server_surface(run: Path, sessions: int = 10, decisions: int = 20) -> tuple[
             opened = list(pool.map(lambda _: pull_session(url=server.url), range(sessions)))
         timings["open_sessions_s"] = time.perf_counter() - started
         for s in opened:
-            ok = s.document is not None and s.document.select_one({"name": "canvas"}) is not None
-            tally.add("clear" if ok else "lost", f"session {s.id}: document with its canvas")
+            # the canvas itself comes once the browser has reported its WebGL (a client has none)
+            ok = all(s.document.select_one({"name": n}) is not None for n in ("epoch_slider", "queue_table"))
+            tally.add("clear" if ok else "lost", f"session {s.id}: document with its slider and queue")
             s.close()
     timings.update(_decision_round_trips(run, sessions, decisions))
     return tally, timings
