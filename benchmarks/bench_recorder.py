@@ -53,7 +53,6 @@ logger = logging.getLogger("bench_recorder")
 MODES = ("none", "train_pass", "eval_every_1", "eval_every_5")
 LR = 3e-3
 NOISE = "symmetric:0.2"  # of the timed runs; the quality runs take --quality-noise
-EVAL_BATCH = 1024
 SCENARIOS = ("digits", "synthetic", "seq1d", "resnet32")
 # Recorders of the quality run: (name, Recorder keyword arguments, given an eval loader)
 QUALITY = (
@@ -164,9 +163,10 @@ def _store_kwargs(s: Scenario, dtype: str = "float16") -> dict[str, Any]:
 
 def _recorder(s: Scenario, model: Any, path: Path, mode: str, dtype: str = "float16"):
     from timetravel.capture import Recorder, tensor_loader
+    from timetravel.models import inference_batch_size
 
-    eval_loader = tensor_loader(s.x, s.y, batch_size=EVAL_BATCH)
-    heldout = tensor_loader(s.x_test, s.y_test, batch_size=EVAL_BATCH)
+    eval_loader = tensor_loader(s.x, s.y, batch_size=inference_batch_size(model))
+    heldout = tensor_loader(s.x_test, s.y_test, batch_size=inference_batch_size(model))
     options = {"train_pass": dict(train_pass=True), "eval_every_1": {},
                "eval_every_5": dict(train_pass=True, eval_every=5)}[mode]
     return Recorder(model, "features", path, eval_loader, heldout, head="head", store_kwargs=_store_kwargs(s, dtype),
@@ -286,10 +286,11 @@ def _quality(s: Scenario, epochs: int, tmp: Path) -> dict[str, Any]:
 
     from timetravel import RunStore, detect
     from timetravel.capture import Recorder, tensor_loader
+    from timetravel.models import inference_batch_size
     from timetravel.simulate import ranking_quality, review_k
 
     model, optimizer, loader = _start(s)
-    eval_loader = tensor_loader(s.x, s.y, batch_size=EVAL_BATCH)
+    eval_loader = tensor_loader(s.x, s.y, batch_size=inference_batch_size(model))
     recorders = {}
     for name, options, with_eval in QUALITY:
         path = tmp / f"{s.name}-q-{len(recorders)}"
@@ -354,6 +355,27 @@ def _plot(path: Path, results: dict[str, Any]) -> None:
     img.save(path)
 
 
+def _carry_over(results: dict[str, Any], previous: Path) -> str:
+    """Fill the parts this invocation skipped (``--no-timing``, ``--quality-epochs 0``) from ``previous``.
+
+    Returns a sentence naming what was carried and from which commit ("" when nothing was).
+    """
+    import json
+
+    if not previous.exists():
+        return ""
+    old = json.loads(previous.read_text(encoding="utf-8"))
+    carried = []
+    for name, r in results.items():
+        before = old.get("results", {}).get(name, {})
+        for part in ("timing", "quality"):
+            if part not in r and part in before:
+                r[part] = before[part]
+                r.setdefault("carried_over", {})[part] = old.get("git_commit", "unknown")
+                carried.append(f"{name} {part}")
+    return f"{', '.join(carried)} (commit {old.get('commit', 'unknown')[:12]})" if carried else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="timetravel bench recorder", description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
@@ -388,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["quality"] = {spec: _quality(_with_noise(s, spec), args.quality_epochs, Path(tmp))
                                 for spec in args.quality_noise}
             results[name] = r
+    carried = _carry_over(results, Path(args.results_dir or RESULTS_DIR) / "recorder.json")
     rows, size_rows, quality_rows = [], [], []
     for name, r in results.items():
         for mode, m in r.get("timing", {}).get("modes", {}).items():
@@ -433,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         "recording by an eval pass every epoch.",
         "Store size: one eval-pass epoch's files on disk (train + held-out embeddings and logits, head, margins); "
         "a train-pass epoch has no held-out rows.",
+        "Eval passes use `timetravel.models.inference_batch_size(model)` (64 for convolutional models, 256 for "
+        "others: larger batches are slower per sample on a CPU).",
+        *([f"Carried over from an earlier run of this benchmark (not measured now): {carried}."] if carried else []),
     ]
     out = Path(args.results_dir or RESULTS_DIR)
     write_results("recorder", results, rows, title="Recorder overhead, store size and detection quality",

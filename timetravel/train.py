@@ -38,13 +38,12 @@ from torch import nn
 from timetravel._io import write_bytes_atomic
 from timetravel.capture import Recorder, tensor_loader
 from timetravel.errors import TimetravelError
-from timetravel.models import MODEL_NAMES, make_model
+from timetravel.models import MODEL_NAMES, inference_batch_size, make_model
 from timetravel.store import EMBEDDING_DTYPES, MANIFEST, RunStore, RunWriter, make_run_folder
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoint") / "state.pt"
-EVAL_BATCH_SIZE = 2048  # inference only: large batches keep the capture pass cheap
 
 
 class TrainError(TimetravelError, ValueError):
@@ -169,7 +168,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     correct = 0
     try:
         with torch.no_grad():
-            for xb, yb in tensor_loader(x, y, batch_size=EVAL_BATCH_SIZE):
+            for xb, yb in tensor_loader(x, y, batch_size=inference_batch_size(model)):
                 correct += int((model(xb).argmax(dim=1) == yb).sum())
     finally:
         model.train(was_training)
@@ -487,8 +486,9 @@ def record_training(
         x, y = torch.from_numpy(train.x), torch.from_numpy(labels)
         x_test, y_test = torch.from_numpy(test.x), torch.from_numpy(test.y)
         recorder = Recorder(
-            net, net.embedding_layer, writer, tensor_loader(x, y, batch_size=EVAL_BATCH_SIZE),
-            tensor_loader(x_test, y_test, batch_size=EVAL_BATCH_SIZE) if config.heldout else None, head=net.head,
+            net, net.embedding_layer, writer, tensor_loader(x, y, batch_size=inference_batch_size(net)),
+            tensor_loader(x_test, y_test, batch_size=inference_batch_size(net)) if config.heldout else None,
+            head=net.head,
             background=background_capture,
         )
         loader = tensor_loader(x, y, batch_size=config.batch_size, shuffle=True, generator=generator, with_index=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 # Import names of the packages of the `bench` extra (pyproject.toml).
 BENCH_EXTRA = frozenset({"cleanlab", "umap", "psutil"})
-HELP = "run a benchmark from benchmarks/ (recorder, projection, recommend, active, app, fix); results go to benchmarks/results/"
+HELP = "run a benchmark from benchmarks/ (recorder, projection, recommend, active, app, fix, reliability); results go to benchmarks/results/"
 
 
 def _benchmarks_dir() -> Path:
