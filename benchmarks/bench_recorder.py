@@ -373,7 +373,7 @@ def _carry_over(results: dict[str, Any], previous: Path) -> str:
                 r[part] = before[part]
                 r.setdefault("carried_over", {})[part] = old.get("git_commit", "unknown")
                 carried.append(f"{name} {part}")
-    return f"{', '.join(carried)} (commit {old.get('commit', 'unknown')[:12]})" if carried else ""
+    return f"{', '.join(carried)} (commit {old.get('git_commit', 'unknown')[:12]})" if carried else ""
 
 
 def main(argv: list[str] | None = None) -> int:
