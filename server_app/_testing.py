@@ -57,6 +57,10 @@ def write_synthetic_run(
     flip: np.ndarray | None = None,
     metadata: dict | None = None,
     n_heldout: int = 0,
+    n_pool: int = 0,
+    pool_thumbs: bool = True,
+    pool_epochs: list[int] | None = None,
+    spread: float = 0.9,
 ) -> Path:
     """Write a run whose dots move from a cloud into class clusters over the epochs.
 
@@ -87,6 +91,18 @@ def write_synthetic_run(
         Per-sample metadata columns (``RunWriter.create(metadata=...)``).
     n_heldout : int
         Size of a held-out set (clean labels) recorded alongside.
+    n_pool : int
+        Size of an unlabelled pool recorded alongside (its true labels saved as a benchmark run's
+        ``pool_true_labels``); pool samples sit farther from their class centre than training samples,
+        so the final model mispredicts some of them.
+    pool_thumbs : bool
+        Save the pool's thumbnails (``pool_thumbs.npy``) when there is a pool.
+    pool_epochs : list of int, optional
+        The epochs whose rows include the pool (default: all), as a run whose other epochs were recorded
+        by train passes.
+    spread : float
+        Spread of the held-out samples around their class centre (the pool's is twice it); at 1.5 and
+        more the final model gets some held-out samples wrong, so an error model can be learned.
 
     Returns
     -------
@@ -114,7 +130,13 @@ def write_synthetic_run(
     held_rng = np.random.default_rng([seed, 1])  # its own stream: runs without a held-out set stay as they were
     held_true = held_rng.integers(0, n_classes, n_heldout)
     held_start = held_rng.normal(scale=2.5, size=(n_heldout, 2))
-    held_offset = held_rng.normal(scale=0.9, size=(n_heldout, 2))
+    held_offset = held_rng.normal(scale=spread, size=(n_heldout, 2))
+    pool_rng = np.random.default_rng([seed, 3])  # its own stream too
+    pool_true = pool_rng.integers(0, n_classes, n_pool)
+    pool_start = pool_rng.normal(scale=2.5, size=(n_pool, 2))
+    pool_offset = pool_rng.normal(scale=2 * spread, size=(n_pool, 2))
+    pool_images = np.clip(255 * (0.75 * patterns[pool_true] + 0.25 * pool_rng.random((n_pool, image_size, image_size))),
+                          0, 255).astype(np.uint8)  # fmt: skip
     writer = RunWriter.create(
         path,
         labels=labels,
@@ -127,6 +149,9 @@ def write_synthetic_run(
         thumbs=thumbs,
         metadata=metadata,
         heldout_labels=held_true if n_heldout else None,
+        n_pool=n_pool,
+        pool_true_labels=pool_true if n_pool else None,
+        pool_thumbs=pool_images if n_pool and pool_thumbs else None,
         overwrite=True,
     )
     scale = 1.5
@@ -146,8 +171,12 @@ def write_synthetic_run(
         if n_heldout:
             held_emb = ((1 - t) * held_start + t * (centres[held_true] + held_offset)) @ lift
             heldout = (held_emb, (held_emb @ weight.T + bias).astype(np.float32))
+        pool = None
+        if n_pool and (pool_epochs is None or e in pool_epochs):
+            pool_emb = ((1 - t) * pool_start + t * (centres[pool_true] + pool_offset)) @ lift
+            pool = (pool_emb, (pool_emb @ weight.T + bias).astype(np.float32))
         writer.write_epoch(
-            e, emb, logits, head=(weight, bias), heldout=heldout,
+            e, emb, logits, head=(weight, bias), heldout=heldout, pool=pool,
             metrics={"train_loss": float(1.5 * (1 - t) + 0.1), "train_acc": acc,
                      "test_acc": float(np.mean(logits.argmax(1) == true))},
         )  # fmt: skip

@@ -987,12 +987,15 @@ class RunWriter:
         train_margin: np.ndarray | None = None,
         heldout: tuple[np.ndarray, np.ndarray] | None = None,
         metrics: dict[str, float] | None = None,
+        pool: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Write a whole epoch held in memory and commit it."""
+        """Write a whole epoch held in memory and commit it (``heldout``, ``pool``: those splits' embedding, logits)."""
         with self.begin_epoch(epoch) as ew:
             ew.write(0, embedding, logits)
             if heldout is not None:
                 ew.write(0, heldout[0], heldout[1], split="heldout")
+            if pool is not None:
+                ew.write(0, pool[0], pool[1], split="pool")
             ew.set_head(*head)
             if train_margin is not None:
                 ew.set_train_margin(train_margin)
