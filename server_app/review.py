@@ -5,6 +5,10 @@ feedback recommender. Every decision is appended to ``feedback.jsonl`` and fsync
 before anything else happens, then the recommender re-ranks and every open session
 is told. Decisions are serialised by one lock, so two tabs never interleave a half
 update; a log changed by another process is noticed and replayed.
+
+The labels given to the run's unlabelled pool (active learning) share the log, the
+lock and the replay, but stand apart from the training samples' review: their own
+undo order (:meth:`Review.undo_pool`), never in ``decisions`` or the queue's undo.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class ReviewSnapshot:
     order: list[int] = field(default_factory=list)
     standing: dict[int, FeedbackEvent] = field(default_factory=dict)  # the decision kind and relabel target
     seeds: dict[int, str] = field(default_factory=dict)  # seeded sample -> its group's name
+    pool_labels: dict[int, int] = field(default_factory=dict)  # pool row -> the label given, in decision order
+    pool_event: FeedbackEvent | None = None  # the latest pool label or undo appended by this server
 
     def shown(self, k: int) -> list[int]:
         """The first ``k`` recommendations, the likeliest to be accepted first.
@@ -58,8 +64,12 @@ class ReviewSnapshot:
         can disagree with the posterior-mean p(accept) the queue shows; the rows on show
         are ordered by that p(accept), which is what the user reads.
         """
-        rows = self.queue[:k]
-        return sorted(rows, key=lambda i: -self.scores.get(i, float("-inf")))
+        return by_score(self.queue[:k], self.scores)
+
+
+def by_score(rows: list[int], scores: dict[int, float]) -> list[int]:
+    """``rows`` by decreasing score (a row without one last), ties in their given order."""
+    return sorted(rows, key=lambda i: -scores.get(i, float("-inf")))
 
 
 class _Ranking:
@@ -119,7 +129,7 @@ class Review:
 
     def __init__(self, data: RunData) -> None:
         self.data = data
-        self.log = FeedbackLog(data.path, data.n_samples, data.n_classes)
+        self.log = FeedbackLog(data.path, data.n_samples, data.n_classes, data.store.n_pool or None)
         self._lock = threading.RLock()
         self._listeners: set[Callable[[ReviewSnapshot], None]] = set()
         self._ranking: _Ranking | None = None
@@ -128,6 +138,8 @@ class Review:
         self._version = 0
         self._state = FeedbackState()
         self._order: list[int] = []
+        self._pool_order: list[int] = []  # pool rows in label order, for undo_pool
+        self._pool_event: FeedbackEvent | None = None
         self._log_stamp: tuple[int, float] = (-1, -1.0)
         self._queue: list[int] = []
         self._scores: dict[int, float] = {}
@@ -227,6 +239,8 @@ class Review:
                 order=list(self._order),
                 standing=dict(self._state.standing),
                 seeds={i: str(e.group) for i, e in self._state.seeds.items()},
+                pool_labels=dict(self._state.pool_labels),
+                pool_event=self._pool_event,
             )
 
     def _hits(self, decisions: dict[int, bool]) -> int | None:
@@ -348,6 +362,47 @@ class Review:
         """What the recommender learns from: the standing decisions, and the seeds as acceptances."""
         return {**{i: True for i in self._state.seeds}, **self._state.decisions}
 
+    # -- the unlabelled pool ----------------------------------------------------------
+
+    def pool_labels(self) -> dict[int, int]:
+        """The standing pool labels (pool row -> class), in decision order."""
+        with self._lock:
+            return dict(self._state.pool_labels)
+
+    def label_pool(self, row: int, label: int, session: str = "") -> ReviewSnapshot:
+        """Give pool row ``row`` the class ``label`` (fsynced first), notify every session.
+
+        Raises
+        ------
+        FeedbackLogError
+            The row or the label is out of range; nothing is written.
+        """
+        with self._lock:
+            external = self._log_changed()
+            self._after_pool(self.log.append(int(row), "label", session, label=int(label), split="pool"), external)
+        return self._publish()
+
+    def undo_pool(self, session: str = "") -> ReviewSnapshot | None:
+        """Withdraw the most recent standing pool label; None when there is none."""
+        with self._lock:
+            if not self._pool_order:
+                return None
+            external = self._log_changed()
+            self._after_pool(self.log.append(self._pool_order[-1], "undo", session, split="pool"), external)
+        return self._publish()
+
+    def _after_pool(self, event: FeedbackEvent, external: bool) -> None:
+        """Apply an appended pool event (replaying the whole log when another process changed it)."""
+        if external:
+            self._reload_log()
+            if self._ranking is not None:
+                self._ranking.restore(self._known())
+                self._rerank()
+        else:
+            self._apply(event)
+            self._log_stamp = self._stamp()
+        self._pool_event = event
+
     def recommend_within(self, candidates: np.ndarray, k: int) -> list[int]:
         """The best ``k`` recommendations among ``candidates`` (not yet decided or seeded); [] without a ranking."""
         with self._lock:
@@ -382,18 +437,21 @@ class Review:
         self._log_stamp = self._stamp()
         read = self.log.read()
         self._state = FeedbackState(errors=read.errors)
-        self._order = []
+        self._order, self._pool_order = [], []
         for event in read.events:
             self._apply(event)
 
     def _apply(self, event: FeedbackEvent) -> None:
-        """Apply one event with FeedbackLog's replay rules, keeping the order for undo."""
-        had = event.sample in self._state.standing or event.sample in self._state.seeds
+        """Apply one event with FeedbackLog's replay rules, keeping the order for undo (the pool's apart)."""
+        if event.split == "pool":
+            order, had = self._pool_order, event.sample in self._state.pool_labels
+        else:
+            order, had = self._order, event.sample in self._state.standing or event.sample in self._state.seeds
         self._state.apply(event)
         if event.decision != "undo":
-            self._order.append(event.sample)
+            order.append(event.sample)
         elif had:
-            del self._order[len(self._order) - 1 - self._order[::-1].index(event.sample)]
+            del order[len(order) - 1 - order[::-1].index(event.sample)]
         self._version += 1
 
     def _rerank(self) -> None:
