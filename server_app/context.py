@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from timetravel.errors import TimetravelError
 from timetravel.server_app.canvas import BACKENDS
 from timetravel.server_app.data import RunData
+from timetravel.server_app.pool import PoolRanking
 from timetravel.server_app.review import Review
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class AppContext:
         self._data: RunData | None = None
         self._review: Review | None = None
         self._other: RunData | None = None
+        self._pool: PoolRanking | None = None
 
     def open(self) -> tuple[RunData, Review]:
         """The run and its review (started), opened on the first call and refreshed on later ones.
@@ -85,6 +87,22 @@ class AppContext:
             data, review = self._data, self._review
         review.start()
         return data, review
+
+    def pool(self) -> PoolRanking | None:
+        """The run's pool ranking (fitted on its first ``rank``), shared by every session; None without a pool.
+
+        Raises
+        ------
+        TimetravelError
+            The run cannot be opened.
+        """
+        data, _ = self.open()
+        if not data.store.n_pool:
+            return None
+        with self._lock:
+            if self._pool is None or self._pool.store is not data.store:
+                self._pool = PoolRanking(data.store)
+            return self._pool
 
     def open_compared(self) -> RunData:
         """The run named by ``--compare`` (the run itself when it names the same directory), opened once.

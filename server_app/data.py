@@ -292,12 +292,20 @@ class RunData:
         rows = rows[np.argsort(order)]
         return [r[:, 0] for r in rows], [r[:, 1] for r in rows]
 
-    def thumbnail_png(self, sample: int) -> str | None:
-        """The sample's image as a ``data:image/png;base64`` URI, or None without images."""
-        thumbs = self.store.thumbs
+    def thumbnail_png(self, sample: int, split: str = "train") -> str | None:
+        """The sample's image as a ``data:image/png;base64`` URI, or None without images.
+
+        ``split="pool"``: ``sample`` is a row of the unlabelled pool (``pool_thumbs.npy``).
+        """
+        if split == "pool":
+            thumbs = self.store.pool_thumbs
+            if not 0 <= int(sample) < self.store.n_pool:
+                raise IndexError(f"pool row {sample} is out of range for a pool of {self.store.n_pool}")
+        else:
+            thumbs, sample = self.store.thumbs, self.check_index(sample)
         if thumbs is None:
             return None
-        return _png_uri(np.asarray(thumbs[self.check_index(sample)]))
+        return _png_uri(np.asarray(thumbs[int(sample)]))
 
 
 def _png_uri(image: np.ndarray) -> str:

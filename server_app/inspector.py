@@ -47,13 +47,12 @@ class InspectorView:
         true = data.store.true_labels
         lines = [
             f"<div class='tt-title'>Sample #{sample}</div>",
-            f"given label <b>{_swatch(data, given)}{html.escape(names[given])}</b>",
+            f"given label <b>{swatch(data, given)}{html.escape(names[given])}</b>",
         ]
         if true is not None:
             lines.append(f"true label (benchmark run): <b>{html.escape(names[int(true[sample])])}</b>")
         lines.append(f"decision: <b name='decision'>{decision}</b>")
-        uri = data.thumbnail_png(sample)
-        image = f"<img src='{uri}' alt='sample {sample}' class='tt-thumb-big'>" if uri else "<i>no image</i>"
+        image = thumbnail_html(data.thumbnail_png(sample), f"sample {sample}")
         self.summary.text = (
             f"<div class='tt-row'>{image}<div>{'<br>'.join(lines)}</div></div>{_reasons_html(reasons, note)}"
         )
@@ -86,7 +85,7 @@ class InspectorView:
             items.append(
                 f"<div class='tt-nb' title='given {html.escape(data.class_names[given])}, "
                 f"predicted {html.escape(data.class_names[p])}'>{img}<br>#{j}<br>"
-                f"{_swatch(data, given)}{html.escape(data.class_names[given])}</div>"
+                f"{swatch(data, given)}{html.escape(data.class_names[given])}</div>"
             )
         self.neighbours.text = (
             f"<div class='tt-sub'>Nearest neighbours (embedding, epoch {epoch})</div>"
@@ -102,7 +101,13 @@ def _reasons_html(reasons: list[str] | None, note: str) -> str:
     return f"<div class='tt-sub'>Why the detector flags it</div><ul class='tt-reasons'>{items}</ul>"
 
 
-def _swatch(data: RunData, k: int) -> str:
+def thumbnail_html(uri: str | None, alt: str) -> str:
+    """The big image of an inspected sample (``uri``: :meth:`RunData.thumbnail_png`), or "no image"."""
+    return f"<img src='{uri}' alt='{html.escape(alt)}' class='tt-thumb-big'>" if uri else "<i>no image</i>"
+
+
+def swatch(data: RunData, k: int) -> str:
+    """A small square of class ``k``'s colour."""
     return f"<span class='tt-swatch' style='background:{data.palette[k]}'></span>"
 
 

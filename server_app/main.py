@@ -34,6 +34,9 @@ from timetravel.server_app.groups_view import make_groups
 from timetravel.server_app.inspecting import Inspecting
 from timetravel.server_app.inspector import InspectorView, make_inspector
 from timetravel.server_app.interaction import CanvasInteraction
+from timetravel.server_app.pool import PoolRanking
+from timetravel.server_app.pool_view import make_pool
+from timetravel.server_app.pooling import Pooling
 from timetravel.server_app.recommendations import QueueView, make_queue
 from timetravel.server_app.reviewing import Reviewing
 from timetravel.server_app.session import Session
@@ -43,6 +46,12 @@ from timetravel.server_app.timeline import TimelineView, make_timeline
 logger = logging.getLogger(__name__)
 
 TABS = ("Review", "Confusion", "Groups", "Activations")  # the right-hand panels, in order
+POOL_TAB = "Pool"  # last, only for a run with an unlabelled pool
+
+
+def tab_titles(data: RunData) -> tuple[str, ...]:
+    """The right-hand panels of this run, in order."""
+    return TABS + ((POOL_TAB,) if data.store.n_pool else ())
 
 
 def _style_divs(root) -> None:
@@ -117,9 +126,10 @@ def build_views(data: RunData, frame: EpochFrame, renderer: str) -> Views:
     note = "" if canvas is None else f"<span class='tt-muted'>dots drawn with {renderer}</span>"
     inspector, queue = make_inspector(data), make_queue(data)
     review = column(queue.layout, inspector.layout, sizing_mode="stretch_width")
+    titles = tab_titles(data)
     later = [column(Div(text="<span class='tt-muted'>Loading...</span>"), sizing_mode="stretch_width")
-             for _ in TABS[1:]]  # filled when first opened (LazyPanel)
-    tabs = Tabs(tabs=[TabPanel(child=child, title=title) for child, title in zip([review, *later], TABS)],
+             for _ in titles[1:]]  # filled when first opened (LazyPanel)
+    tabs = Tabs(tabs=[TabPanel(child=child, title=title) for child, title in zip([review, *later], titles)],
                 name="side_tabs", sizing_mode="stretch_both")  # fmt: skip
     return Views(
         canvas=canvas,
@@ -148,11 +158,12 @@ def layout(data: RunData, v: Views):
     )
 
 
-def controllers(session: Session, v: Views) -> list:
+def controllers(session: Session, v: Views, pool: PoolRanking | None = None) -> list:
     """The session's controllers, one per job; each has ``wire()`` and optionally ``start()``.
 
-    The group tabs' controllers are built with their views when the tab is first opened
-    (:class:`~timetravel.server_app._bokeh.LazyPanel`), so the page opens as fast as without them.
+    The group tabs' and the pool tab's controllers are built with their views when the tab is first
+    opened (:class:`~timetravel.server_app._bokeh.LazyPanel`), so the page opens as fast as without them.
+    ``pool``: the run's pool ranking (a run with an unlabelled pool).
     """
     data = session.data
     reviewing = Reviewing(session, v.queue, v.notice)
@@ -170,8 +181,16 @@ def controllers(session: Session, v: Views) -> list:
         view = make_activations()
         return view.layout, Activating(session, catalog, view, slot)
 
-    for title, build in (("Confusion", confusion), ("Groups", groups), ("Activations", activations)):
-        LazyPanel(v.tabs, TABS.index(title), build, _style_divs)
+    def pooling(slot: TabSlot) -> tuple[Any, Pooling]:
+        view = make_pool(data, session.frame.epoch)
+        return view.layout, Pooling(session, view, slot, pool)
+
+    panels = [("Confusion", confusion), ("Groups", groups), ("Activations", activations)]
+    if pool is not None:
+        panels.append((POOL_TAB, pooling))
+    titles = [p.title for p in v.tabs.tabs]
+    for title, build in panels:
+        LazyPanel(v.tabs, titles.index(title), build, _style_divs)
     return [
         TimeTravel(session, v.timeline),
         CanvasInteraction(session, v.canvas, v.canvas_slot, v.probe, v.renderer_note, v.filters),
@@ -250,7 +269,7 @@ def build(doc: Document, context: AppContext) -> None:
     doc.title = f"timetravel: {data.store.manifest.get('dataset') or data.path.name}"
     session = Session(doc, data, review, frame, views.queue.k())
     session.on_failure(lambda text: _show_failure(views.status, text))
-    jobs = controllers(session, views)
+    jobs = controllers(session, views, context.pool())
     for job in jobs:  # before the layout joins the document (see CanvasInteraction.wire)
         job.wire()
     root = layout(data, views)
