@@ -71,14 +71,11 @@ class PoolView:
         names = data.class_names
         if ranks.status != "ready":
             self.status.text = f"<div class='tt-error' name='pool_error'>{html.escape(ranks.message)}</div>"
-        elif ranks.calibrated:
-            self.status.text = (f"<span class='tt-muted'>Ranked by the active learner, most likely mispredicted "
-                                f"first; p(wrong): the error model learned on the held-out set, final model of "
-                                f"epoch {ranks.final_epoch}.</span>")  # fmt: skip
         else:
-            self.status.text = (f"<span class='tt-muted'>Ranked by the active learner, most likely mispredicted "
-                                f"first; p(wrong): one minus the model's confidence (no labelled held-out set "
-                                f"to learn an error model from), final model of epoch {ranks.final_epoch}.</span>")
+            how = ("the error model learned on the held-out set" if ranks.calibrated else
+                   "one minus the model's confidence (no labelled held-out set to learn an error model from)")
+            self.status.text = (f"<span class='tt-muted'>Most likely mispredicted first, re-ranked after every "
+                                f"label; p(wrong): {how}; final model: epoch {ranks.final_epoch}.</span>")
         rows = ranks.rows
         self.source.data = dict(
             rank=list(range(1, len(rows) + 1)),
@@ -182,11 +179,11 @@ def make_pool(data: RunData, epoch: int) -> PoolView:
             TableColumn(field="row", title="pool #", formatter=NumberFormatter(format="0"), width=50),
             TableColumn(field="predicted", title="predicted", width=70),
             TableColumn(field="confidence", title="conf.", formatter=NumberFormatter(format="0%"), width=45),
-            TableColumn(field="p_wrong", title="p(wrong)", formatter=NumberFormatter(format="0.00"), width=58),
-            TableColumn(field="reason", title="why", width=230,
+            TableColumn(field="p_wrong", title="p(wrong)", formatter=NumberFormatter(format="0.00"), width=64),
+            TableColumn(field="reason", title="why", width=224,
                         formatter=HTMLTemplateFormatter(template="<span title='<%= value %>'><%= value %></span>")),
         ],  # fmt: skip
-        height=230,
+        height=205,
         sizing_mode="stretch_width",
         index_position=None,
         selectable=True,
@@ -195,7 +192,7 @@ def make_pool(data: RunData, epoch: int) -> PoolView:
     redraw_table_on_new_data(table)
     label_to = Select(value="0", options=[(str(k), name) for k, name in enumerate(data.class_names)], width=120,
                       name="pool_label_to", css_classes=["tt-pool-label-to"])  # fmt: skip
-    label = Button(label="🏷 Label this (l)", button_type="success", name="pool_label", disabled=True,
+    label = Button(label="✓ Label this (l)", button_type="success", name="pool_label", disabled=True,
                    html_attributes={"title": "give the chosen pool sample this class (key l)"})
     undo = Button(label="↶ Undo label", name="pool_undo", disabled=True,
                   html_attributes={"title": "withdraw the last pool label (key u on this tab)"})
@@ -204,7 +201,7 @@ def make_pool(data: RunData, epoch: int) -> PoolView:
     history_source = ColumnDataSource(dict(epoch=[], prob=[], color=[], name=[]))
     epochs = data.store.epochs
     fig = figure(
-        height=150, sizing_mode="stretch_width", toolbar_location=None, y_range=(-0.16, 1.02), name="pool_history",
+        height=140, sizing_mode="stretch_width", toolbar_location=None, y_range=(-0.16, 1.02), name="pool_history",
         x_range=(epochs[0] - 0.5, epochs[-1] + 0.5), tools="hover",
         tooltips=[("epoch", "@epoch"), ("predicted", "@name"), ("P(final class)", "@prob{0.00}")],
     )  # fmt: skip

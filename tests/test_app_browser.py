@@ -592,3 +592,53 @@ def test_compare_two_epochs_of_one_run(browser, run):
         assert f"at epoch {left} left and {right} right" in _compare_state(page)["note"]
         _shot(page, "app-compare-epochs")
         assert page.js_errors == []
+
+
+@pytest.fixture
+def pool_run(tmp_path):
+    """A run with a 60-sample unlabelled pool (and its true labels, as a benchmark run) beside 300 training samples."""
+    return write_synthetic_run(tmp_path / "run", n_samples=300, n_classes=4, n_epochs=5, grid=32, n_heldout=100,
+                               n_pool=60, spread=1.6)  # fmt: skip
+
+
+def _pool_counters_include(page, text: str) -> None:
+    page.wait_for_function("(t) => Bokeh.documents[0].get_model_by_name('pool_counters').text.includes(t)", arg=text)
+
+
+def test_pool_tab_labels_a_sample_reranks_and_undoes(browser, pool_run):
+    with serve(pool_run) as server:
+        page = _open(browser, server.url, queue=False)
+        _tab(page, "Pool", "pool_table")
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('pool_source').data.row.length > 0")
+        rows = _model(page, "pool_source", "data")["row"]
+        _click_table_row(page, "pool_table", 1)  # the second row
+        page.wait_for_function("(r) => Bokeh.documents[0].get_model_by_name('pool_sample').text.includes("
+                               "'Pool #' + r + '<')", arg=rows[1])  # fmt: skip
+        assert "data:image/png;base64," in _model(page, "pool_sample", "text")
+        predicted = int(_model(page, "pool_label_to", "value"))  # preselected: the model's prediction
+        page.keyboard.press("l")
+        log = _wait_log(pool_run, 1)
+        assert (log[0]["sample"], log[0]["decision"], log[0]["label"], log[0]["split"]) == (
+            rows[1], "label", predicted, "pool")
+        _pool_counters_include(page, f"✓ labelled pool #{rows[1]} as class {predicted}, saved to feedback.jsonl")
+        page.wait_for_function("(r) => !Array.from(Bokeh.documents[0].get_model_by_name('pool_source').data.row)"
+                               ".includes(r)", arg=rows[1])  # fmt: skip
+        nxt = _model(page, "pool_source", "data")["row"][0]
+        page.wait_for_function("(r) => Bokeh.documents[0].get_model_by_name('pool_sample').text.includes("
+                               "'Pool #' + r + '<')", arg=nxt)  # fmt: skip
+        other = (int(_model(page, "pool_label_to", "value")) + 1) % 4
+        page.locator(".tt-pool-label-to select").select_option(label=f"class {other}")
+        page.wait_for_function("(v) => Bokeh.documents[0].get_model_by_name('pool_label_to').value == v",
+                               arg=str(other))  # fmt: skip
+        page.get_by_role("button", name="✓ Label this (l)").click()
+        assert _wait_log(pool_run, 2)[1] | {"time": 0, "session": ""} == {
+            "sample": nxt, "decision": "label", "label": other, "split": "pool", "time": 0, "session": ""}
+        _pool_counters_include(page, "labelled <b name='pool_labelled'>2</b> of 60")
+        assert "the model was wrong on" in _model(page, "pool_counters", "text")
+        _shot(page, "app-pool")
+        page.keyboard.press("u")  # on the pool tab: the last pool label
+        log = _wait_log(pool_run, 3)
+        assert (log[2]["sample"], log[2]["decision"], log[2]["split"]) == (nxt, "undo", "pool")
+        _pool_counters_include(page, f"↶ undid the last label of pool #{nxt}")
+        assert FeedbackLog(pool_run, n_pool=60).read().pool_labels == {rows[1]: predicted}
+        assert page.js_errors == []
