@@ -220,7 +220,12 @@ def pool_label_records(store: RunStore, state: FeedbackState | None = None) -> l
     if not state.pool_labels:
         return []
     rows = np.asarray(list(state.pool_labels), dtype=np.int64)
-    predicted = np.asarray(store.logits(store.epochs[-1], "pool")[rows]).argmax(axis=1)
+    from timetravel.active import split_epochs
+
+    final = split_epochs(store, "pool")  # the last epoch holding the pool is the final model (as in the app)
+    if not final:
+        raise TimetravelError(f"{store.path}: no recorded epoch holds the pool's rows")
+    predicted = np.asarray(store.logits(final[-1], "pool")[rows]).argmax(axis=1)
     names = store.class_names
     return [PoolLabelRecord(int(i), int(label), names[int(label)], int(p), names[int(p)], int(p) != int(label))
             for (i, label), p in zip(state.pool_labels.items(), predicted.tolist())]
