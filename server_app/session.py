@@ -146,6 +146,8 @@ class Session:
         """
 
         def finished(future: Future) -> None:
+            if future.cancelled():  # the server is shutting down: nobody waits for the result
+                return
             exc = future.exception()
             if exc is not None:
                 logger.error("%s failed", what, exc_info=exc)

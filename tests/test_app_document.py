@@ -184,3 +184,23 @@ def test_a_failing_view_update_reaches_the_page_and_the_other_views_still_update
     data.frame(2)
     doc.select_one({"name": "epoch_slider"}).value = 2
     assert doc.select_one({"name": "canvas"}).title.text.startswith("epoch 2 ")
+
+
+def test_background_work_cancelled_at_shutdown_is_dropped_quietly(caplog):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from timetravel.server_app.session import Session
+
+    executor = ThreadPoolExecutor(1)
+    data = SimpleNamespace(executor=executor)
+    session = Session(Document(), data, SimpleNamespace(snapshot=lambda: None), None, 10)
+    release = threading.Event()
+    executor.submit(release.wait)  # keeps the only worker busy, so the next job is still queued
+    done = []
+    session.background(lambda: 1, done.append, "a job")
+    executor.shutdown(wait=False, cancel_futures=True)  # what a stopping server does
+    release.set()
+    executor.shutdown(wait=True)
+    assert done == [] and "exception calling callback" not in caplog.text
