@@ -393,7 +393,11 @@ class RunStore:
     def _check_thumbs(self) -> None:
         path = self.path / "thumbs.npy"
         recorded = _recorded_crcs(self.manifest.get("checksums"), self.path / MANIFEST)
-        missing = sorted(name for name in recorded if not (self.path / name).exists())
+        m = self.manifest
+        optional = {"true_labels.npy": m.get("has_true_labels"), "noise_mask.npy": m.get("has_true_labels"),
+                    "pool_true_labels.npy": m.get("has_pool_true_labels"), "pool_thumbs.npy": m.get("n_pool")}
+        missing = sorted(name for name in recorded  # a part the manifest now says the run lacks may go
+                         if optional.get(name, True) and not (self.path / name).exists())
         if missing:  # optional files (thumbnails) are recorded only when written: one gone is damage
             raise StoreError(f"{self.path / missing[0]}: file is missing (run.json records it); restore it from a "
                              "copy of the run")
