@@ -87,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         f"through {', '.join(faults.TARGETS)} (open = `RunStore(path)`, app = a session's document built as the "
         "server builds it, after the server's warm-up); a target that does not read the damaged file only has to "
         "stay traceback-free.",
-        f"kills: `kill -9` at a uniformly random moment of `train` (digits, 300 samples, 5 epochs), `project` (3 "
+        f"kills: `kill -9` at a uniformly random moment of `train` (digits, 300 samples, 5 epochs), `project` (1,500 samples, 4 "
         f"epochs) and a process appending decisions; {args.kills} of each.",
         f"server: `timetravel serve` on 127.0.0.1; websocket upgrades from foreign origins; {len(faults.SECRET_PATHS)}"
         f" paths to run files (traversals included); {args.sessions} sessions opened at once with `bokeh.client`; "
         f"decision round-trip = `Review.decide` (what the accept button calls: fsynced append, re-rank, every "
         f"session told) from {args.sessions} threads at once: median {timings['decision_median_ms']:.1f} ms, p95 "
         f"{timings['decision_p95_ms']:.1f} ms over {timings['decisions']} decisions ({timings['decisions_in_log']} "
-        f"in the log after); {args.sessions} sessions opened in {timings['open_sessions_s']:.2f} s.",
+        f"new lines in the log); {args.sessions} sessions opened in {timings['open_sessions_s']:.2f} s.",
     ]
     write_results("reliability", {"families": rows, "total": total, "findings": findings, "server": timings},
                   [*rows, total], title="Reliability under faults", columns=["family", "tries", *faults.OUTCOMES],

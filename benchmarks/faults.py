@@ -489,7 +489,7 @@ SECRET_PATHS = ("/run.json", "/labels.npy", "/epochs/0000/embedding.npy", "/feed
                 "/%2e%2e/run.json", "/static/%2e%2e/%2e%2e/run.json", "/..%2frun.json", "/autoload.js/../run.json")
 
 
-def server_surface(run: Path, sessions: int = 10, decisions: int = 20) -> tuple[Tally, dict[str, float]]:
+def server_surface(run: Path, sessions: int = 10, decisions: int = 10) -> tuple[Tally, dict[str, float]]:
     """What ``timetravel serve`` exposes: the bind address, foreign origins, run files, concurrent sessions.
 
     Returns the tally and the measured times: seconds to open ``sessions`` documents at once
@@ -537,6 +537,9 @@ def _decision_round_trips(run: Path, sessions: int, decisions: int) -> dict[str,
     from timetravel.server_app.data import RunData
     from timetravel.server_app.review import Review
 
+    from timetravel.feedback import FeedbackLog
+
+    before = len(FeedbackLog(run).read().events)
     review = Review(RunData(run))
     review.start()
     wait_until(lambda: review.snapshot().status != "loading", timeout=60)
@@ -544,17 +547,20 @@ def _decision_round_trips(run: Path, sessions: int, decisions: int) -> dict[str,
 
     def session(k: int) -> None:
         for _ in range(decisions):
-            sample = review.snapshot().queue[k % 5]
+            queue = review.snapshot().queue
+            if not queue:
+                return
+            sample = queue[k % min(5, len(queue))]
             started = time.perf_counter()
             review.decide(sample, "accept" if k % 2 else "reject", f"s{k}")
             seconds.append(time.perf_counter() - started)
 
     with ThreadPoolExecutor(sessions) as pool:
         list(pool.map(session, range(sessions)))
-    from timetravel.feedback import FeedbackLog
-
-    logged = len(FeedbackLog(run).read().decisions)
+    logged = len(FeedbackLog(run).read().events) - before  # every acknowledged decision is a line of the log
     ordered = sorted(seconds)
+    if not seconds:
+        raise RuntimeError(f"{run}: no decision could be made (an empty queue: run `timetravel detect` first)")
     return {"decisions": len(seconds), "decisions_in_log": logged,
             "decision_median_ms": 1000 * ordered[len(ordered) // 2],
             "decision_p95_ms": 1000 * ordered[int(0.95 * (len(ordered) - 1))]}

@@ -140,4 +140,4 @@ def test_server_surface_and_concurrent_sessions(damaged_base, tmp_path):
     run = shutil.copytree(damaged_base, tmp_path / "run")
     tally, timings = faults.server_surface(run, sessions=3, decisions=4)
     _clean(tally)
-    assert timings["decisions_in_log"] >= timings["decisions"]
+    assert timings["decisions_in_log"] == timings["decisions"] > 0
