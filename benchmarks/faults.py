@@ -362,6 +362,15 @@ def _kill_after(cmd: list[str], delay: float) -> tuple[int, str]:
     return proc.returncode, proc.stdout.read().decode()
 
 
+def _judge_resume(tally: Tally, k: int, resumed: subprocess.CompletedProcess, equal: bool) -> None:
+    """One kill's outcome: the resume must succeed without a traceback and give the uninterrupted result."""
+    what = f"try {k}: resume exit {resumed.returncode}: {resumed.stderr.strip()[-300:]}"
+    if "Traceback" in resumed.stderr:
+        tally.add("traceback", what)
+    else:
+        tally.add("clear" if resumed.returncode == 0 and equal else "lost", what)
+
+
 TRAIN_ARGS = ("--dataset", "digits", "--n-samples", "300", "--epochs", "5", "--embedding-dim", "16", "--threads", "1")
 
 
@@ -383,13 +392,7 @@ def kill_train_loop(tmp: Path, tries: int, rng: np.random.Generator) -> Tally:
         if not (run / "run.json").exists():  # killed before the run was created: a fresh start is the resume
             resumed = subprocess.run(_command("train", *TRAIN_ARGS, "--out", str(run)), env=_env(),
                                      capture_output=True, text=True)
-        what = f"try {k}: resume exit {resumed.returncode}: {resumed.stderr.strip()[-300:]}"
-        if "Traceback" in resumed.stderr:
-            tally.add("traceback", what)
-        elif resumed.returncode != 0 or _arrays(run, "epochs") != expected:
-            tally.add("lost", what)
-        else:
-            tally.add("clear", what)
+        _judge_resume(tally, k, resumed, _arrays(run, "epochs") == expected)
         shutil.rmtree(run, ignore_errors=True)
     return tally
 
@@ -410,13 +413,7 @@ def kill_project_loop(run: Path, tmp: Path, tries: int, rng: np.random.Generator
         _kill_after(_command("project", str(copy), "--n-jobs", "2"), float(rng.uniform(0.3, seconds)))
         resumed = subprocess.run(_command("project", str(copy), "--n-jobs", "2"), env=_env(), capture_output=True,
                                  text=True)
-        what = f"try {k}: resume exit {resumed.returncode}: {resumed.stderr.strip()[-300:]}"
-        if "Traceback" in resumed.stderr:
-            tally.add("traceback", what)
-        elif resumed.returncode != 0 or _arrays(copy, "projection") != expected:
-            tally.add("lost", what)
-        else:
-            tally.add("clear", what)
+        _judge_resume(tally, k, resumed, _arrays(copy, "projection") == expected)
         shutil.rmtree(copy, ignore_errors=True)
     return tally
 

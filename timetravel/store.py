@@ -310,6 +310,7 @@ class RunStore:
         self.pool_true_labels = (
             self._load_labels("pool_true_labels.npy", self.n_pool) if m.get("has_pool_true_labels") else None
         )
+        self._check_recorded_files()
         self._check_thumbs()
         self._check_epochs()
         full = verify == "full" or (verify == "auto" and self._epoch_bytes() <= FULL_VERIFY_BYTES)
@@ -390,8 +391,8 @@ class RunStore:
         files.update({p: spec for p, spec in optional.items() if p.exists()})
         return files
 
-    def _check_thumbs(self) -> None:
-        path = self.path / "thumbs.npy"
+    def _check_recorded_files(self) -> None:
+        """Every run-level file run.json's checksums record is still there, unless its part is gone."""
         recorded = _recorded_crcs(self.manifest.get("checksums"), self.path / MANIFEST)
         m = self.manifest
         optional = {"true_labels.npy": m.get("has_true_labels"), "noise_mask.npy": m.get("has_true_labels"),
@@ -401,6 +402,9 @@ class RunStore:
         if missing:  # optional files (thumbnails) are recorded only when written: one gone is damage
             raise StoreError(f"{self.path / missing[0]}: file is missing (run.json records it); restore it from a "
                              "copy of the run")
+
+    def _check_thumbs(self) -> None:
+        path = self.path / "thumbs.npy"
         if path.exists():
             shape, dtype = _npy_header(path)
             if len(shape) not in (3, 4) or shape[0] != self.n_samples or dtype != np.uint8 or (
