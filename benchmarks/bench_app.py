@@ -198,13 +198,15 @@ def _measure(run: Path, renderer: str, *, loads: int, steps: int, jumps: int, de
 
 _COMPARE_DRAWN = """() => { const d = window.Bokeh && Bokeh.documents[0]; if (!d) return false;
   const all = [...d._all_models.values()];
-  const pts = all.filter((m) => m.name == 'points_source'), dots = all.filter((m) => m.name == 'dots_source');
+  const named = (n) => all.filter((m) => m.name == n), dots = named('dots_source');
+  const pts = named('positions_source').length ? named('positions_source') : named('points_source');
   return pts.length == 2 && pts.every((p) => p.get_length() > 0)
     && dots.every((s) => (s.data.image || []).length > 0); }"""
 
 _COMPARE_STEP = """(p) => new Promise((resolve) => {
   const d = Bokeh.documents[0], all = [...d._all_models.values()];
-  const pts = all.filter((m) => m.name == 'points_source'), dots = all.filter((m) => m.name == 'dots_source');
+  const named = (n) => all.filter((m) => m.name == n), dots = named('dots_source');
+  const pts = named('positions_source').length ? named('positions_source') : named('points_source');
   const before = pts.map((s) => s.data.x), dotsBefore = dots.map((s) => s.data);
   const slider = d.get_model_by_name('compare_slider');
   const t0 = performance.now();
@@ -217,8 +219,9 @@ _COMPARE_STEP = """(p) => new Promise((resolve) => {
 })"""
 
 
-def _measure_compare(run: Path, *, loads: int, steps: int, seed: int) -> dict:
-    """The comparison page (two epochs of ``run``: two canvases of all its samples): first render and epoch step."""
+def _measure_compare(run: Path, *, loads: int, steps: int, jumps: int, seed: int) -> dict:
+    """The comparison page (two epochs of ``run``: two canvases of all its samples): first render, epoch step
+    (adjacent epochs, as the player and the arrow buttons move) and random jump."""
     from playwright.sync_api import sync_playwright
 
     from timetravel.server_app._testing import launch_chromium, serve
@@ -234,17 +237,22 @@ def _measure_compare(run: Path, *, loads: int, steps: int, seed: int) -> dict:
             page.goto(server.url)
             page.wait_for_function(_COMPARE_DRAWN, timeout=120_000, polling="raf")
             first.append(page.evaluate("() => performance.now()") / 1000.0)
-        n_epochs = page.evaluate("() => Bokeh.documents[0].get_model_by_name('compare_slider').end") + 1
-        current = page.evaluate("() => Bokeh.documents[0].get_model_by_name('compare_slider').value")
-        step_times = []
+        last = page.evaluate("() => Bokeh.documents[0].get_model_by_name('compare_slider').end")  # right = left + 1
+        position = page.evaluate("() => Bokeh.documents[0].get_model_by_name('compare_slider').value")
+        step_times, jump_times = [], []
         for _ in range(steps):
-            position = int(rng.choice([p for p in range(n_epochs - 1) if p != current]))  # the right side moves too
+            position = position - 1 if position > 0 else last - 1
             step_times.append(page.evaluate(_COMPARE_STEP, position))
-            current = position
+            time.sleep(0.05)
+        for _ in range(jumps):
+            position = int(rng.choice([p for p in range(last) if p != position]))
+            jump_times.append(page.evaluate(_COMPARE_STEP, position))
+            time.sleep(0.05)
         backend = page.evaluate("() => [...Bokeh.documents[0]._all_models.values()].some((m) => m.name == "
                                 "'dots_source') ? 'raster' : 'canvas'")  # fmt: skip
     return {"backend": backend, "first_render_s": {"cold": first[0], "warm_median": _median(first[1:] or first)},
-            "step_ms": {"median": _median(step_times), "p95": _p95(step_times), "all": step_times}}
+            "step_ms": {"median": _median(step_times), "p95": _p95(step_times), "all": step_times},
+            "jump_ms": {"median": _median(jump_times), "p95": _p95(jump_times), "all": jump_times}}
 
 
 def _pair(a: float, b: float, fmt: str) -> str:
@@ -342,15 +350,17 @@ def main(argv: list[str] | None = None) -> int:
                       f"{v['activations_selection']['median']:.0f} ms", flush=True)  # fmt: skip
         if args.compare:
             print(f"app benchmark: {n:,} samples: comparison page", flush=True)
-            c = _measure_compare(run, loads=args.loads, steps=args.steps, seed=0)
+            c = _measure_compare(run, loads=args.loads, steps=args.steps, jumps=args.jumps, seed=0)
             measured[str(n)]["compare"] = c
             compare_rows.append({"points per side": f"{n:,}", "renderer": c["backend"],
                                  "first render": f"{c['first_render_s']['cold']:.2f} s (later "
                                                  f"{c['first_render_s']['warm_median']:.2f} s)",
                                  "epoch step (median / p95)": f"{c['step_ms']['median']:.0f} / "
-                                                              f"{c['step_ms']['p95']:.0f} ms"})
+                                                              f"{c['step_ms']['p95']:.0f} ms",
+                                 "random jump (median / p95)": f"{c['jump_ms']['median']:.0f} / "
+                                                               f"{c['jump_ms']['p95']:.0f} ms"})
             print(f"  compare ({c['backend']}): first render {c['first_render_s']['cold']:.2f} s, step "
-                  f"{c['step_ms']['median']:.0f} ms", flush=True)
+                  f"{c['step_ms']['median']:.0f} ms, jump {c['jump_ms']['median']:.0f} ms", flush=True)
     results = {"browser": browser, "params": vars(args), "targets": TARGETS, "sizes": measured}
     t = TARGETS
     notes = [

@@ -12,7 +12,11 @@ Three ways to draw the dots, chosen from the browser's WebGL renderer:
   RGBA image (``assets/raster.js``, a few milliseconds for 50k dots) drawn over the
   territory; the scatter stays, transparent, for hover, tap and box/lasso
   selection. Canvas 2D would otherwise fill every dot as its own path, which
-  costs hundreds of milliseconds per frame at 50k.
+  costs hundreds of milliseconds per frame at 50k. Epoch frames then go to a
+  source no glyph draws (``positions_source``): the image is drawn from it at once,
+  and the scatter, whose new data costs Bokeh a spatial index and column copies
+  (25 ms at 50k), takes the positions once the frame is on screen and the slider
+  has rested, off the path of an epoch step.
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ class CanvasView:
     """The canvas figure and the sources the callbacks update."""
 
     figure: object
-    points: ColumnDataSource
+    points: ColumnDataSource  # the scatter's source: hover fields and the selection
+    positions: ColumnDataSource  # where epoch frames go: ``points``, or the raster layer's own source
     points_view: CDSView
     territory: ColumnDataSource
     marks: ColumnDataSource
@@ -112,7 +117,7 @@ class CanvasView:
 
     def show_frame(self, frame: EpochFrame) -> None:
         """Swap in one epoch: positions, predictions, confidence and territory."""
-        self.points.data.update(x=frame.x, y=frame.y, pred=frame.pred, conf=frame.confidence)
+        self.positions.data.update(x=frame.x, y=frame.y, pred=frame.pred, conf=frame.confidence)
         x0, x1, y0, y1 = frame.extent
         self.territory.data = dict(image=[frame.territory], x=[x0], y=[y0], dw=[x1 - x0], dh=[y1 - y0])
 
@@ -147,9 +152,10 @@ class CanvasView:
 
     def color_by(self, column: str) -> None:
         """Colour the dots by ``"label"`` (given) or ``"pred"`` (the model's prediction)."""
-        self.scatter.glyph.fill_color = field(column, self.color_mapper)
         if self.dots is not None:
             self.dots.tags = [column, self.dots.tags[1]]
+        else:
+            self.scatter.glyph.fill_color = field(column, self.color_mapper)
 
     def redraw_dots(self) -> None:
         """Have the browser rasterise the dots again (after the figure joined the page)."""
@@ -253,13 +259,12 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
     territory_renderer = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=territory,
                                         name="territory")  # fmt: skip
     mapper = LinearColorMapper(palette=data.palette, low=-0.5, high=data.n_classes - 0.5)
-    points = ColumnDataSource(
-        dict(x=frame.x, y=frame.y, label=data.labels, pred=frame.pred, conf=frame.confidence),
-        name="points_source",
-    )
+    columns = dict(x=frame.x, y=frame.y, label=data.labels, pred=frame.pred, conf=frame.confidence)
+    points = ColumnDataSource(columns, name="points_source")
     view = CDSView(filter=BooleanFilter(booleans=None))
     size = point_size(data.n_samples)
     raster = backend == "raster"
+    positions = ColumnDataSource(dict(columns), name="positions_source") if raster else points
     dots = dots_js = None
     if raster:
         dots_source = ColumnDataSource(dict(image=[], x=[], y=[], dw=[], dh=[]), name="dots_source")
@@ -272,7 +277,8 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
         view=view,
         marker="square" if raster else "circle",
         size=size,
-        fill_color=field("label", mapper),
+        # the raster layer colours the dots itself: a constant spares Bokeh mapping 50k colours per frame
+        fill_color="#000000" if raster else field("label", mapper),
         line_color=None if raster else "white",
         line_width=0.4 if data.n_samples > CANVAS_RASTER_DOTS else 0.6,
         fill_alpha=0.0 if raster else FILL_ALPHA,
@@ -284,10 +290,11 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
     )
     if raster:
         colors = np.array([_abgr(c) for c in data.palette], dtype=np.uint32)
-        dots_js = custom_js("raster.js", fig=fig, points=points, view_filter=view.filter, target=dots.data_source,
-                            dots=dots, xr=x_range, yr=y_range, colors=colors, size=size,
-                            alpha_on=round(255 * FILL_ALPHA), alpha_off=round(255 * NONSELECTION_ALPHA))  # fmt: skip
-        points.js_on_change("data", dots_js)
+        dots_js = custom_js("raster.js", fig=fig, scatter=scatter, points=points, positions=positions,
+                            view_filter=view.filter, target=dots.data_source, dots=dots, xr=x_range, yr=y_range,
+                            colors=colors, size=size, alpha_on=round(255 * FILL_ALPHA),
+                            alpha_off=round(255 * NONSELECTION_ALPHA))  # fmt: skip
+        positions.js_on_change("data", dots_js)
         points.selected.js_on_change("indices", dots_js)
         view.filter.js_on_change("booleans", dots_js)
         dots.js_on_change("tags", dots_js)
@@ -306,7 +313,7 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
                 source=focus, fill_alpha=0.0, line_color="black", line_width=3, level="overlay",
                 name="focus")  # fmt: skip
     fig.add_tools(_hover(data, scatter))
-    canvas = CanvasView(fig, points, view, territory, marks, focus, trails, mapper, scatter, territory_renderer,
+    canvas = CanvasView(fig, points, positions, view, territory, marks, focus, trails, mapper, scatter, territory_renderer,
                         dots, dots_js)
     canvas.show_frame(frame)
     return canvas

@@ -117,6 +117,7 @@ class ComparePage:
             TableColumn(field="sugg_right", title="suggested right", width=90),
         ], height=260, sizing_mode="stretch_width", index_position=None, selectable="checkbox",
             name="changed_table")  # fmt: skip
+        self._details_pending = False
         self._wire()
         self.show()
 
@@ -206,12 +207,28 @@ class ComparePage:
         self.show()
 
     def show(self) -> None:
+        """Both canvases now; the per-class chart and the changed samples on the next tick.
+
+        The browser applies messages in order: sending the canvases alone first puts the
+        frames on screen before it re-lays out the page for the table and the note.
+        """
         for side, cursor in zip((self.left, self.right), self.cursors):
             frame = side.data.frame(side.epoch)
             with side.canvas.one_paint():
                 side.canvas.show_frame(frame)
                 side.canvas.set_title(self._title(side))
             cursor.location = side.epoch
+        doc = self.slider.document
+        if doc is None:  # building the page: everything goes out with it
+            self._show_details()
+        elif not self._details_pending:
+            self._details_pending = True
+            doc.add_next_tick_callback(self._show_details)
+        for side in (self.left, self.right):
+            side.data.prefetch(side.epoch)
+
+    def _show_details(self) -> None:
+        self._details_pending = False
         self._show_classes()
         self._show_changed()
 

@@ -16,6 +16,8 @@ import pytest
 
 from timetravel.server_app._testing import INSTRUMENT_JS, launch_chromium, serve, wait_until, write_synthetic_run
 from timetravel.feedback import FeedbackLog
+from timetravel.server_app.palette import class_palette
+from timetravel.store import RunStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -36,7 +38,6 @@ def browser():
 @pytest.fixture(scope="module")
 def detected_run(tmp_path_factory):
     from timetravel.detection import detect
-    from timetravel.store import RunStore
 
     path = write_synthetic_run(tmp_path_factory.mktemp("browser") / "run", n_samples=600, n_classes=5,
                                n_epochs=6, grid=48)  # fmt: skip
@@ -154,15 +155,14 @@ def test_box_selection_lists_the_selected_samples_with_webgl(browser, run):
         _shot(page, "app-box-selection")
 
 
-_RASTER_JS = """(column) => {
+_RASTER_JS = """([column, palette]) => {
   const doc = Bokeh.documents[0];
-  const dots = doc.get_model_by_name('dots_source').data, pts = doc.get_model_by_name('points_source').data;
+  const dots = doc.get_model_by_name('dots_source').data, pts = doc.get_model_by_name('positions_source').data;
   const img = dots.image[0], [H, W] = img.shape, last = pts.x.length - 1;
   const alphas = new Set();
   let painted = 0;
   for (const v of img) { if (v !== 0) { painted++; alphas.add(v >>> 24); } }
   const px = Math.floor((pts.x[last] - dots.x[0]) / dots.dw[0] * W), py = Math.floor((pts.y[last] - dots.y[0]) / dots.dh[0] * H);
-  const palette = doc.get_model_by_name('points').glyph.fill_color.transform.palette;
   const hex = (v) => '#' + [0, 8, 16].map((s) => ((v >>> s) & 255).toString(16).padStart(2, '0')).join('');
   return {painted, W, H, alphas: [...alphas].sort((a, b) => a - b), colour: hex(img[py * W + px]),
           expected: palette[pts[column][last]].toLowerCase()};
@@ -173,16 +173,20 @@ def test_raster_dots_follow_the_frame_colour_and_selection(browser, run):
     with serve(run, args=["--renderer", "raster"]) as server:
         page = _open(browser, server.url)
         page.wait_for_function("() => (Bokeh.documents[0].get_model_by_name('dots_source').data.image || []).length")
-        first = page.evaluate(_RASTER_JS, "label")
+        palette = class_palette(RunStore(run).n_classes)
+        first = page.evaluate(_RASTER_JS, ["label", palette])
         assert first["painted"] > 600 and first["alphas"] == [230]  # every dot a few pixels, 90% opaque
         assert first["colour"] == first["expected"]  # the last dot, drawn on top, in its label's colour
         before_png = _canvas_png(page)
         page.evaluate("() => window.__tt.step(0)")
         assert _title(page).startswith("epoch 0 ")
         assert _canvas_png(page) != before_png
+        # the hit-testing scatter takes the frame's positions once the slider rests (hover, box select)
+        page.wait_for_function("() => { const d = Bokeh.documents[0], p = d.get_model_by_name('points_source').data;"
+                               " return p.x === d.get_model_by_name('positions_source').data.x; }")
         page.get_by_text("Prediction", exact=True).click()
         page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('dots').tags[0] == 'pred'")
-        by_pred = page.evaluate(_RASTER_JS, "pred")
+        by_pred = page.evaluate(_RASTER_JS, ["pred", palette])
         assert by_pred["colour"] == by_pred["expected"]
         _shot(page, "app-raster")
         page.set_viewport_size({"width": 1200, "height": 950})  # the image follows the plot's new size
@@ -192,7 +196,7 @@ def test_raster_dots_follow_the_frame_colour_and_selection(browser, run):
         page.wait_for_function("(w) => Bokeh.documents[0].get_model_by_name('dots_source').data.image[0].shape[1] == w",
                                arg=by_pred["W"])
         _box_select_the_middle(page)
-        selected = page.evaluate(_RASTER_JS, "pred")
+        selected = page.evaluate(_RASTER_JS, ["pred", palette])
         assert selected["alphas"] == [38, 255]  # the transparent scatter picked the samples; others faded
         _shot(page, "app-raster-selection")
         assert page.js_errors == []
@@ -231,7 +235,6 @@ def test_accept_reject_undo_write_the_log_and_rerank_the_queue(browser, run):
 
 def _suggested(run, sample: int) -> int:
     from timetravel.detection import load_detection
-    from timetravel.store import RunStore
 
     return int(load_detection(RunStore(run)).features.suggested[sample])
 
@@ -393,7 +396,6 @@ def sliced_detected(tmp_path_factory):
     """A run with metadata where source = web (a fifth of the samples) has 50% label noise, the rest 5%."""
     from timetravel.detection import detect
     from timetravel.server_app._testing import write_sliced_run
-    from timetravel.store import RunStore
 
     path = write_sliced_run(tmp_path_factory.mktemp("groups") / "run", n_samples=1500, n_epochs=6, grid=32,
                             n_heldout=60)  # fmt: skip
@@ -465,7 +467,6 @@ def test_a_confusion_cell_click_selects_its_samples_and_limits_the_queue(browser
 
 
 def test_suggestions_rank_the_planted_slice_first_and_a_click_selects_it(browser, sliced):
-    from timetravel.store import RunStore
 
     web = np.flatnonzero(RunStore(sliced).metadata["source"].as_strings() == "web").tolist()
     with serve(sliced) as server:

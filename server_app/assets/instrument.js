@@ -19,7 +19,9 @@ window.__tt = {first: null, firstPaints: 0};
     if (doc == null) { return null; }
     const plot = doc.get_model_by_name("canvas");
     const view = plot && B.index.find_one(plot);
-    return view == null ? null : {doc, plot, view, src: doc.get_model_by_name("points_source"),
+    const src = doc.get_model_by_name("points_source");
+    // epoch frames arrive in positions_source with the raster renderer (canvas.py), else in points_source
+    return view == null ? null : {doc, plot, view, src, pos: doc.get_model_by_name("positions_source") ?? src,
                                   dots: doc.get_model_by_name("dots_source")};
   };
   // the raster renderer draws the dots into dots_source's image: a frame counts once that image is in
@@ -40,24 +42,24 @@ window.__tt = {first: null, firstPaints: 0};
   window.__tt.step = (pos) => new Promise((resolve) => {
     const m = models();
     const slider = m.doc.get_model_by_name("epoch_slider");
-    const before = m.src.data.x, dotsBefore = m.dots == null ? null : m.dots.data;
+    const before = m.pos.data.x, dotsBefore = m.dots == null ? null : m.dots.data;
     const t0 = performance.now();
     let arrived = null;
     const onData = () => {
-      if (arrived == null && m.src.data.x !== before) { arrived = performance.now(); }
+      if (arrived == null && m.pos.data.x !== before) { arrived = performance.now(); }
     };
     const onPaint = () => {
       onData();
       if (arrived != null && dotsIn(m, dotsBefore)) {
         m.view.repainted.disconnect(onPaint);
-        m.src.change.disconnect(onData);
-        m.src.properties.data.change.disconnect(onData);
+        m.pos.change.disconnect(onData);
+        m.pos.properties.data.change.disconnect(onData);
         const painted = performance.now();
         frame().then((shown) => resolve({data_ms: arrived - t0, paint_ms: painted - t0, drawn_ms: shown - t0}));
       }
     };
-    m.src.change.connect(onData);
-    m.src.properties.data.change.connect(onData);
+    m.pos.change.connect(onData);
+    m.pos.properties.data.change.connect(onData);
     m.view.repainted.connect(onPaint);
     slider.value = pos;
   });

@@ -1,6 +1,9 @@
 // Browser side of the raster dot layer (see canvas.py). Runs on every change that moves or recolours
 // dots (positions, colour column, filter, selection, zoom/pan); writes the image straight into the
 // ``dots`` source without syncing it back to the server.
+const noPaint = () => {};
+// The hit-testing scatter takes a frame's positions once the slider has rested this long.
+const HIT_SYNC_MS = 150;
 const draw = (attempt) => {
   const view = Bokeh.index.find_one(fig);
   const W0 = view == null ? 0 : view.frame.bbox.width, H0 = view == null ? 0 : view.frame.bbox.height;
@@ -12,10 +15,17 @@ const draw = (attempt) => {
     view.__tt_resize = new ResizeObserver(() => requestAnimationFrame(() => draw(0)));
     view.__tt_resize.observe(view.el);
   }
+  // The scatter stays for hover, tap and box/lasso, fully transparent: skip its per-dot canvas paths
+  // (20 ms a frame at 50k dots). Bokeh may rebuild the glyph views, so this is checked on every draw.
+  const sv = Bokeh.index.find_one(scatter);
+  for (const g of sv == null ? [] : [sv.glyph, sv.selection_glyph, sv.nonselection_glyph, sv.decimated_glyph,
+                                     sv.muted_glyph, sv.hover_glyph]) {
+    if (g != null) { g._paint = noPaint; }
+  }
   const dpr = window.devicePixelRatio || 1;
   const W = Math.max(1, Math.round(W0 * dpr)), H = Math.max(1, Math.round(H0 * dpr));
   const x0 = xr.start, y0 = yr.start, kx = W / (xr.end - x0), ky = H / (yr.end - y0);
-  const data = points.data, xs = data.x, ys = data.y, cs = data[dots.tags[0]];
+  const data = positions.data, xs = data.x, ys = data.y, cs = data[dots.tags[0]];
   const img = new Uint32Array(W * H);
   const side = Math.max(1, Math.round(size * dpr)), lo = Math.floor(side / 2), hi = side - lo;
   const paint = (i, alpha) => {
@@ -39,5 +49,14 @@ const draw = (attempt) => {
   const { ndarray } = Bokeh.require("core/util/ndarray");
   target.setv({data: {image: [ndarray(img, {dtype: "uint32", shape: [H, W]})],
                       x: [x0], y: [y0], dw: [xr.end - x0], dh: [yr.end - y0]}}, {sync: false});
+  if (points.data.x !== xs) {  // a new frame: hand it to the scatter once it is on screen and the slider rests
+    clearTimeout(view.__tt_hits);
+    view.__tt_hits = setTimeout(() => {
+      const now = positions.data;
+      if (points.data.x !== now.x) {
+        points.setv({data: {...points.data, x: now.x, y: now.y, pred: now.pred, conf: now.conf}}, {sync: false});
+      }
+    }, HIT_SYNC_MS);
+  }
 };
 draw(0);
