@@ -54,6 +54,10 @@ class TabSlot:
     def on_shown(self, callback: Callable[[], None]) -> None:
         self.tabs.on_change("active", lambda _a, _o, new: callback() if new == self.index else None)
 
+    def on_hidden(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the user leaves this panel for another."""
+        self.tabs.on_change("active", lambda _a, old, new: callback() if old == self.index != new else None)
+
     def show(self) -> None:
         """Bring this panel to the front."""
         self.tabs.active = self.index

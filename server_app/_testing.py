@@ -157,7 +157,7 @@ def write_synthetic_run(
     scale = 1.5
     weight = scale * centres @ lift  # (K, D)
     bias = -scale * 0.5 * (centres**2).sum(axis=1)
-    positions = []
+    positions, pool_positions = [], []
     for e in range(n_epochs):
         t = (e + 1) / n_epochs
         memorise = np.clip((t - 0.6) / 0.4, 0, 1)
@@ -171,9 +171,10 @@ def write_synthetic_run(
         if n_heldout:
             held_emb = ((1 - t) * held_start + t * (centres[held_true] + held_offset)) @ lift
             heldout = (held_emb, (held_emb @ weight.T + bias).astype(np.float32))
-        pool = None
+        pool = pool_xy = None
         if n_pool and (pool_epochs is None or e in pool_epochs):
-            pool_emb = ((1 - t) * pool_start + t * (centres[pool_true] + pool_offset)) @ lift
+            pool_xy = (1 - t) * pool_start + t * (centres[pool_true] + pool_offset)
+            pool_emb = pool_xy @ lift
             pool = (pool_emb, (pool_emb @ weight.T + bias).astype(np.float32))
         writer.write_epoch(
             e, emb, logits, head=(weight, bias), heldout=heldout, pool=pool,
@@ -181,8 +182,9 @@ def write_synthetic_run(
                      "test_acc": float(np.mean(logits.argmax(1) == true))},
         )  # fmt: skip
         positions.append(xy.astype(np.float32))
+        pool_positions.append(None if pool_xy is None else pool_xy.astype(np.float32))
     if project:
-        write_projection(path, positions, weight, bias, lift, grid=grid)
+        write_projection(path, positions, weight, bias, lift, grid=grid, pool_positions=pool_positions)
     return path
 
 
@@ -206,9 +208,10 @@ def write_sliced_run(
 
 
 def write_projection(
-    path: Path, positions: list[np.ndarray], weight: np.ndarray, bias: np.ndarray, lift: np.ndarray, *, grid: int
-) -> None:
-    """Write ``projection/`` through its format's owner: xy per epoch, territories from the head."""
+    path: Path, positions: list[np.ndarray], weight: np.ndarray, bias: np.ndarray, lift: np.ndarray, *, grid: int,
+    pool_positions: list[np.ndarray | None] | None = None,
+) -> None:  # fmt: skip
+    """Write ``projection/`` through its format's owner: xy (and pool xy) per epoch, territories from the head."""
     from timetravel.projection import store as projection_files
 
     directory = projection_files.projection_dir(path)
@@ -226,6 +229,8 @@ def write_projection(
             "territory_class": probs.argmax(1).reshape(grid, grid).astype(np.uint8),
             "territory_confidence": np.rint(255 * probs.max(1)).reshape(grid, grid).astype(np.uint8),
         }
+        if pool_positions is not None and pool_positions[e] is not None:
+            arrays["pool_xy"] = pool_positions[e]
         entry = {"extent": [float(x0), float(x1), float(y0), float(y1)], "grid": grid, "metrics": {}}
         projection_files.write_epoch(directory, manifest, e, arrays, {}, entry)
 

@@ -41,7 +41,7 @@ from bokeh.models import (
 from bokeh.plotting import figure
 
 from timetravel.server_app._bokeh import custom_js
-from timetravel.server_app.data import EpochFrame, RunData
+from timetravel.server_app.data import EpochFrame, PoolFrame, RunData
 
 # Overlay rings per mark kind: (colour, extra diameter in px, line width).
 MARK_STYLES = {
@@ -98,6 +98,9 @@ class CanvasView:
     color_mapper: LinearColorMapper
     scatter: object
     territory_renderer: object
+    pool: ColumnDataSource  # the unlabelled pool's dots (drawn only while the pool tab shows them)
+    pool_renderer: object
+    pool_focus: ColumnDataSource
     dots: object | None = None  # the raster dot layer's renderer (None: Bokeh draws the dots)
     dots_js: object | None = None  # its CustomJS, to run once the page is ready
 
@@ -141,14 +144,19 @@ class CanvasView:
         if not np.array_equal(np.unique(np.asarray(self.points.selected.indices, dtype=np.int64)), indices):
             self.points.selected.indices = indices.tolist()
 
-    def nearest_dot(self, frame: EpochFrame, x: float, y: float, radius: float) -> int | None:
-        """The shown dot of ``frame`` nearest to ``(x, y)``, if it lies within ``radius``."""
-        mask = self.points_view.filter.booleans
+    def nearest_dot(self, frame: EpochFrame | PoolFrame, x: float, y: float, radius: float) -> tuple[int, float] | None:
+        """The shown dot of ``frame`` nearest to ``(x, y)`` and its distance, if it lies within ``radius``.
+
+        A :class:`PoolFrame` gives the nearest pool dot (the training dots' filter does not apply).
+        """
         d2 = (frame.x - x) ** 2 + (frame.y - y) ** 2
-        if mask is not None:
+        mask = self.points_view.filter.booleans
+        if mask is not None and isinstance(frame, EpochFrame):
             d2 = np.where(np.asarray(mask, dtype=bool), d2, np.inf)
+        if not len(d2):
+            return None
         nearest = int(np.argmin(d2))
-        return nearest if d2[nearest] <= radius**2 else None
+        return (nearest, float(np.sqrt(d2[nearest]))) if d2[nearest] <= radius**2 else None
 
     def color_by(self, column: str) -> None:
         """Colour the dots by ``"label"`` (given) or ``"pred"`` (the model's prediction)."""
@@ -190,6 +198,19 @@ class CanvasView:
         else:
             self.focus.data = dict(x=[float(frame.x[sample])], y=[float(frame.y[sample])])
 
+    def show_pool(self, frame: PoolFrame | None, row: int | None) -> None:
+        """Draw the pool at ``frame`` (None hides it) and ring its ``row``."""
+        if frame is None:
+            self.pool_renderer.visible = False
+            self.pool_focus.data = dict(x=[], y=[])
+            return
+        if self.pool.data.get("epoch") != [frame.epoch] or not self.pool_renderer.visible:
+            self.pool.data = dict(x=frame.x, y=frame.y, pred=frame.pred, row=np.arange(len(frame.x), dtype=np.int32),
+                                  epoch=[frame.epoch] * len(frame.x))  # fmt: skip
+        self.pool_renderer.visible = True
+        self.pool_focus.data = (dict(x=[], y=[]) if row is None
+                                else dict(x=[float(frame.x[row])], y=[float(frame.y[row])]))  # fmt: skip
+
     def set_trails(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
         """Draw the trajectories of the selected samples across epochs (as segments, see make_canvas)."""
         if not xs:
@@ -210,8 +231,13 @@ def _ranges(data: RunData) -> tuple[Range1d, Range1d]:
     )
 
 
+def _class_names(data: RunData) -> CustomJSHover:
+    """A hover formatter writing a class index with its name."""
+    return CustomJSHover(args=dict(names=data.class_names), code="return `${value} (${names[value]})`")
+
+
 def _hover(data: RunData, renderer) -> HoverTool:
-    names = CustomJSHover(args=dict(names=data.class_names), code="return `${value} (${names[value]})`")
+    names = _class_names(data)
     return HoverTool(
         renderers=[renderer],
         tooltips=[
@@ -222,6 +248,11 @@ def _hover(data: RunData, renderer) -> HoverTool:
         ],
         formatters={"@label": names, "@pred": names},
     )
+
+
+def _pool_hover(data: RunData, renderer) -> HoverTool:
+    return HoverTool(renderers=[renderer], tooltips=[("pool #", "@row"), ("prediction", "@pred{custom}")],
+                     formatters={"@pred": _class_names(data)})  # fmt: skip
 
 
 def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> CanvasView:
@@ -312,8 +343,16 @@ def make_canvas(data: RunData, frame: EpochFrame, backend: str = "webgl") -> Can
     fig.ellipse(x="x", y="y", width=size + 16, height=size + 16, width_units="screen", height_units="screen",
                 source=focus, fill_alpha=0.0, line_color="black", line_width=3, level="overlay",
                 name="focus")  # fmt: skip
-    fig.add_tools(_hover(data, scatter))
+    # the pool: hollow triangles outlined in the predicted class's colour, over the training dots
+    pool = ColumnDataSource(dict(x=[], y=[], pred=[], row=[], epoch=[]), name="pool_dots_source")
+    pool_renderer = fig.scatter(x="x", y="y", source=pool, marker="triangle", size=size + 4, fill_color="white",
+                                fill_alpha=0.85, line_color=field("pred", mapper), line_width=1.6, visible=False,
+                                name="pool_dots")  # fmt: skip
+    pool_focus = ColumnDataSource(dict(x=[], y=[]), name="pool_focus_source")
+    fig.scatter(x="x", y="y", source=pool_focus, marker="square", size=size + 18, fill_alpha=0.0,
+                line_color="#0d47a1", line_width=3, level="overlay", name="pool_focus")  # fmt: skip
+    fig.add_tools(_hover(data, scatter), _pool_hover(data, pool_renderer))
     canvas = CanvasView(fig, points, positions, view, territory, marks, focus, trails, mapper, scatter, territory_renderer,
-                        dots, dots_js)
+                        pool, pool_renderer, pool_focus, dots, dots_js)
     canvas.show_frame(frame)
     return canvas

@@ -67,6 +67,16 @@ class EpochFrame:
 
 
 @dataclass(frozen=True)
+class PoolFrame:
+    """The unlabelled pool on the canvas at one epoch: positions and the model's predicted class."""
+
+    epoch: int
+    x: np.ndarray  # (P,) float32
+    y: np.ndarray
+    pred: np.ndarray  # (P,) uint8 or uint16
+
+
+@dataclass(frozen=True)
 class SampleHistory:
     """One sample across every recorded epoch (for the inspector's curves)."""
 
@@ -110,6 +120,7 @@ class RunData:
         self._lut = territory_lut(self.palette)
         self._frame_cache_bytes = frame_cache_bytes
         self._frames: OrderedDict[int, EpochFrame] = OrderedDict()
+        self._pool_frames: OrderedDict[int, PoolFrame | None] = OrderedDict()
         self._pending: dict[int, Future] = {}
         self._lock = threading.RLock()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="timetravel-app")
@@ -134,6 +145,7 @@ class RunData:
                 return False
             self._manifest_stamp = stamp
             self._frames.clear()
+            self._pool_frames.clear()
             self.epochs = self.store.projected_epochs
             self.bounds = self._union_extent()
         return True
@@ -239,6 +251,32 @@ class RunData:
             territory=territory_image(territory.classes, territory.confidence, self._lut),
             extent=territory.extent,
         )
+
+    def pool_frame(self, epoch: int) -> PoolFrame | None:
+        """The pool's canvas positions at projected ``epoch``, or None when that epoch did not place it.
+
+        An epoch places the pool when it holds pool rows (eval passes only) and was projected
+        since pool placement existed (:meth:`pool_unplaced` says which case it is). The last
+        few epochs are cached.
+        """
+        with self._lock:
+            cached = self._pool_frames.get(epoch)
+            if cached is not None or epoch in self._pool_frames:
+                return cached
+            frame = None
+            if self.store.n_pool and self.store.has_split(epoch, "pool") and self.store.has_projection(epoch, "pool"):
+                xy = np.asarray(self.store.projection(epoch, "pool"), dtype=np.float32)
+                pred = np.asarray(self.store.logits(epoch, "pool")).argmax(axis=1).astype(self.labels.dtype)
+                frame = PoolFrame(epoch, np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1]), pred)
+            self._pool_frames[epoch] = frame
+            while len(self._pool_frames) > MIN_FRAMES:
+                self._pool_frames.popitem(last=False)
+            return frame
+
+    def pool_unplaced(self, epoch: int) -> bool:
+        """Whether projected ``epoch`` holds pool rows that its projection did not place (an older projection)."""
+        return bool(self.store.n_pool) and self.store.has_split(epoch, "pool") and not self.store.has_projection(
+            epoch, "pool")
 
     # -- per-sample reads --------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Canvas interaction: the dots follow the session (epoch, filters, decision rings, focus, trails),
-and taps and box/lasso selections change it.
+"""Canvas interaction: the dots follow the session (epoch, filters, decision rings, focus, trails,
+the unlabelled pool while the pool tab draws it), and taps and box/lasso selections change it.
 
 With ``renderer="auto"`` the canvas is built once the browser reports its WebGL renderer
 (:func:`canvas.backend_for`); until then a placeholder holds its place.
@@ -8,6 +8,7 @@ With ``renderer="auto"`` the canvas is built once the browser reports its WebGL 
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -16,8 +17,9 @@ from bokeh.events import DocumentReady
 
 from timetravel.server_app._bokeh import custom_js
 from timetravel.server_app.canvas import CanvasView, backend_for, make_canvas
+from timetravel.server_app.data import PoolFrame
 from timetravel.server_app.filters import FilterView
-from timetravel.server_app.session import FRAME, QUEUE_SIZE, REVIEW, SELECTION, TARGET, Session
+from timetravel.server_app.session import POOL, FRAME, QUEUE_SIZE, REVIEW, SELECTION, TARGET, Session
 from timetravel.server_app.timeline import caption
 
 TRAIL_LIMIT = 200  # trails are drawn for at most this many selected samples
@@ -100,6 +102,8 @@ class CanvasInteraction:
                     self._update_mask()
                 if changed & {FRAME, TARGET}:
                     canvas.set_focus(self.s.frame, self.s.target)
+                if changed & {FRAME, POOL}:
+                    self._update_pool()
         if changed & {TARGET, SELECTION}:
             self._update_trails()
 
@@ -122,6 +126,15 @@ class CanvasInteraction:
                 "seeded": list(self.s.snap.seeds),
             },
         )
+
+    def _pool_frame(self) -> PoolFrame | None:
+        """The pool at the session's epoch while the pool tab draws it on the canvas."""
+        s = self.s
+        return s.data.pool_frame(s.frame.epoch) if s.pool.shown else None
+
+    def _update_pool(self) -> None:
+        if self.canvas is not None:
+            self.canvas.show_pool(self._pool_frame(), self.s.pool.row)
 
     def _show_options(self) -> None:
         if self.canvas is not None:
@@ -151,10 +164,17 @@ class CanvasInteraction:
             self.s.change(selected=indices)
 
     def _on_tap(self, x: float, y: float) -> None:
-        x0, x1, _, _ = self.s.data.bounds
-        nearest = self.canvas.nearest_dot(self.s.frame, x, y, TAP_RADIUS * (x1 - x0))
-        if nearest is not None:
-            self.s.inspect(nearest)
+        """Inspect the nearest training dot, or choose the nearest pool dot when the pool is drawn and it is nearer."""
+        s = self.s
+        x0, x1, _, _ = s.data.bounds
+        radius = TAP_RADIUS * (x1 - x0)
+        nearest = self.canvas.nearest_dot(s.frame, x, y, radius)
+        pool = self._pool_frame()
+        in_pool = None if pool is None else self.canvas.nearest_dot(pool, x, y, radius)
+        if in_pool is not None and (nearest is None or in_pool[1] < nearest[1]):
+            s.change(pool=replace(s.pool, row=in_pool[0]))
+        elif nearest is not None:
+            s.inspect(nearest[0])
 
     def _on_probe(self, gl_renderer: str) -> None:
         """The browser reported its WebGL renderer: build the canvas with the backend that suits it."""
@@ -172,6 +192,7 @@ class CanvasInteraction:
             self._update_marks()
             self._update_mask()
             canvas.set_focus(s.frame, s.target)
+            self._update_pool()
         self.canvas_slot.children = [canvas.figure, *self.canvas_slot.children[1:]]
         canvas.redraw_dots()
         self._update_trails()

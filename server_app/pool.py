@@ -32,9 +32,11 @@ class PoolRanks:
     """The pool ranked at one moment, for every session to show.
 
     ``status`` is ``"ready"`` or ``"failed"`` (then ``message`` says why in one sentence).
-    ``rows`` are unlabelled pool rows, the likeliest mispredicted first; ``p_wrong`` is the
-    probability the final prediction is wrong (the held-out error model when ``calibrated``,
-    else one minus the model's confidence).
+    ``rows`` are unlabelled pool rows, the likeliest mispredicted first: in decreasing ``score``,
+    the recommender's posterior-mean chance that the final prediction is wrong, learned from the
+    labels given so far on top of the model's estimate (a ranking score, not calibrated).
+    ``p_wrong`` is the model's own estimate of that probability (the held-out error model when
+    ``calibrated``, else one minus the model's confidence).
     """
 
     status: str
@@ -42,8 +44,8 @@ class PoolRanks:
     labels: dict[int, int] = field(default_factory=dict)  # the pool labels this ranking learned from
     rows: list[int] = field(default_factory=list)
     predicted: dict[int, int] = field(default_factory=dict)
-    confidence: dict[int, float] = field(default_factory=dict)
     p_wrong: dict[int, float] = field(default_factory=dict)
+    score: dict[int, float] = field(default_factory=dict)
     reasons: dict[int, list[str]] = field(default_factory=dict)
     calibrated: bool = False
     n_pool: int = 0
@@ -112,10 +114,10 @@ class PoolRanking:
                 return PoolRanks("failed", failure, labels=dict(labels), n_pool=self.store.n_pool)
             self._learn(labels)
             queue = self.recommender.recommend(k).tolist() if len(labels) < self.store.n_pool else []
-            odds = self.recommender.log_odds()
+            odds = self.recommender.log_odds()[queue].astype(np.float64)
+            posterior = dict(zip(queue, (1.0 / (1.0 + np.exp(-odds))).tolist()))
             # rows picked by a posterior sample (exploration), shown in posterior-mean order (as the review queue)
-            queue = by_score(queue, {i: float(odds[i]) for i in queue})
-            return self._snapshot(dict(labels), queue)
+            return self._snapshot(dict(labels), by_score(queue, posterior), posterior)
 
     def _learn(self, labels: dict[int, int]) -> None:
         """Update the recommender to ``labels``: one ``update`` per new or changed label, a replay otherwise."""
@@ -129,7 +131,7 @@ class PoolRanking:
             self.recommender.restore(wrong)
         self._labels = dict(labels)
 
-    def _snapshot(self, labels: dict[int, int], queue: list[int]) -> PoolRanks:
+    def _snapshot(self, labels: dict[int, int], queue: list[int], posterior: dict[int, float]) -> PoolRanks:
         from timetravel.active import pool_reasons
 
         names = self.store.class_names
@@ -145,8 +147,8 @@ class PoolRanking:
             labels=labels,
             rows=queue,
             predicted={i: int(self.predicted[i]) for i in queue},
-            confidence={i: float(self.confidence[i]) for i in queue},
             p_wrong={i: float(self.p_wrong[i]) for i in queue},
+            score={i: posterior[i] for i in queue},
             reasons={i: pool_reasons(self.features, i, names) for i in queue},
             calibrated=self.calibrated,
             n_pool=self.store.n_pool,
@@ -159,7 +161,11 @@ class PoolRanking:
     # -- per-sample reads (after a successful rank) -----------------------------------
 
     def prediction(self, row: int) -> tuple[int, float, float]:
-        """The final model's class for pool ``row``, its confidence and the probability it is wrong."""
+        """The final model's class for pool ``row``, its confidence and the probability it is wrong.
+
+        That probability is the model's own (the held-out error model when the ranking is
+        ``calibrated``, else one minus the confidence), before any label given in the app.
+        """
         row = self._check_row(row)
         return int(self.predicted[row]), float(self.confidence[row]), float(self.p_wrong[row])
 

@@ -10,6 +10,7 @@ from bokeh.layouts import column, row
 from bokeh.models import (
     BasicTicker,
     Button,
+    Checkbox,
     ColumnDataSource,
     DataTable,
     Div,
@@ -35,6 +36,7 @@ class PoolView:
     """Widgets of the pool tab; filled by the :class:`~timetravel.server_app.pooling.Pooling` controller."""
 
     status: Div
+    on_canvas: Checkbox
     source: ColumnDataSource
     table: DataTable
     label_to: Select
@@ -66,6 +68,13 @@ class PoolView:
     def on_undo(self, callback: Callable[[], None]) -> None:
         self.undo.on_click(callback)
 
+    def canvas_shown(self) -> bool:
+        """Whether the user wants the pool drawn on the canvas (while this tab is open)."""
+        return bool(self.on_canvas.active)
+
+    def on_canvas_toggle(self, callback: Callable[[], None]) -> None:
+        self.on_canvas.on_change("active", lambda _a, _o, _n: callback())
+
     def show_ranks(self, data: RunData, ranks: PoolRanks, chosen: int | None, busy: bool = False) -> None:
         """Render a ranking: status line, rows (``chosen`` selected), counters and button states."""
         names = data.class_names
@@ -75,14 +84,17 @@ class PoolView:
             how = ("the error model learned on the held-out set" if ranks.calibrated else
                    "one minus the model's confidence (no labelled held-out set to learn an error model from)")
             self.status.text = (f"<span class='tt-muted'>Most likely mispredicted first, re-ranked after every "
-                                f"label; p(wrong): {how}; final model: epoch {ranks.final_epoch}.</span>")
+                                f"label. p(wrong): the model's estimate ({how}); score ▾: the ranking's, which "
+                                f"starts from p(wrong) and learns from your labels (rows in score order); final "
+                                f"model: epoch {ranks.final_epoch}. Triangles on the canvas: the pool, outlined in "
+                                f"the predicted class's colour.</span>")
         rows = ranks.rows
         self.source.data = dict(
             rank=list(range(1, len(rows) + 1)),
             row=rows,
             predicted=[names[ranks.predicted[i]] for i in rows],
-            confidence=[ranks.confidence[i] for i in rows],
             p_wrong=[ranks.p_wrong[i] for i in rows],
+            score=[ranks.score[i] for i in rows],
             reason=[html.escape((ranks.reasons.get(i) or ["nothing stands out"])[0]) for i in rows],
         )
         self._showing = True
@@ -124,15 +136,21 @@ class PoolView:
         self.top.text = ""
 
     def show_sample(self, data: RunData, row: int, predicted: int, confidence: float, p_wrong: float,
-                    reasons: list[str], label: int | None) -> None:  # fmt: skip
-        """The chosen pool sample: image, the final prediction, p(wrong), reasons and the label given so far."""
+                    ranked: float | None, reasons: list[str], label: int | None) -> None:  # fmt: skip
+        """The chosen pool sample: image, the final prediction, p(wrong), reasons and the label given so far.
+
+        ``p_wrong`` is the model's own estimate, ``ranked`` the ranking's score (after the labels given;
+        None for a row the ranking does not show).
+        """
         names = data.class_names
         given = ("not labelled yet" if label is None
                  else f"labelled <b>{swatch(data, label)}{html.escape(names[label])}</b>")  # fmt: skip
+        ranking = "" if ranked is None else f" · ranking score <b name='pool_score'>{ranked:.2f}</b>"
         lines = [
             f"<div class='tt-title'>Pool #{row}</div>",
             f"final model: <b>{swatch(data, predicted)}{html.escape(names[predicted])}</b> ({confidence:.0%})",
-            f"p(wrong) <b>{p_wrong:.2f}</b> · <span name='pool_state'>{given}</span>",
+            f"p(wrong) <b name='pool_p_wrong'>{p_wrong:.2f}</b>{ranking}",
+            f"<span name='pool_state'>{given}</span>",
         ]
         items = "".join(f"<li>{html.escape(r)}</li>" for r in reasons) or "<li>nothing stands out</li>"
         self.sample.text = (f"<div class='tt-row'>{thumbnail_html(data.thumbnail_png(row, 'pool'), f'pool {row}')}"
@@ -149,7 +167,11 @@ class PoolView:
         )
 
     def show_epoch(self, data: RunData, epoch: int, top: list[tuple[int, float]] | None, epochs: list[int]) -> None:
-        """The top classes at the slider's ``epoch``, or one sentence when that epoch holds no pool rows."""
+        """The top classes at the slider's ``epoch``, or one sentence when that epoch holds no pool rows.
+
+        When the epoch holds pool rows its projection did not place (made before pool placement),
+        a second sentence says how to see them on the canvas.
+        """
         self.cursor.location = epoch
         if top is None:
             held = ", ".join(str(e) for e in epochs[:8]) + (" ..." if len(epochs) > 8 else "")
@@ -158,6 +180,10 @@ class PoolView:
             return
         items = " · ".join(f"{swatch(data, c)}{html.escape(data.class_names[c])} <b>{p:.0%}</b>" for c, p in top)
         self.top.text = f"<span class='tt-sub'>Top classes at epoch {epoch}:</span> {items}"
+        if data.pool_unplaced(epoch):
+            self.top.text += (f"<br><span class='tt-note' name='pool_unplaced'>This projection predates pool "
+                              f"placement, so the canvas cannot show the pool; run <code>timetravel project "
+                              f"{html.escape(str(data.path))} --overwrite</code> to add it.</span>")
 
     def show_unreadable(self, epoch: int, why: str) -> None:
         """One sentence: the pool rows of ``epoch`` cannot be read."""
@@ -170,7 +196,9 @@ def make_pool(data: RunData, epoch: int) -> PoolView:
     """Build the pool tab (filled later from pool rankings); the history spans every recorded epoch."""
     status = Div(text="<span class='tt-muted'>Ranking the pool...</span>", name="pool_status",
                  sizing_mode="stretch_width")  # fmt: skip
-    source = ColumnDataSource(dict(rank=[], row=[], predicted=[], confidence=[], p_wrong=[], reason=[]),
+    on_canvas = Checkbox(label="show the pool on the canvas (triangles; click one to choose it)", active=True,
+                         name="pool_on_canvas")  # fmt: skip
+    source = ColumnDataSource(dict(rank=[], row=[], predicted=[], p_wrong=[], score=[], reason=[]),
                               name="pool_source")  # fmt: skip
     table = DataTable(
         source=source,
@@ -178,9 +206,9 @@ def make_pool(data: RunData, epoch: int) -> PoolView:
             TableColumn(field="rank", title="", width=24),
             TableColumn(field="row", title="pool #", formatter=NumberFormatter(format="0"), width=50),
             TableColumn(field="predicted", title="predicted", width=70),
-            TableColumn(field="confidence", title="conf.", formatter=NumberFormatter(format="0%"), width=45),
             TableColumn(field="p_wrong", title="p(wrong)", formatter=NumberFormatter(format="0.00"), width=64),
-            TableColumn(field="reason", title="why", width=224,
+            TableColumn(field="score", title="score ▾", formatter=NumberFormatter(format="0.00"), width=52),
+            TableColumn(field="reason", title="why", width=212,
                         formatter=HTMLTemplateFormatter(template="<span title='<%= value %>'><%= value %></span>")),
         ],  # fmt: skip
         height=205,
@@ -221,6 +249,7 @@ def make_pool(data: RunData, epoch: int) -> PoolView:
     layout = column(
         Div(text="<div class='tt-h'>Unlabelled pool: label what the model gets wrong</div>"),
         status,
+        on_canvas,
         table,
         row(Div(text="<span class='tt-muted'>label as:</span>"), label_to, label, undo, sizing_mode="stretch_width"),
         counters,
@@ -229,6 +258,6 @@ def make_pool(data: RunData, epoch: int) -> PoolView:
         fig,
         sizing_mode="stretch_width",
     )
-    return PoolView(status, source, table, label_to, label, undo, counters, sample, fig, history_source, cursor, top,
+    return PoolView(status, on_canvas, source, table, label_to, label, undo, counters, sample, fig, history_source, cursor, top,
                     layout)  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""Pooling: the pool tab's ranking, the chosen pool sample at the slider's epoch, "label this" and its undo.
+"""Pooling: the pool tab's ranking, the chosen pool sample at the slider's epoch, "label this" and its undo,
+and the pool on the canvas while the tab is open (a tapped pool dot becomes the chosen row).
 
 Labels go through the run's shared :class:`~timetravel.server_app.review.Review`
 (``feedback.jsonl``, fsynced, with ``"split": "pool"``) before the page confirms them; the
@@ -17,7 +18,7 @@ from timetravel.feedback import FeedbackEvent
 from timetravel.server_app._bokeh import TabSlot
 from timetravel.server_app.pool import PoolHistory, PoolRanking, PoolRanks
 from timetravel.server_app.pool_view import PoolView
-from timetravel.server_app.session import FRAME, REVIEW, Session
+from timetravel.server_app.session import FRAME, POOL, REVIEW, PoolMark, Session
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ class Pooling:
         v.on_row(self.choose)
         v.on_label(self.label)
         v.on_undo(self.undo)
+        v.on_canvas_toggle(self._publish)
         self.tab.on_shown(self.refresh)
+        self.tab.on_hidden(self._publish)
         self.s.subscribe(self._on_change)
 
     def start(self) -> None:
@@ -59,6 +62,9 @@ class Pooling:
             self._show()
 
     def _on_change(self, changed: frozenset[str]) -> None:
+        chosen = self.s.pool.row
+        if POOL in changed and chosen is not None and chosen != self.row and self._ready():  # a pool dot tapped
+            self.choose(chosen)
         if REVIEW in changed and (self.ranks is None or self.s.snap.pool_labels != self.ranks.labels):
             self._rank()
         if FRAME in changed and self.tab.shown() and self._ready() and self.row is not None:
@@ -143,16 +149,24 @@ class Pooling:
 
     # -- showing -------------------------------------------------------------------------
 
+    def _publish(self) -> None:
+        """Tell the canvas whether to draw the pool (this tab open, its checkbox on) and which row is chosen."""
+        mark = PoolMark(shown=self.tab.shown() and self.view.canvas_shown() and self._ready(), row=self.row)
+        if mark != self.s.pool:
+            self.s.change(pool=mark)
+
     def _show(self) -> None:
         data, ranks, v, row = self.s.data, self.ranks, self.view, self.row
         v.show_ranks(data, ranks, row, self._busy)
         v.show_counters(data, ranks, self._event)
+        self._publish()
         if ranks.status != "ready" or row is None:
             v.clear_sample()
             return
         predicted, confidence, p_wrong = self.pool.prediction(row)
         v.preselect(row, predicted)
-        v.show_sample(data, row, predicted, confidence, p_wrong, self.pool.reasons(row), ranks.labels.get(row))
+        v.show_sample(data, row, predicted, confidence, p_wrong, ranks.score.get(row), self.pool.reasons(row),
+                      ranks.labels.get(row))  # fmt: skip
         self._show_epoch()
         self.s.background(partial(self.pool.history, row), partial(self._history_loaded, row),
                           f"reading the history of pool #{row}")  # fmt: skip

@@ -1,8 +1,8 @@
 """One browser tab's state, shared by its controllers.
 
 A session holds what the user is looking at (the epoch's frame, the inspected sample,
-the canvas selection, the review snapshot, how many queue rows are shown and the group
-the queue is limited to). The
+the canvas selection, the review snapshot, how many queue rows are shown, the group
+the queue is limited to and the pool on the canvas). The
 controllers (:mod:`time_travel`, :mod:`interaction`, :mod:`inspecting`, :mod:`reviewing`,
 and any view added later) change it with :meth:`Session.change` and hear about every
 change through :meth:`Session.subscribe`: one notification naming everything that
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -31,8 +32,16 @@ logger = logging.getLogger(__name__)
 
 # What Session.change can change; listeners receive a frozenset of these names.
 FRAME, TARGET, SELECTION, REVIEW = "frame", "target", "selection", "review"
-QUEUE_SIZE, SCOPE = "queue_size", "scope"
+QUEUE_SIZE, SCOPE, POOL = "queue_size", "scope", "pool"
 _KEEP = object()
+
+
+@dataclass(frozen=True)
+class PoolMark:
+    """The unlabelled pool on the canvas: whether it is drawn, and the pool row chosen in the pool tab."""
+
+    shown: bool = False
+    row: int | None = None
 
 
 class Session:
@@ -62,6 +71,7 @@ class Session:
         self.snap: ReviewSnapshot = review.snapshot()
         self.queue_size = queue_size
         self.scope: Group | None = None  # when set, the queue recommends only among these samples
+        self.pool = PoolMark()
         self.alive = True
         self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._failure_listeners: list[Callable[[str], None]] = []
@@ -81,6 +91,7 @@ class Session:
         snap: ReviewSnapshot | Any = _KEEP,
         queue_size: int | Any = _KEEP,
         scope: Group | None | Any = _KEEP,
+        pool: PoolMark | Any = _KEEP,
     ) -> None:
         """Change the given parts of the state, then tell every listener what changed.
 
@@ -108,6 +119,9 @@ class Session:
         if scope is not _KEEP:
             self.scope = scope
             changed.add(SCOPE)
+        if pool is not _KEEP:
+            self.pool = pool
+            changed.add(POOL)
         changed = frozenset(changed)
         for listener in self._listeners:
             try:

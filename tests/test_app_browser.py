@@ -636,6 +636,17 @@ def test_pool_tab_labels_a_sample_reranks_and_undoes(browser, pool_run):
             "sample": nxt, "decision": "label", "label": other, "split": "pool", "time": 0, "session": ""}
         _pool_counters_include(page, "labelled <b name='pool_labelled'>2</b> of 60")
         assert "the model was wrong on" in _model(page, "pool_counters", "text")
+        # the pool on the canvas: 60 triangles, the chosen row ringed
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('pool_dots').visible && "
+                               "Bokeh.documents[0].get_model_by_name('pool_dots_source').data.x.length == 60")
+        chosen = _model(page, "pool_source", "data")["row"][0]
+        store = RunStore(pool_run)
+        xy = store.projection(store.epochs[-1], "pool")[chosen]
+        page.wait_for_function("(xy) => { const r = Bokeh.documents[0].get_model_by_name('pool_focus_source').data;"
+                               " return r.x.length == 1 && Math.abs(r.x[0] - xy[0]) < 1e-5 "
+                               "&& Math.abs(r.y[0] - xy[1]) < 1e-5; }", arg=[float(xy[0]), float(xy[1])])
+        score = _model(page, "pool_source", "data")["score"]
+        assert list(score) == sorted(score, reverse=True)
         _shot(page, "app-pool")
         page.keyboard.press("u")  # on the pool tab: the last pool label
         log = _wait_log(pool_run, 3)

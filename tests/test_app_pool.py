@@ -85,7 +85,8 @@ def test_the_pool_tab_is_built_when_opened_and_ranks_by_p_wrong(run):
     assert scores.calibrated
     assert data["row"] == np.argsort(-scores.scores, kind="stable")[: len(data["row"])].tolist()
     np.testing.assert_allclose(data["p_wrong"], scores.probability[data["row"]])
-    assert data["p_wrong"] == sorted(data["p_wrong"], reverse=True)
+    assert data["p_wrong"] == sorted(data["p_wrong"], reverse=True)  # before any label the score follows p(wrong)
+    assert data["score"] == sorted(data["score"], reverse=True)
     predicted = np.asarray(store.logits(3, "pool")).argmax(axis=1)
     names = store.class_names
     assert data["predicted"] == [names[predicted[i]] for i in data["row"]]
@@ -186,7 +187,8 @@ def test_a_pool_without_thumbnails_works(tmp_path):
     # no held-out set: p(wrong) is one minus the model's confidence, and the page says so
     assert "one minus the model's confidence" in doc.select_one({"name": "pool_status"}).text
     data = doc.select_one({"name": "pool_source"}).data
-    np.testing.assert_allclose(np.asarray(data["p_wrong"]) + np.asarray(data["confidence"]), 1.0, atol=1e-6)
+    probs = RunStore(path).probabilities(2, "pool")[data["row"]]
+    np.testing.assert_allclose(np.asarray(data["p_wrong"]) + probs.max(axis=1), 1.0, atol=1e-6)
     _click(doc, "pool_label")
     assert len(_log(path)) == 1
 
@@ -213,3 +215,71 @@ def test_a_pool_that_cannot_be_ranked_says_why(tmp_path):
     assert "The pool cannot be ranked" in status and "at least 2 epochs holding the pool rows" in status
     assert doc.select_one({"name": "pool_label"}).disabled
     assert doc.select_one({"name": "canvas"}) is not None  # the rest of the page works
+
+
+def test_scores_stay_in_order_after_every_label(run):
+    doc, _ = _open(run)
+    store = RunStore(run)
+    predicted = np.asarray(store.logits(3, "pool")).argmax(axis=1)
+    for step in range(6):  # the model wrong on every other label: the ranking learns both ways
+        first = _rows(doc)[0]
+        doc.select_one({"name": "pool_label_to"}).value = str((predicted[first] + step % 2) % store.n_classes)
+        _click(doc, "pool_label")
+        data = doc.select_one({"name": "pool_source"}).data
+        assert data["score"] == sorted(data["score"], reverse=True), step
+        assert data["rank"] == list(range(1, len(data["row"]) + 1))
+        assert first not in data["row"]
+        assert f"ranking score <b name='pool_score'>{data['score'][0]:.2f}</b>" in doc.select_one(
+            {"name": "pool_sample"}).text
+
+
+def _pool_dots(doc: Document):
+    return doc.select_one({"name": "pool_dots"}), doc.select_one({"name": "pool_dots_source"}).data
+
+
+def test_the_pool_is_drawn_on_the_canvas_while_its_tab_is_open(run):
+    from bokeh.events import Tap
+
+    doc, _ = _open(run)
+    renderer, dots = _pool_dots(doc)
+    xy = np.asarray(RunStore(run).projection(3, "pool"))
+    assert renderer.visible and len(dots["x"]) == N_POOL
+    np.testing.assert_allclose(dots["x"], xy[:, 0])
+    chosen = _rows(doc)[0]
+    ring = doc.select_one({"name": "pool_focus_source"}).data
+    assert ring["x"] == [pytest.approx(float(xy[chosen, 0]))] and ring["y"] == [pytest.approx(float(xy[chosen, 1]))]
+
+    # a tap on a pool dot chooses that row in the pool tab
+    other = next(i for i in range(N_POOL) if i != chosen)
+    canvas = doc.select_one({"name": "canvas"})
+    canvas._trigger_event(Tap(canvas, x=float(xy[other, 0]), y=float(xy[other, 1])))
+    assert f"Pool #{other}" in doc.select_one({"name": "pool_sample"}).text
+    assert doc.select_one({"name": "pool_focus_source"}).data["x"] == [pytest.approx(float(xy[other, 0]))]
+
+    # the slider moves the triangles
+    doc.select_one({"name": "epoch_slider"}).value = 1
+    np.testing.assert_allclose(_pool_dots(doc)[1]["x"], np.asarray(RunStore(run).projection(1, "pool"))[:, 0])
+
+    doc.select_one({"name": "pool_on_canvas"}).active = False  # the checkbox hides them
+    assert not _pool_dots(doc)[0].visible and not doc.select_one({"name": "pool_focus_source"}).data["x"]
+    doc.select_one({"name": "pool_on_canvas"}).active = True
+    assert _pool_dots(doc)[0].visible
+    doc.select_one({"name": "side_tabs"}).active = 0  # so does leaving the tab
+    assert not _pool_dots(doc)[0].visible
+    points = doc.select_one({"name": "points_source"}).data
+    canvas._trigger_event(Tap(canvas, x=float(points["x"][7]), y=float(points["y"][7])))  # training dots again
+    assert "Sample #7" in doc.select_one({"name": "inspector_summary"}).text
+
+
+def test_an_epoch_without_pool_rows_hides_them_and_an_old_projection_says_how_to_add_them(tmp_path):
+    run = write_synthetic_run(tmp_path / "run", n_samples=200, n_epochs=4, grid=8, n_heldout=80, n_pool=N_POOL,
+                              spread=1.6, pool_epochs=[0, 2, 3])  # fmt: skip
+    (run / "projection" / "0002" / "pool_xy.npy").unlink()  # as if projected before pool placement
+    doc, _ = _open(run)
+    assert _pool_dots(doc)[0].visible
+    doc.select_one({"name": "epoch_slider"}).value = 1
+    assert not _pool_dots(doc)[0].visible
+    doc.select_one({"name": "epoch_slider"}).value = 2
+    assert not _pool_dots(doc)[0].visible
+    top = doc.select_one({"name": "pool_top"}).text
+    assert "predates pool placement" in top and "--overwrite" in top

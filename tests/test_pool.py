@@ -74,6 +74,35 @@ def _model():
     return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 
 
+def test_the_projection_places_pool_rows_among_the_training_samples_they_resemble(tmp_path):
+    from timetravel.projection import TemporalProjector
+
+    rng = np.random.default_rng(0)
+    n, k, d = 120, 3, 4
+    labels = np.arange(n) % k
+    w = RunWriter.create(tmp_path / "run", labels=labels, n_classes=k, embedding_dim=d, n_pool=k,
+                         embedding_dtype="float32")  # fmt: skip
+    centres = 6.0 * np.eye(k, d)
+    for epoch, pool in ((0, False), (1, True)):
+        emb = centres[labels] + rng.normal(scale=0.3, size=(n, d))
+        logits = emb[:, :k]
+        with w.begin_epoch(epoch) as ew:
+            ew.write(0, emb, logits)
+            if pool:  # one pool sample at each class centre
+                ew.write(0, centres[:k], centres[:k, :k], split="pool")
+            ew.set_head(np.eye(k, d), np.zeros(k))
+            ew.commit()
+    TemporalProjector(decoder_steps=40, grid_size=16, init_epochs=100, max_epochs=40, min_epochs=10,
+                      metric_samples=40, verbose=False).fit(tmp_path / "run")  # fmt: skip
+    store = RunStore(tmp_path / "run")
+    assert not store.has_projection(0, "pool") and store.has_projection(1, "pool")
+    xy, pool_xy = np.asarray(store.projection(1)), np.asarray(store.projection(1, "pool"))
+    assert pool_xy.shape == (k, 2) and pool_xy.dtype == np.float32
+    for c in range(k):  # nearest to its own class's dots, far from the others'
+        d2 = ((xy - pool_xy[c]) ** 2).sum(axis=1)
+        assert np.bincount(labels[np.argsort(d2)[:10]], minlength=k).argmax() == c
+
+
 def test_recorder_records_the_pool_in_every_eval_pass(tmp_path):
     x, y, pool = torch.randn(30, 5), torch.arange(30) % 3, torch.randn(12, 5)
     model = _model()

@@ -604,8 +604,12 @@ class RunStore:
         return self._projection.epochs
 
     def projection(self, epoch: int, split: str = "train") -> np.ndarray:
-        """``(N, 2)`` float32 canvas coordinates of one epoch."""
+        """``(N, 2)`` float32 canvas coordinates of one epoch (of its held-out or pool rows with ``split``)."""
         return self._projection.xy(epoch, split)
+
+    def has_projection(self, epoch: int, split: str = "train") -> bool:
+        """Whether projected ``epoch`` placed its ``split`` rows on the canvas (see ``ProjectionReader.has_xy``)."""
+        return self._projection.has_xy(epoch, split)
 
     def territory(self, epoch: int):
         """Decision territories of one epoch (a :class:`timetravel.projection.store.Territory`)."""

@@ -40,7 +40,7 @@ from timetravel._processes import in_worker
 from timetravel._random import subsample
 from timetravel._validation import check_int, check_real
 from timetravel.projection import store as files
-from timetravel.projection.store import ProjectionError, ProjectionReader, projection_dir
+from timetravel.projection.store import PLACED_SPLITS, ProjectionError, ProjectionReader, projection_dir
 from timetravel.numerics import NeighbourIndex
 from timetravel.projection.graph import (
     FuzzyGraph,
@@ -107,7 +107,7 @@ def _embedding(store: RunStore, epoch: int, split: str = "train") -> np.ndarray:
 
 
 def _graph_task(path: str, epoch: int, prev_epoch: int | None, cfg: _Config) -> dict[str, Any]:
-    """Step 1 of an epoch: fuzzy kNN graph, movement since the previous epoch, held-out neighbours."""
+    """Step 1 of an epoch: fuzzy kNN graph, movement since the previous epoch, held-out and pool neighbours."""
     t0 = time.perf_counter()
     store = _open(path)
     seed = int(_seeds(cfg.random_state, epoch)[0])
@@ -122,11 +122,12 @@ def _graph_task(path: str, epoch: int, prev_epoch: int | None, cfg: _Config) -> 
     moved = None
     if prev_epoch is not None:
         moved = displacement(store.embedding(prev_epoch), store.embedding(epoch))
-    heldout = None
-    if store.has_heldout(epoch):
-        dist, neighbours = index.query(_embedding(store, epoch, "heldout"), cfg.n_neighbors)
-        heldout = (neighbours, membership(dist, *smooth_knn_dist(dist)))
-    return {"graph": graph, "moved": moved, "heldout": heldout, "seconds": time.perf_counter() - t0}
+    placed = {}  # held-out and pool rows: their training neighbours and membership weights
+    for split in PLACED_SPLITS:
+        if store.has_split(epoch, split):
+            dist, neighbours = index.query(_embedding(store, epoch, split), cfg.n_neighbors)
+            placed[split] = (neighbours, membership(dist, *smooth_knn_dist(dist)))
+    return {"graph": graph, "moved": moved, "placed": placed, "seconds": time.perf_counter() - t0}
 
 
 def _finish_task(
@@ -616,19 +617,17 @@ class TemporalProjector:
             )
             xy = align_to(prev.xy, xy, spring + 1e-6)
             info.update(sgd_epochs=n_epochs, neighbour_overlap=float(overlap.mean()))
-        heldout_xy = None
-        if graph_result["heldout"] is not None:
-            index, weight = graph_result["heldout"]
-            heldout_xy = ((weight[..., None] * xy[index]).sum(axis=1) / weight.sum(axis=1, keepdims=True)).astype(
-                np.float32
-            )
+        # held-out and pool rows sit at the membership-weighted mean of their training neighbours
+        info["placed"] = {
+            split: ((weight[..., None] * xy[index]).sum(axis=1) / weight.sum(axis=1, keepdims=True)).astype(np.float32)
+            for split, (index, weight) in graph_result["placed"].items()
+        }
         info["layout_seconds"] = time.perf_counter() - t0
-        return xy, heldout_xy, info
+        return xy, info["placed"].get("heldout"), info
 
     def _commit(self, out, manifest, epoch, entry, result) -> None:
         arrays = {"xy": entry["xy"], **result["arrays"]}
-        if entry["heldout_xy"] is not None:
-            arrays["heldout_xy"] = entry["heldout_xy"]
+        arrays.update({f"{split}_xy": xy for split, xy in entry["placed"].items()})
         record = {
             "extent": result["extent"],
             "grid": self.grid_size,

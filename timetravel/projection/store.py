@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 DIRNAME = "projection"
 MANIFEST = "manifest.json"
+# Splits placed on the canvas beside the training samples (``<split>_xy.npy``): each row at the
+# membership-weighted mean of its training neighbours' positions, for every epoch that holds the split.
+PLACED_SPLITS = ("heldout", "pool")
 
 
 class ProjectionError(StoreError):
@@ -216,11 +219,22 @@ class ProjectionReader:
         return self.directory / _epoch_dirname(epoch)
 
     def xy(self, epoch: int, split: str = "train") -> np.ndarray:
-        """``(N, 2)`` (or ``(M, 2)`` held-out) float32 canvas coordinates of one epoch, memory-mapped."""
+        """``(N, 2)`` float32 canvas coordinates of one epoch's ``split`` rows, memory-mapped.
+
+        ``split`` is ``"train"`` or one of :data:`PLACED_SPLITS` (see :meth:`has_xy`).
+        """
         self.entry(epoch)
-        name = "xy.npy" if split == "train" else "heldout_xy.npy"
-        n = self.store.n_samples if split == "train" else self.store.n_heldout
-        return self.store.array(self.epoch_dir(epoch) / name, (n, 2), "f")
+        if split != "train" and split not in PLACED_SPLITS:
+            raise ValueError(f"split must be 'train' or one of {PLACED_SPLITS}, got {split!r}")
+        name = "xy.npy" if split == "train" else f"{split}_xy.npy"
+        return self.store.array(self.epoch_dir(epoch) / name, (self.store.split_size(split), 2), "f")
+
+    def has_xy(self, epoch: int, split: str) -> bool:
+        """Whether projected ``epoch`` placed its ``split`` rows: the epoch holds them and was projected since
+        pool placement existed (an older projection has no ``pool_xy.npy``; ``timetravel project --overwrite``
+        adds it)."""
+        self.entry(epoch)
+        return split == "train" or (self.epoch_dir(epoch) / f"{split}_xy.npy").exists()
 
     def territory(self, epoch: int) -> Territory:
         """Decision territories of one epoch (see :class:`Territory`)."""
