@@ -204,34 +204,63 @@ def _start(s: Scenario):
     return model, optimizer, loader
 
 
-def _train(s: Scenario, mode: str, epochs: int, store: Path, dtype: str = "float16") -> dict[str, Any]:
-    """Train ``epochs`` epochs from seed 0 in one recording mode; time the loop."""
-    from timetravel import RunStore
+class _Run:
+    """One training run in one recording mode, stepped an epoch at a time, so the modes interleave epoch by epoch.
 
-    model, optimizer, loader = _start(s)
-    rec = _recorder(s, model, store, mode, dtype) if mode != "none" else None
-    blocking: list[float] = []  # time the training thread spends in capture()
-    flush: list[float] = []  # close(): the last epoch's eval pass, waiting for the writer thread
+    An epoch's time is its training loop, ``capture()`` and the wait for the writer thread to
+    commit it (so no recorder's work spills into the next run's epoch: an upper bound on what
+    the background writer costs when it overlaps the next epoch).
+    """
 
-    def loop() -> None:
-        for epoch in range(epochs):
-            _epoch(model, optimizer, loader, [rec] if rec is not None and rec.train_pass else [],
+    def __init__(self, s: Scenario, mode: str, store: Path, dtype: str = "float16") -> None:
+        self.mode, self.store = mode, store
+        self.model, self.optimizer, self.loader = _start(s)
+        self.rec = _recorder(s, self.model, store, mode, dtype) if mode != "none" else None
+        self.epoch_seconds: list[float] = []
+        self.cpu_seconds = 0.0
+        self.blocking: list[float] = []  # time the training thread spends in capture()
+        self.close_seconds = 0.0  # close(): the last epoch's eval pass (train-pass modes)
+
+    def epoch(self, epoch: int) -> None:
+        rec = self.rec
+
+        def work() -> None:
+            _epoch(self.model, self.optimizer, self.loader, [rec] if rec is not None and rec.train_pass else [],
                    [rec] if rec is not None and not rec.train_pass else [])
             if rec is not None:
-                blocking.append(timed(lambda: rec.capture(epoch))[0])
-        if rec is not None:
-            flush.append(timed(rec.close)[0])
+                self.blocking.append(timed(lambda: rec.capture(epoch))[0])
+                rec.wait()
 
-    seconds, cpu_seconds, _ = timed_cpu(loop)
-    result: dict[str, Any] = {"mode": mode, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                              "final_flush_seconds": sum(flush)}
-    if rec is not None:
-        result["blocking_seconds_per_epoch"] = sum(blocking) / epochs
-        run = RunStore(store, verify="headers")
-        assert run.epochs == list(range(epochs)), f"{mode}: recorded epochs {run.epochs}"
-        result["passes"] = [run.epoch_pass(e) for e in run.epochs]
-        result["epoch_bytes"] = _epoch_bytes(run, epochs - 1)
-    return result
+        wall, cpu, _ = timed_cpu(work)
+        self.epoch_seconds.append(wall)
+        self.cpu_seconds += cpu
+
+    def close(self) -> dict[str, Any]:
+        """Finish the run; its timings (and, recorded, what the store holds)."""
+        from timetravel import RunStore
+
+        if self.rec is not None:
+            self.close_seconds, cpu, _ = timed_cpu(self.rec.close)
+            self.cpu_seconds += cpu
+        epochs = len(self.epoch_seconds)
+        result: dict[str, Any] = {"mode": self.mode, "seconds": sum(self.epoch_seconds) + self.close_seconds,
+                                  "epoch_seconds": self.epoch_seconds, "cpu_seconds": self.cpu_seconds,
+                                  "final_flush_seconds": self.close_seconds}
+        if self.rec is not None:
+            result["blocking_seconds_per_epoch"] = sum(self.blocking) / epochs
+            run = RunStore(self.store, verify="headers")
+            assert run.epochs == list(range(epochs)), f"{self.mode}: recorded epochs {run.epochs}"
+            result["passes"] = [run.epoch_pass(e) for e in run.epochs]
+            result["epoch_bytes"] = _epoch_bytes(run, epochs - 1)
+        return result
+
+
+def _train(s: Scenario, mode: str, epochs: int, store: Path, dtype: str = "float16") -> dict[str, Any]:
+    """Train ``epochs`` epochs from seed 0 in one recording mode, alone."""
+    run = _Run(s, mode, store, dtype)
+    for epoch in range(epochs):
+        run.epoch(epoch)
+    return run.close()
 
 
 def _epoch_bytes(run: Any, epoch: int) -> dict[str, int]:
@@ -240,11 +269,16 @@ def _epoch_bytes(run: Any, epoch: int) -> dict[str, int]:
 
 
 def _timing(s: Scenario, epochs: int, repeats: int, tmp: Path) -> dict[str, Any]:
+    """Every mode trained side by side, epoch by epoch (a slow minute of the machine hits all modes alike)."""
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for r in range(repeats):
-        order = MODES[r % len(MODES):] + MODES[: r % len(MODES)]  # rotate, so no mode always runs first
-        for mode in order:
-            result = _train(s, mode, epochs, tmp / f"{s.name}-{mode}")
+        trainers = {mode: _Run(s, mode, tmp / f"{s.name}-{mode}") for mode in MODES}
+        for epoch in range(epochs):
+            k = (r * epochs + epoch) % len(MODES)  # rotate, so no mode always runs first
+            for mode in MODES[k:] + MODES[:k]:
+                trainers[mode].epoch(epoch)
+        for mode, trainer in trainers.items():
+            result = trainer.close()
             runs[mode].append(result)
             logger.info("  %s repeat %d %-12s %.2f s", s.name, r, mode, result["seconds"])
             shutil.rmtree(tmp / f"{s.name}-{mode}", ignore_errors=True)
@@ -440,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                 })
     notes = [
         "Overhead = extra wall-clock time of the training loop with the recorder over the same training without "
-        f"it; median of {args.repeats} interleaved repeats, {args.epochs} epochs each; `close()` included (the "
+        f"it; the four modes train side by side, epoch by epoch in rotating order, {args.epochs} epochs, median of "
+        f"{args.repeats} repeats; each epoch's time includes `capture()` and the wait for the writer thread to "
+        "commit it (an upper bound: in real use the commit overlaps the next epoch); `close()` included (the "
         "last epoch's eval pass for the train-pass modes) unless the column says otherwise.",
         "`train_pass`: rows copied from the training forward passes (`with recorder.batch(idx)`), committed by the "
         "background writer thread; `eval_every_1`: an eval pass over train + held-out set after every epoch, plus "

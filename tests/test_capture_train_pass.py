@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -331,3 +332,30 @@ def test_app_caption_says_how_a_mixed_run_recorded_each_epoch(tmp_path):
     data = SimpleNamespace(store=store, epochs=store.epochs)
     assert caption(data, 0).startswith("epoch 0 (1 of 2, train pass)")
     assert caption(data, 1).startswith("epoch 1 (2 of 2, eval pass)")
+
+
+def test_rows_go_to_the_writer_in_chunks_and_its_error_stops_the_next_batch(tmp_path, monkeypatch):
+    from timetravel.capture import recorder as recorder_module
+
+    x, y = _data()
+    model = _Net()
+    handed = []
+    rec = Recorder(model, "body", _writer(tmp_path / "run", y), head="head", train_pass=True)
+    monkeypatch.setattr(recorder_module, "HANDOFF_ROWS", 2 * (N // 5))
+    add = rec.sink.add_batches
+    monkeypatch.setattr(rec.sink, "add_batches", lambda batches: (handed.append(len(batches)), add(batches)))
+    for part in torch.arange(N).chunk(5):
+        with rec.batch(part):
+            model(x[part])
+    rec.capture(0)
+    rec.wait()
+    assert handed == [2, 2, 1]  # two batches per hand-off, the rest at capture()
+    assert RunStore(tmp_path / "run").epochs == [0]
+    monkeypatch.setattr(recorder_module, "HANDOFF_ROWS", 1)
+    with rec.batch(torch.arange(N), (y + 1) % K):  # wrong labels: the writer thread fails on them
+        model(x)
+    with pytest.raises(CaptureError, match="differ from the store's labels"):
+        for _ in range(50):  # the writer thread reports it by the next batch at the latest once it ran
+            time.sleep(0.01)
+            with rec.batch(torch.arange(N)):
+                model(x)

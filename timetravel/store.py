@@ -63,6 +63,18 @@ PASSES = ("eval", "train")
 # Stores below this size are checked for NaN/inf in full when opened; larger
 # ones are checked epoch by epoch on first access, so opening stays instant.
 FULL_VERIFY_BYTES = 256 * 2**20
+_FSYNC_POOL: ThreadPoolExecutor | None = None
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The threads that checksum and fsync a committing epoch's files, made once per process.
+
+    Starting eight threads per commit costs more than a small epoch's writes (~15 ms).
+    """
+    global _FSYNC_POOL
+    if _FSYNC_POOL is None:
+        _FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="timetravel-fsync")
+    return _FSYNC_POOL
 
 
 def epoch_dirname(epoch: int) -> str:
@@ -763,8 +775,7 @@ class EpochWriter:
         # Concurrent fsyncs share the filesystem's journal commits: about half
         # the time of one after another, which matters for small, fast epochs.
         files = sorted(self._tmp.glob("*.npy"))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            crcs = list(pool.map(_crc_and_fsync, files))
+        crcs = list(_fsync_pool().map(_crc_and_fsync, files))
         write_json_atomic(self._tmp / CHECKSUMS, _checksum_record(dict(zip((f.name for f in files), crcs))))
         fsync_dir(self._tmp)
         final = w.path / "epochs" / epoch_dirname(self.epoch)

@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from timetravel.capture._batch import CaptureError, check_labels
 from timetravel.capture._head import HeadRecorder, LeastSquares
@@ -90,13 +91,23 @@ class EpochSink:
 
     # -- training-pass rows ---------------------------------------------------------------
 
-    def add_rows(self, index: np.ndarray, rows: Rows, target: Any) -> None:
-        """Keep a batch of training-pass rows (the latest row of a sample wins)."""
-        if rows.ready is not None:
-            rows.ready.synchronize()
+    def add_batches(self, batches: list[tuple[np.ndarray, Rows, Any]]) -> None:
+        """Keep batches of training-pass rows, each ``(index, rows, target)``, in order (a sample's latest row wins).
+
+        The recorder hands batches over a few thousand rows at a time: one call per batch
+        would cost more in thread switches and per-call overhead than the copying itself.
+        """
+        for index, rows, target in batches:
+            if rows.ready is not None:
+                rows.ready.synchronize()
+            check_labels(target, self.labels["train"][index], "the training batch")
+        if len(batches) == 1:
+            index, emb, logits = batches[0][0], batches[0][1].embedding.numpy(), batches[0][1].logits.numpy()
+        else:
+            index = np.concatenate([i for i, _, _ in batches])
+            emb = torch.cat([r.embedding for _, r, _ in batches]).numpy()
+            logits = torch.cat([r.logits for _, r, _ in batches]).numpy()
         labels = self.labels["train"][index]
-        check_labels(target, labels, "the training batch")
-        emb, logits = rows.embedding.numpy(), rows.logits.numpy()
         if self._emb is None:
             w = self.writer
             self._emb = np.zeros((w.n_samples, w.embedding_dim), dtype=w.embedding_dtype)
@@ -245,6 +256,10 @@ class Worker:
                 self._queue.put(None)
                 self._thread.join()
                 self._thread = None
+
+    def check(self) -> None:
+        """Raise the worker's error now, if it failed (cheap: no waiting)."""
+        self._raise()
 
     def _raise(self) -> None:
         if self._error is not None:

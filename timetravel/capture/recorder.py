@@ -50,6 +50,10 @@ from timetravel.store import MANIFEST, RunWriter
 
 logger = logging.getLogger("timetravel.capture")
 
+# Training-pass rows are handed to the writer thread this many at a time (a few MB): one hand-off per
+# batch would cost more in thread switches, under the GIL, than the copying itself.
+HANDOFF_ROWS = 4096
+
 
 class Recorder:
     """Records embeddings, logits and the head of a model, epoch by epoch.
@@ -212,6 +216,8 @@ class Recorder:
         self._worker = Worker()
         self._shadow: EvalTarget | None = None
         self._shard: list[tuple[Any, Rows]] = []  # this rank's rows, under torch.distributed
+        self._pending: list[tuple[np.ndarray, Rows, Any]] = []  # batches not yet handed to the writer thread
+        self._pending_rows = 0
         self._open_index: np.ndarray | None = None
         self._open_target: Any = None
         self._batches = 0
@@ -328,6 +334,7 @@ class Recorder:
         if not self.train_pass:
             raise CaptureError("begin_batch()/batch() record training passes; create the Recorder with "
                                "train_pass=True")
+        self._worker.check()  # the writer thread's error, if any, stops training here
         self._open_index = as_index(index, self.writer.n_samples, None, "the training batch")
         self._open_target = target
         self.probe.start()
@@ -398,7 +405,16 @@ class Recorder:
             if target is not None:
                 check_labels(target, self.sink.labels["train"][index], "the training batch")
             return
-        self._worker.submit(self.sink.add_rows, index, rows, target)
+        self._pending.append((index, rows, target))
+        self._pending_rows += len(index)
+        if self._pending_rows >= HANDOFF_ROWS:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Give the batches kept since the last hand-off to the writer thread, in one call."""
+        if self._pending:
+            batches, self._pending, self._pending_rows = self._pending, [], 0
+            self._worker.submit(self.sink.add_batches, batches)
 
     # -- training-mode margins of eval-pass runs ---------------------------------------------
 
@@ -487,6 +503,7 @@ class Recorder:
         """
         epoch, metrics = int(epoch), dict(metrics or {})
         started = time.perf_counter()
+        self._hand_off()
         if self.ranks.active:
             self._gather_shard()
         if self.train_pass and not self.eval_due(epoch):
@@ -532,7 +549,7 @@ class Recorder:
         merged = self.ranks.gather(local)
         if merged is not None and len(merged.index):
             rows = Rows(torch.from_numpy(merged.embedding), torch.from_numpy(merged.logits), None)
-            self._worker.submit(self.sink.add_rows, merged.index, rows, None)
+            self._worker.submit(self.sink.add_batches, [(merged.index, rows, None)])
             self._batches += 1
 
     def wait(self) -> dict[str, float]:
@@ -540,6 +557,7 @@ class Recorder:
 
         Raises the writer thread's error, if it failed.
         """
+        self._hand_off()
         self._worker.flush()
         return dict(self.sink.last_metrics)
 
@@ -556,6 +574,7 @@ class Recorder:
         always clean. Under torch.distributed every rank must call it.
         """
         try:
+            self._hand_off()
             if self.train_pass and self._last is not None and self._last[1] == "train" and self.eval_loader is not None:
                 epoch = self._last[0]
                 self._worker.flush()
