@@ -200,16 +200,18 @@ class CanvasView:
 
     def show_pool(self, frame: PoolFrame | None, row: int | None) -> None:
         """Draw the pool at ``frame`` (None hides it) and ring its ``row``."""
-        if frame is None:
+        if frame is None:  # (an epoch step of a run without a pool lands here: send nothing)
             self.pool_renderer.visible = False
-            self.pool_focus.data = dict(x=[], y=[])
+            if len(self.pool_focus.data["x"]):
+                self.pool_focus.data = dict(x=[], y=[])
             return
         if self.pool.data.get("epoch") != [frame.epoch] or not self.pool_renderer.visible:
             self.pool.data = dict(x=frame.x, y=frame.y, pred=frame.pred, row=np.arange(len(frame.x), dtype=np.int32),
                                   epoch=[frame.epoch] * len(frame.x))  # fmt: skip
         self.pool_renderer.visible = True
-        self.pool_focus.data = (dict(x=[], y=[]) if row is None
-                                else dict(x=[float(frame.x[row])], y=[float(frame.y[row])]))  # fmt: skip
+        ring = dict(x=[], y=[]) if row is None else dict(x=[float(frame.x[row])], y=[float(frame.y[row])])
+        if ring != dict(self.pool_focus.data):
+            self.pool_focus.data = ring
 
     def set_trails(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
         """Draw the trajectories of the selected samples across epochs (as segments, see make_canvas)."""
