@@ -260,11 +260,10 @@ class RunData:
         few epochs are cached.
         """
         with self._lock:
-            cached = self._pool_frames.get(epoch)
-            if cached is not None or epoch in self._pool_frames:
-                return cached
+            if epoch in self._pool_frames:
+                return self._pool_frames[epoch]
             frame = None
-            if self.store.n_pool and self.store.has_split(epoch, "pool") and self.store.has_projection(epoch, "pool"):
+            if self._holds_pool(epoch) and self.store.has_projection(epoch, "pool"):
                 xy = np.asarray(self.store.projection(epoch, "pool"), dtype=np.float32)
                 pred = np.asarray(self.store.logits(epoch, "pool")).argmax(axis=1).astype(self.labels.dtype)
                 frame = PoolFrame(epoch, np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1]), pred)
@@ -275,8 +274,10 @@ class RunData:
 
     def pool_unplaced(self, epoch: int) -> bool:
         """Whether projected ``epoch`` holds pool rows that its projection did not place (an older projection)."""
-        return bool(self.store.n_pool) and self.store.has_split(epoch, "pool") and not self.store.has_projection(
-            epoch, "pool")
+        return self._holds_pool(epoch) and not self.store.has_projection(epoch, "pool")
+
+    def _holds_pool(self, epoch: int) -> bool:
+        return bool(self.store.n_pool) and self.store.has_split(epoch, "pool")
 
     # -- per-sample reads --------------------------------------------------------------
 
