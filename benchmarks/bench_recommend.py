@@ -185,13 +185,13 @@ def _settings(args: argparse.Namespace, cache: Path):
 # --------------------------------------------------------------------------- sessions
 
 
-def _session(ranker, mask: np.ndarray, k: int, mistake: float, seed: int, rounds: int, timed: bool) -> dict:
+def _session(ranker, mask: np.ndarray, k: int, mistake: float, seed: int, rounds: int, update: str) -> dict:
     from timetravel.simulate import SimulatedUser, reviews_for_recall, run_session, session_metrics
 
     n_target = int(mask.sum())
     cap_rounds = max(rounds, math.ceil(2 * n_target / k))
     user = SimulatedUser(mask, mistake, random_state=seed)
-    head = run_session(ranker, user, k=k, rounds=rounds, update="per_decision" if timed else "per_round")
+    head = run_session(ranker, user, k=k, rounds=rounds, update=update)
     metrics = session_metrics(head, mask)
     order = list(head.rounds)
     found = int(mask[np.concatenate(order)].sum()) if order else 0
@@ -230,18 +230,21 @@ def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: 
     k = review_k(store.n_samples, int(mask.sum()), rounds=rounds)
     out = {"k": k, "n_samples": store.n_samples, "n_noisy": int(mask.sum()), "rankers": {}}
     for name in rankers:
-        if name == "cleanlab_cv" and data.cv_probabilities is None:
+        ranker = make_ranker(name)
+        if not ranker.available(data):
             continue
         per_mistake = {}
         t0 = time.perf_counter()
-        fitted = make_ranker(name).fit(data)
+        fitted = ranker.fit(data)
         fit_s = time.perf_counter() - t0
+        # timetravel re-ranks after every answer, as in the app (and every session of it is timed);
+        # DeepDebugger's protocol refits once per round
+        update = "per_decision" if name == "timetravel" else "per_round"
         for mistake in mistakes if name in FEEDBACK_RANKERS else [STATIC_MISTAKE]:
             # every user meets the same freshly fitted ranker; a mistaken user is drawn `user_draws` times
             # (which answers are wrong is random, and one draw of 10 rounds is a noisy estimate)
             sessions = [
-                _session(copy.deepcopy(fitted), mask, k, mistake, seed * 1000 + draw, rounds,
-                         timed=name == "timetravel" and draw == 0)
+                _session(copy.deepcopy(fitted), mask, k, mistake, seed * 1000 + draw, rounds, update)
                 for draw in range(user_draws if mistake > 0 else 1)
             ]  # fmt: skip
             metrics = _mean_metrics(sessions)
@@ -321,7 +324,7 @@ def _aggregate(runs: list[dict]) -> dict:
     return table
 
 
-STATIC_BASELINES = ("random", "loss", "aum", "confidence", "forgetting", "cleanlab", "cleanlab_cv")
+STATIC_BASELINES = ("random", "loss", "aum", "aum_early_stop", "confidence", "forgetting", "cleanlab", "cleanlab_cv")
 FIVE_LINE_BASELINES = ("aum", "loss", "confidence")  # what a user computes from their own logits
 
 
@@ -552,8 +555,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cv-datasets", default="digits", help="datasets whose runs get K-fold cleanlab_cv")
     p.add_argument("--cv-folds", type=int, default=5)
     p.add_argument("--rankers", default=",".join(
-        ["random", "loss", "aum", "confidence", "forgetting", "cleanlab", "cleanlab_cv", "deepdebugger",
-         "timetravel_static", "timetravel"]))
+        ["random", "loss", "aum", "aum_early_stop", "confidence", "forgetting", "cleanlab", "cleanlab_cv",
+         "deepdebugger", "timetravel_static", "timetravel"]))
     p.add_argument("--latency-sizes", default="50000,200000")
     p.add_argument("--latency-updates", type=int, default=500)
     p.add_argument("--latency-features", type=int, default=13, help="feature columns in --latency-only mode")

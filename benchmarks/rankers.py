@@ -8,7 +8,8 @@ AUROC/AUPRC.
 
 Baselines (static: they ignore feedback except to skip reviewed samples):
 ``random``, ``loss`` (last-epoch loss), ``aum`` (area under the margin,
-training-mode when recorded), ``confidence`` (data-map confidence),
+training-mode when recorded), ``aum_early_stop`` (area under the margin up to
+the epoch of best held-out accuracy, where the run has a held-out set), ``confidence`` (data-map confidence),
 ``forgetting`` (forgetting events), ``cleanlab`` / ``cleanlab_cv`` (confident
 learning's label quality on in-sample last-epoch / K-fold out-of-sample
 probabilities). ``deepdebugger`` reimplements DeepDebugger's recommender
@@ -74,6 +75,10 @@ class Ranker:
     name = "ranker"
     uses_feedback = False
 
+    def available(self, data: RankingInput) -> bool:
+        """Whether ``data`` holds what this ranker needs (e.g. a feature only some runs have)."""
+        return True
+
     def fit(self, data: RankingInput) -> Ranker:
         """Compute the initial ranking; returns self."""
         self.initial_scores_ = np.asarray(self._initial_scores(data), dtype=np.float64)
@@ -111,9 +116,13 @@ class Ranker:
 class ScoreRanker(Ranker):
     """A static ranking by a fixed score (higher = recommended first)."""
 
-    def __init__(self, name: str, score: Callable[[RankingInput], np.ndarray]) -> None:
+    def __init__(self, name: str, score: Callable[[RankingInput], np.ndarray], needs: str | None = None) -> None:
         self.name = name
         self._score = score
+        self._needs = needs
+
+    def available(self, data: RankingInput) -> bool:
+        return self._needs is None or self._needs in data.features.names
 
     def _initial_scores(self, data: RankingInput) -> np.ndarray:
         return self._score(data)
@@ -134,6 +143,9 @@ class ConfidentLearningRanker(Ranker):
             raise RankerError(f"probabilities must be 'insample' or 'cv', got {probabilities!r}")
         self.probabilities = probabilities
         self.name = "cleanlab" if probabilities == "insample" else "cleanlab_cv"
+
+    def available(self, data: RankingInput) -> bool:
+        return self.probabilities == "insample" or data.cv_probabilities is not None
 
     def _initial_scores(self, data: RankingInput) -> np.ndarray:
         from cleanlab.rank import get_label_quality_scores
@@ -288,6 +300,8 @@ RANKERS: dict[str, Callable[[], Ranker]] = {
     "random": RandomRanker,
     "loss": lambda: ScoreRanker("loss", _column("loss_last", 1.0)),
     "aum": lambda: ScoreRanker("aum", _aum),
+    # AUM up to the epoch of best held-out accuracy (runs with a labelled held-out set): the detector's anchor
+    "aum_early_stop": lambda: ScoreRanker("aum_early_stop", _column("aum_early_stop", -1.0), needs="aum_early_stop"),
     "confidence": lambda: ScoreRanker("confidence", _column("confidence", -1.0)),
     "forgetting": lambda: ScoreRanker("forgetting", _column("forgetting", 1.0)),
     "cleanlab": lambda: ConfidentLearningRanker("insample"),

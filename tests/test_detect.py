@@ -10,7 +10,7 @@ import pytest
 from timetravel import RunStore, StoreError
 from timetravel.detection import detect, load_detection
 from timetravel.detector import AbnormalityDetector, DetectorError
-from timetravel.features import extract_features
+from timetravel.features import FEATURES, FeatureTable, extract_features
 from timetravel.simulate import simulate_run
 
 
@@ -201,3 +201,27 @@ def test_cross_view_weights_with_one_view_use_its_own_consensus():
     z = rng.normal(size=(2000, 3)) + np.outer(bad, [2.0, 2.0, 0.0])
     w = cross_view_weights(z, np.zeros(3, dtype=bool))
     assert w[2] < 0.05 and np.isclose(w.sum(), 1.0)
+
+
+def test_the_early_stopped_aum_anchors_half_the_weight():
+    rng = np.random.default_rng(0)
+    n = 600
+    bad = rng.random(n) < 0.1
+    names = ["aum_early_stop", "confidence", "loss_last", "knn_disagreement_mid", "centroid_ratio"]
+    values = rng.normal(size=(n, len(names))) + np.outer(bad, [-2.0, -1.0, 1.0, 1.0, 1.0])
+    table = FeatureTable(values=values.astype(np.float32), names=names, descriptions=[FEATURES[x].description for x in names],
+                         directions=np.array([FEATURES[x].direction for x in names], dtype=np.int8),
+                         labels=np.zeros(n, dtype=np.int64), suggested=np.ones(n, dtype=np.int64),
+                         predicted=np.zeros(n, dtype=np.int64))  # fmt: skip
+    det = AbnormalityDetector().fit(table)
+    assert det.weights_[0] == pytest.approx(0.5) and det.weights_[1:].sum() == pytest.approx(0.5)
+    free = AbnormalityDetector(anchor=None).fit(table)
+    assert free.weights_.sum() == pytest.approx(1.0) and free.weights_[0] != pytest.approx(0.5)
+    assert AbnormalityDetector(anchor_share=0.0).fit(table).weights_[0] == 0.0
+    with pytest.raises(DetectorError, match="anchor_share"):
+        AbnormalityDetector(anchor_share=1.5).fit(table)
+    saved = det.to_dict()
+    assert (saved["anchor"], saved["anchor_share"]) == ("aum_early_stop", 0.5)
+    again = AbnormalityDetector.from_saved(saved, det.reference_, table.values)
+    np.testing.assert_allclose(again.scores_, det.scores_)
+    assert det.reasons(int(np.argmax(det.scores_)))[0].startswith("another class outscores its label while")

@@ -98,3 +98,47 @@ def test_unknown_column_names_the_choices(toy):
     _, table = toy
     with pytest.raises(KeyError, match="no feature named 'nope'; available: confidence"):
         table.column("nope")
+
+
+def _run_with_heldout(path, accuracy, *, n=40, m=20, seed=0):
+    """A 2-class run whose held-out accuracy per epoch is ``accuracy`` (training logits random)."""
+    from timetravel import RunStore
+
+    rng = np.random.default_rng(seed)
+    labels, held = rng.integers(0, 2, n), np.arange(m) % 2
+    writer = RunWriter.create(path, labels=labels, n_classes=2, embedding_dim=3, heldout_labels=held)
+    for e, acc in enumerate(accuracy):
+        right = np.arange(m) < round(acc * m)
+        pred = np.where(right, held, 1 - held)
+        held_logits = np.eye(2, dtype=np.float32)[pred] * 2.0
+        writer.write_epoch(e, rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 2)).astype(np.float32),
+                           head=(np.zeros((2, 3), np.float32), np.zeros(2, np.float32)),
+                           heldout=(rng.normal(size=(m, 3)).astype(np.float32), held_logits))  # fmt: skip
+    return RunStore(path)
+
+
+def test_early_stopped_aum_averages_the_margin_up_to_the_best_heldout_epoch(tmp_path):
+    from timetravel.features import early_stopping_window
+    from timetravel.numerics import label_margins
+
+    # smoothed over 3 epochs the accuracy peaks at epochs 2 and 3: the first wins, the window is 1..2
+    store = _run_with_heldout(tmp_path / "run", [0.2, 0.5, 0.9, 0.6, 0.5, 0.4])
+    window = early_stopping_window(store, store.epochs)
+    assert (window["first_epoch"], window["best_epoch"]) == (1, 2)
+    assert window["epochs"] == list(range(6)) and window["accuracy"] == [0.2, 0.5, 0.9, 0.6, 0.5, 0.4]
+    table = extract_features(store, n_neighbors=5, verbose=False)
+    margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in (1, 2)]
+    np.testing.assert_allclose(table.column("aum_early_stop"), np.mean(margins, axis=0), rtol=1e-5, atol=1e-6)
+    assert table.meta["early_stop"] == window
+    from timetravel.detection import detect, load_detection
+
+    detect(store, verbose=False)
+    assert load_detection(store).features.meta["early_stop"] == window  # saved as JSON and read back the same
+    # still learning at the end: the window is the second half of training
+    late = early_stopping_window(_run_with_heldout(tmp_path / "late", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), range(6))
+    assert (late["first_epoch"], late["best_epoch"]) == (2, 5)
+
+
+def test_no_early_stopped_aum_without_a_labelled_heldout_set(toy):
+    _, table = toy
+    assert "aum_early_stop" not in table.names and table.meta["early_stop"] is None

@@ -60,6 +60,10 @@ FEATURES: dict[str, FeatureSpec] = {
                     "other logit (eval mode)", -1, "another class usually outscores its label (mean margin {v:.2f})", "margin"),
         FeatureSpec("aum_train", "area under the margin from training-mode margins recorded during training", -1,
                     "another class outscores its label during training (mean margin {v:.2f})", "margin"),
+        FeatureSpec("aum_early_stop", "area under the margin over the epochs from half-way to the epoch of best "
+                    "held-out accuracy, before noisy labels are memorised (runs with a labelled held-out set)", -1,
+                    "another class outscores its label while the model still generalises (mean margin {v:.2f} up "
+                    "to the best held-out epoch)", "margin"),
         FeatureSpec("forgetting", "forgetting events: epochs where the prediction went from the given label to "
                     "another", 1, "forgotten {v:.0f} times after being learned"),
         FeatureSpec("first_learned", "fraction of training before the given label is predicted for good "
@@ -212,7 +216,8 @@ def extract_features(
         )
     labels = np.asarray(store.labels)
     columns: dict[str, np.ndarray] = {}
-    logit_cols, suggested, predicted = _logit_features(store, epochs, labels, chunk_size, verbose)
+    early_stop = early_stopping_window(store, epochs)
+    logit_cols, suggested, predicted = _logit_features(store, epochs, labels, chunk_size, verbose, early_stop)
     columns.update(logit_cols)
     knn_epochs = _spread(epochs, 3, skip_first=True)
     neighbors = None
@@ -244,6 +249,7 @@ def extract_features(
             "neighbors_epoch": knn_epochs[1],
             "centroid_epochs": cent_epochs,
             "projection_epochs": projected if len(projected) >= 3 else [],
+            "early_stop": early_stop,
         },
     )
 
@@ -269,13 +275,54 @@ def _progress(iterable, verbose: bool, desc: str):
     return tqdm(iterable, desc=desc, disable=not verbose, leave=False)
 
 
-def _logit_features(store, epochs, labels, chunk_size, verbose):
+def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3) -> dict | None:
+    """The epochs before noisy labels are memorised, found from the held-out accuracy; None without one.
+
+    A network fits the cleanly labelled samples first and memorises the mislabelled ones
+    later, when its held-out accuracy stops rising. The best epoch is the peak of the
+    held-out accuracy (a centred moving average over ``smoothing`` of the epochs that
+    have held-out rows, the first peak on ties); the window runs from half-way to it.
+    Only the held-out labels are used, never the training labels' truth.
+
+    Parameters
+    ----------
+    store : RunStore
+    epochs : sequence of int
+        The run's epochs, in order.
+    smoothing : int
+        Epochs averaged around each held-out accuracy.
+
+    Returns
+    -------
+    dict or None
+        ``{"best_epoch", "first_epoch", "epochs", "accuracy"}`` (the window's last and first
+        epoch, the epochs with held-out rows and their held-out accuracy; JSON-ready), or None
+        when the run has no labelled held-out set in at least 3 epochs.
+    """
+    y = store.heldout_labels
+    scored = [e for e in epochs if y is not None and store.has_heldout(e)]
+    if len(scored) < 3:
+        return None
+    acc = np.array([float((np.asarray(store.logits(e, "heldout")).argmax(axis=1) == y).mean()) for e in scored])
+    half = smoothing // 2
+    padded = np.pad(acc, (half, half), mode="edge")
+    smooth = np.convolve(padded, np.ones(smoothing) / smoothing, mode="valid")
+    best = scored[int(np.argmax(smooth))]
+    position = list(epochs).index(best)
+    return {"best_epoch": int(best), "first_epoch": int(epochs[position // 2]),
+            "epochs": [int(e) for e in scored], "accuracy": [round(float(a), 6) for a in acc]}
+
+
+def _logit_features(store, epochs, labels, chunk_size, verbose, early_stop):
     """One pass over every epoch's logits (and training margins when all epochs have them)."""
     n, t = store.n_samples, len(epochs)
     n_early = max(1, t // 4)
     p_sum = np.zeros(n)
     p_sq = np.zeros(n)
     margin_sum = np.zeros(n)
+    window_sum = np.zeros(n)
+    window = (set() if early_stop is None else
+              {e for e in epochs if early_stop["first_epoch"] <= e <= early_stop["best_epoch"]})
     loss_early = np.zeros(n)
     forgetting = np.zeros(n)
     prob_sum = np.zeros((n, store.n_classes), dtype=np.float32)
@@ -303,6 +350,8 @@ def _logit_features(store, epochs, labels, chunk_size, verbose):
             p_sum[sl] += p
             p_sq[sl] += p * p
             margin_sum[sl] += margin
+            if e in window:
+                window_sum[sl] += margin
             if ti < n_early:
                 loss_early[sl] += (log_norm - given) / n_early
             if ti > 0:
@@ -322,6 +371,8 @@ def _logit_features(store, epochs, labels, chunk_size, verbose):
     }
     if has_train_margin:
         cols["aum_train"] = train_margin_sum / t
+    if window:
+        cols["aum_early_stop"] = window_sum / len(window)
     cols.update({
         "forgetting": forgetting,
         "first_learned": (last_wrong + 1) / t,

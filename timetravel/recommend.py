@@ -80,7 +80,8 @@ class FeedbackRecommender:
     feature_scale : float
         Prior standard deviation of the feature coefficients.
     pair_smoothing : float
-        Pseudo-count pulling each class pair's acceptance rate to the overall one.
+        Pseudo-count pulling each class pair's acceptance rate to the overall one (10: a pair needs
+        about ten answers before it moves the ranking much, so a few mistaken clicks cannot steer it).
     max_iter : int
         Newton steps per refit (warm-started, so usually 2-3 are taken).
 
@@ -108,7 +109,7 @@ class FeedbackRecommender:
         mistake_rate: float = 0.1,
         prior_strength: float = 2.0,
         feature_scale: float = 0.3,
-        pair_smoothing: float = 2.0,
+        pair_smoothing: float = 10.0,
         max_iter: int = 6,
     ) -> None:
         self.random_state = random_state
