@@ -354,14 +354,19 @@ def _targets(table: dict) -> list[dict]:
                        best_five_line_precision=five[five_name],
                        static_margin=perfect["timetravel_static"] - five[five_name],
                        feedback_gain=ours - perfect["timetravel_static"])
-            row["target_static"] = row["static_margin"] >= -0.01
-        row["target_feedback"] = row["margin"] >= (0.05 if best < 0.95 else 0.0)
+            row["target_static"] = _at_least(row["static_margin"], -0.01)
+        row["target_feedback"] = _at_least(row["margin"], 0.05 if best < 0.95 else 0.0)
         mist = r["timetravel"].get("0.1")
         if mist is not None:
             row["drop_at_10pct_mistakes"] = ours - mist["precision"]
-            row["target_drop_le_0.05"] = row["drop_at_10pct_mistakes"] <= 0.05
+            row["target_drop_le_0.05"] = _at_least(0.05, row["drop_at_10pct_mistakes"])
         checks.append(row)
     return checks
+
+
+def _at_least(value: float, bound: float) -> bool:
+    """``value >= bound`` up to float rounding (precisions are counts over reviews: 0.9467 - 0.9567 is -0.01)."""
+    return round(value - bound, 9) >= 0
 
 
 def _pair_table(table: dict, rankers: list[str], title: str, keys: tuple[str, str], digits: int) -> list[str]:
@@ -460,14 +465,18 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: Path, title: str, curves: dict[str, np.ndarray], n_noisy: int, ten_rounds: int) -> None:
-    """Recall against reviews, one line per ranker (PIL only: no plotting library is a dependency)."""
+def _plot(path: Path, title: str, curves: dict[str, np.ndarray], n_noisy: int, ten_rounds: int,
+          step: int = 1) -> None:  # fmt: skip
+    """Recall against reviews, one line per ranker (PIL only: no plotting library is a dependency).
+
+    ``curves`` hold the recall after every ``step`` reviews (1: after every review).
+    """
     from PIL import Image, ImageDraw
 
     w, h, left, right, top, bottom = 900, 560, 70, 190, 40, 50
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    max_x = max((len(c) for c in curves.values()), default=1)
+    max_x = max((len(c) * step for c in curves.values()), default=1)
     px = lambda x: left + (w - left - right) * x / max(max_x, 1)  # noqa: E731
     py = lambda y: h - bottom - (h - top - bottom) * y  # noqa: E731
     d.rectangle([left, top, w - right, h - bottom], outline="black")
@@ -487,7 +496,7 @@ def _plot(path: Path, title: str, curves: dict[str, np.ndarray], n_noisy: int, t
                (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
     for i, (name, curve) in enumerate(curves.items()):
         colour = palette[i % len(palette)]
-        pts = [(px(j + 1), py(float(v))) for j, v in enumerate(curve)]
+        pts = [(px((j + 1) * step), py(float(v))) for j, v in enumerate(curve)]
         if len(pts) > 1:
             d.line(pts, fill=colour, width=3 if name == "timetravel" else 1)
         d.line([w - right + 10, top + 18 * i + 6, w - right + 30, top + 18 * i + 6], fill=colour, width=3)
@@ -502,13 +511,15 @@ def _plots(runs: list[dict], out: Path, prefix: str) -> list[str]:
     written = []
     for (dataset, noise, rate), items in groups.items():
         curves = {}
+        # a merged report's parts were written already: their curves hold recall after every round of k
+        step = next(iter(items[0]["rankers"].values()))[str(STATIC_MISTAKE)].get("recall_curve_step", 1)
         for name in items[0]["rankers"]:
             cs = [np.asarray(i["rankers"][name][str(STATIC_MISTAKE)]["recall_curve"]) for i in items]
             length = min(len(c) for c in cs)
             curves[name] = np.mean([c[:length] for c in cs], axis=0)
         path = out / f"{prefix}_{dataset}_{noise}_{int(round(rate * 100)):02d}.png"
         _plot(path, f"{dataset}, {noise} noise {rate:.0%}: recall vs reviews (perfect user, "
-                    f"mean of {len(items)} seeds)", curves, items[0]["n_noisy"], 10 * items[0]["k"])
+                    f"mean of {len(items)} seeds)", curves, items[0]["n_noisy"], 10 * items[0]["k"], step)
         written.append(path.name)
     return written
 
@@ -657,8 +668,9 @@ def _write(result: dict, out: Path, name: str, note: str | None = None) -> None:
     for run in result["runs"]:  # the JSON keeps recall after each round of k, not after every review
         for per_mistake in run["rankers"].values():
             for metrics in per_mistake.values():
-                metrics["recall_curve"] = np.asarray(metrics["recall_curve"])[run["k"] - 1 :: run["k"]]
-                metrics["recall_curve_step"] = run["k"]
+                if "recall_curve_step" not in metrics:  # not yet thinned (a merged part was)
+                    metrics["recall_curve"] = np.asarray(metrics["recall_curve"])[run["k"] - 1 :: run["k"]]
+                    metrics["recall_curve_step"] = run["k"]
     write_bytes_atomic(out / f"{name}.json", (json.dumps(_jsonable(result), indent=1) + "\n").encode())
     write_bytes_atomic(out / f"{name}.md", _markdown(result).encode())
     print(_markdown(result))
