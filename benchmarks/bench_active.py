@@ -136,7 +136,9 @@ def _evaluate(store, rankers: list[str], seed: int, rounds: int) -> dict:
         data = PoolInput(store, random_state=seed)
         ranker = make_pool_ranker(name).fit(data)
         fit_s = time.perf_counter() - t0
-        metrics = _session(ranker, targets, k, 0.0, seed, rounds, timed=False)
+        # timetravel re-ranks after every label, as in the app's Pool tab; the others once per round
+        update = "per_decision" if name == "timetravel" else "per_round"
+        metrics = _session(ranker, targets, k, 0.0, seed, rounds, update)
         metrics.update(ranking_quality(np.asarray(ranker.initial_scores_), targets), fit_seconds=fit_s)
         out["rankers"][name] = metrics
     return out
