@@ -286,7 +286,7 @@ def _row(n: int, r: dict) -> dict:
 NOTES = [
     "Real `timetravel serve` in a subprocess, Debian's headless Chromium (--headless --disable-gpu): the "
     "browser has no GPU, so WebGL runs in SwiftShader on the CPU. The default renderer `auto` detects this "
-    "and draws the dots with canvas 2D: Bokeh's scatter up to 20,000 dots (`canvas`), above that the "
+    "and draws the dots with canvas 2D: Bokeh's scatter up to 5,000 dots (`canvas`), above that the "
     "`raster` renderer (the page rasterises the dots into one image; a transparent scatter keeps hover and "
     "selection). `canvas` and `webgl` force those renderers. With a GPU, `auto` picks WebGL.",
     "First render: navigation start to the end of the first canvas paint with every point (auto includes "
