@@ -133,7 +133,13 @@ def test_early_stopped_aum_averages_the_margin_up_to_the_best_heldout_epoch(tmp_
     from timetravel.detection import detect, load_detection
 
     detect(store, verbose=False)
-    assert load_detection(store).features.meta["early_stop"] == window  # saved as JSON and read back the same
+    saved = load_detection(store)
+    assert saved.features.meta["early_stop"] == window  # saved as JSON and read back the same
+    assert saved.detector.weights_[saved.features.names.index("aum_early_stop")] == pytest.approx(0.5)
+    from timetravel.cli import main
+
+    assert main(["-q", "detect", str(store.path), "--anchor-share", "0", "--top", "1"]) == 0
+    assert load_detection(store).detector.weights_[saved.features.names.index("aum_early_stop")] == 0.0
     # still learning at the end: the window is the second half of training
     late = early_stopping_window(_run_with_heldout(tmp_path / "late", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), range(6))
     assert (late["first_epoch"], late["best_epoch"]) == (2, 5)

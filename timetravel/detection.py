@@ -87,7 +87,8 @@ class Detection:
         return rec.restore(feedback) if feedback is not None else rec
 
 
-def detect(store, *, n_neighbors: int = 10, method: str = "cross-view", verbose: bool = True) -> Detection:
+def detect(store, *, n_neighbors: int = 10, method: str = "cross-view", anchor_share: float = 0.5,
+           verbose: bool = True) -> Detection:  # fmt: skip
     """Extract the features of a run, fit the detector and write ``RUN/features/``.
 
     Parameters
@@ -97,6 +98,8 @@ def detect(store, *, n_neighbors: int = 10, method: str = "cross-view", verbose:
         k of the neighbour features and of the saved neighbour lists.
     method : {"cross-view", "consensus", "mean"}
         Detector weighting (see :class:`~timetravel.detector.AbnormalityDetector`).
+    anchor_share : float
+        Weight of the early-stopped AUM where the run has a labelled held-out set (0 = none).
     verbose : bool
         Progress bars.
 
@@ -107,7 +110,7 @@ def detect(store, *, n_neighbors: int = 10, method: str = "cross-view", verbose:
     from timetravel.features import extract_features
 
     table = extract_features(store, n_neighbors=n_neighbors, verbose=verbose)
-    detector = AbnormalityDetector(method).fit(table)
+    detector = AbnormalityDetector(method, anchor_share=anchor_share).fit(table)
     detection = Detection(table, detector, detector.scores_)
     save_detection(store, detection)
     return detection

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neighbors", type=int, default=10, help="k of the nearest-neighbour features")
     parser.add_argument("--method", choices=("cross-view", "consensus", "mean"), default="cross-view",
                         help="how the detector weights the features")
+    parser.add_argument("--anchor-share", type=float, default=0.5,
+                        help="weight of the early-stopped AUM (runs with a labelled held-out set; 0 = leave it out), "
+                             "the other features share the rest")
     parser.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
 
 
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     if store.being_written:
         print(f"timetravel detect: note: {store.path} is still being recorded; the features use the "
               f"{len(store.epochs)} epochs committed so far", file=sys.stderr)
-    detection = detect(store, n_neighbors=args.neighbors, method=args.method, verbose=not (args.json or args.quiet))
+    detection = detect(store, n_neighbors=args.neighbors, method=args.method, anchor_share=args.anchor_share,
+                       verbose=not (args.json or args.quiet))  # fmt: skip
     names = store.class_names
     table = detection.features
     top = args.top if args.top is not None else (table.n_samples if args.json else 20)
