@@ -68,6 +68,8 @@ def _uncertainty(kind: str):
 class PoolRecommender:
     """timetravel's pool recommender behind the ranker interface."""
 
+    protocol = "per_decision"  # re-ranked after every label, as in the app's Pool tab
+
     def fit(self, data: PoolInput) -> PoolRecommender:
         from timetravel.active import pool_recommender
 
@@ -136,9 +138,7 @@ def _evaluate(store, rankers: list[str], seed: int, rounds: int) -> dict:
         data = PoolInput(store, random_state=seed)
         ranker = make_pool_ranker(name).fit(data)
         fit_s = time.perf_counter() - t0
-        # timetravel re-ranks after every label, as in the app's Pool tab; the others once per round
-        update = "per_decision" if name == "timetravel" else "per_round"
-        metrics = _session(ranker, targets, k, 0.0, seed, rounds, update)
+        metrics = _session(ranker, targets, k, 0.0, seed, rounds, ranker.protocol)
         metrics.update(ranking_quality(np.asarray(ranker.initial_scores_), targets), fit_seconds=fit_s)
         out["rankers"][name] = metrics
     return out

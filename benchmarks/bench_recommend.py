@@ -237,14 +237,11 @@ def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: 
         t0 = time.perf_counter()
         fitted = ranker.fit(data)
         fit_s = time.perf_counter() - t0
-        # timetravel re-ranks after every answer, as in the app (and every session of it is timed);
-        # DeepDebugger's protocol refits once per round
-        update = "per_decision" if name == "timetravel" else "per_round"
         for mistake in mistakes if name in FEEDBACK_RANKERS else [STATIC_MISTAKE]:
             # every user meets the same freshly fitted ranker; a mistaken user is drawn `user_draws` times
             # (which answers are wrong is random, and one draw of 10 rounds is a noisy estimate)
             sessions = [
-                _session(copy.deepcopy(fitted), mask, k, mistake, seed * 1000 + draw, rounds, update)
+                _session(copy.deepcopy(fitted), mask, k, mistake, seed * 1000 + draw, rounds, ranker.protocol)
                 for draw in range(user_draws if mistake > 0 else 1)
             ]  # fmt: skip
             metrics = _mean_metrics(sessions)

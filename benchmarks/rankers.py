@@ -74,6 +74,8 @@ class Ranker:
 
     name = "ranker"
     uses_feedback = False
+    # how a simulated session feeds answers back: the app re-ranks timetravel after every answer
+    protocol = "per_round"
 
     def available(self, data: RankingInput) -> bool:
         """Whether ``data`` holds what this ranker needs (e.g. a feature only some runs have)."""
@@ -258,6 +260,7 @@ class TimetravelRanker(Ranker):
 
     name = "timetravel"
     uses_feedback = True
+    protocol = "per_decision"
 
     def __init__(self, **params) -> None:
         self.params = params

@@ -134,8 +134,10 @@ class AbnormalityDetector:
         self.raw_ = x
         z = self.transform(x)
         fit_rows = subsample(len(z), 50000, self.random_state, "detector-weights")
-        anchored = self.anchor in self.names_ and len(self.names_) > 1
-        rest = np.array([name != self.anchor for name in self.names_]) if anchored else np.ones(len(self.names_), bool)
+        rest = np.array([name != self.anchor for name in self.names_])
+        anchored = 0 < rest.sum() < len(rest)  # the anchor is there, beside other features
+        if not anchored:
+            rest[:] = True
         self.weights_ = np.zeros(len(self.names_))
         self.weights_[rest] = self._method_weights(z[fit_rows][:, rest], np.array(self.names_)[rest])
         if anchored:
