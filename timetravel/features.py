@@ -60,8 +60,8 @@ FEATURES: dict[str, FeatureSpec] = {
                     "other logit (eval mode)", -1, "another class usually outscores its label (mean margin {v:.2f})", "margin"),
         FeatureSpec("aum_train", "area under the margin from training-mode margins recorded during training", -1,
                     "another class outscores its label during training (mean margin {v:.2f})", "margin"),
-        FeatureSpec("aum_early_stop", "area under the margin over the epochs from half-way to the epoch of best "
-                    "held-out accuracy, before noisy labels are memorised (runs with a labelled held-out set)", -1,
+        FeatureSpec("aum_early_stop", "area under the margin over the epochs near the best held-out accuracy (up "
+                    "to it), before noisy labels are memorised (runs with a labelled held-out set)", -1,
                     "another class outscores its label while the model still generalises (mean margin {v:.2f} up "
                     "to the best held-out epoch)", "margin"),
         FeatureSpec("forgetting", "forgetting events: epochs where the prediction went from the given label to "
@@ -275,14 +275,19 @@ def _progress(iterable, verbose: bool, desc: str):
     return tqdm(iterable, desc=desc, disable=not verbose, leave=False)
 
 
-def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3) -> dict | None:
-    """The epochs before noisy labels are memorised, found from the held-out accuracy; None without one.
+def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3,
+                          tolerance: float = 0.05) -> dict | None:
+    """The epochs around the best held-out accuracy, before noisy labels are memorised; None without one.
 
     A network fits the cleanly labelled samples first and memorises the mislabelled ones
     later, when its held-out accuracy stops rising. The best epoch is the peak of the
     held-out accuracy (a centred moving average over ``smoothing`` of the epochs that
-    have held-out rows, the first peak on ties); the window runs from half-way to it.
-    Only the held-out labels are used, never the training labels' truth.
+    have held-out rows, the first peak on ties). The window ends there and starts at the
+    first epoch whose accuracy is within ``tolerance`` of the whole rise (first epoch to
+    peak) of the peak, but not before half-way to it: on a plateau it spans the plateau's
+    second half, while a run still learning at its end keeps its last epochs only, where
+    the clean samples are learned and the noisy ones not yet. Only the held-out labels are
+    used, never the training labels' truth.
 
     Parameters
     ----------
@@ -291,6 +296,9 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3) -
         The run's epochs, in order.
     smoothing : int
         Epochs averaged around each held-out accuracy.
+    tolerance : float
+        How far below the peak, as a share of the rise to it, an epoch may be and still
+        start the window (0: the best epoch alone; 1: from half-way).
 
     Returns
     -------
@@ -307,9 +315,12 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3) -
     half = smoothing // 2
     padded = np.pad(acc, (half, half), mode="edge")
     smooth = np.convolve(padded, np.ones(smoothing) / smoothing, mode="valid")
-    best = scored[int(np.argmax(smooth))]
+    peak = int(np.argmax(smooth))
+    near = smooth[: peak + 1] >= smooth[peak] - tolerance * (smooth[peak] - smooth[0])
+    best = scored[peak]
     position = list(epochs).index(best)
-    return {"best_epoch": int(best), "first_epoch": int(epochs[position // 2]),
+    first = max(epochs[position // 2], scored[int(np.argmax(near))])
+    return {"best_epoch": int(best), "first_epoch": int(first),
             "epochs": [int(e) for e in scored], "accuracy": [round(float(a), 6) for a in acc]}
 
 
