@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tabular subject, 10%% labelled, one seed, 8 epochs")
     p.add_argument("--subjects", default="shapes,text,tabular")
     p.add_argument("--labelled", default="0.1,0.2,0.3", help="labelled shares of the training set")
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", default="0,1,2,3")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--rankers", default=",".join(RANKERS))
