@@ -130,6 +130,8 @@ def test_early_stopped_aum_averages_the_margin_up_to_the_best_heldout_epoch(tmp_
     assert (window["first_epoch"], window["best_epoch"]) == (1, 2)
     assert window["epochs"] == list(range(6)) and window["accuracy"] == accuracy
     assert early_stopping_window(store, store.epochs)["first_epoch"] == 2
+    with pytest.raises(ValueError, match="tolerance"):
+        early_stopping_window(store, store.epochs, tolerance=1.5)
     window = early_stopping_window(store, store.epochs)
     table = extract_features(store, n_neighbors=5, verbose=False)
     margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in (2,)]

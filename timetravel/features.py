@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from timetravel._validation import check_int
+from timetravel._validation import check_int, check_real
 from timetravel.errors import StoreError
 from timetravel.numerics import embedding_neighbours, label_margins
 
@@ -306,7 +306,14 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3,
         ``{"best_epoch", "first_epoch", "epochs", "accuracy"}`` (the window's last and first
         epoch, the epochs with held-out rows and their held-out accuracy; JSON-ready), or None
         when the run has no labelled held-out set in at least 3 epochs.
+
+    Raises
+    ------
+    ValueError
+        ``smoothing`` is not a positive integer or ``tolerance`` is outside [0, 1].
     """
+    check_int(smoothing, "smoothing", minimum=1)
+    tolerance = check_real(tolerance, "tolerance", minimum=0, maximum=1)
     y = store.heldout_labels
     scored = [e for e in epochs if y is not None and store.has_heldout(e)]
     if len(scored) < 3:
