@@ -129,10 +129,12 @@ def test_early_stopped_aum_averages_the_margin_up_to_the_best_heldout_epoch(tmp_
     window = early_stopping_window(store, store.epochs, tolerance=0.4)
     assert (window["first_epoch"], window["best_epoch"]) == (1, 2)
     assert window["epochs"] == list(range(6)) and window["accuracy"] == accuracy
-    assert early_stopping_window(store, store.epochs)["first_epoch"] == 2
     with pytest.raises(ValueError, match="tolerance"):
         early_stopping_window(store, store.epochs, tolerance=1.5)
+    with pytest.raises(ValueError, match="odd"):
+        early_stopping_window(store, store.epochs, smoothing=2)
     window = early_stopping_window(store, store.epochs)
+    assert window["first_epoch"] == 2
     table = extract_features(store, n_neighbors=5, verbose=False)
     margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in (2,)]
     np.testing.assert_allclose(table.column("aum_early_stop"), np.mean(margins, axis=0), rtol=1e-5, atol=1e-6)

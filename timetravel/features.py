@@ -295,7 +295,7 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3,
     epochs : sequence of int
         The run's epochs, in order.
     smoothing : int
-        Epochs averaged around each held-out accuracy.
+        Epochs averaged around each held-out accuracy (odd: the average is centred).
     tolerance : float
         How far below the peak, as a share of the rise to it, an epoch may be and still
         start the window (0: the best epoch alone; 1: from half-way).
@@ -310,9 +310,10 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3,
     Raises
     ------
     ValueError
-        ``smoothing`` is not a positive integer or ``tolerance`` is outside [0, 1].
+        ``smoothing`` is not a positive odd integer or ``tolerance`` is outside [0, 1].
     """
-    check_int(smoothing, "smoothing", minimum=1)
+    if check_int(smoothing, "smoothing", minimum=1) % 2 == 0:
+        raise ValueError(f"smoothing must be odd (a centred moving average), got {smoothing}")
     tolerance = check_real(tolerance, "tolerance", minimum=0, maximum=1)
     y = store.heldout_labels
     scored = [e for e in epochs if y is not None and store.has_heldout(e)]
