@@ -8,8 +8,8 @@ AUROC/AUPRC.
 
 Baselines (static: they ignore feedback except to skip reviewed samples):
 ``random``, ``loss`` (last-epoch loss), ``aum`` (area under the margin,
-training-mode when recorded), ``aum_early_stop`` (area under the margin up to
-the epoch of best held-out accuracy, where the run has a held-out set), ``confidence`` (data-map confidence),
+training-mode when recorded), ``aum_early_stop`` (area under the margin before
+memorisation, judged by the held-out accuracy, where the run has a held-out set), ``confidence`` (data-map confidence),
 ``forgetting`` (forgetting events), ``cleanlab`` / ``cleanlab_cv`` (confident
 learning's label quality on in-sample last-epoch / K-fold out-of-sample
 probabilities). ``deepdebugger`` reimplements DeepDebugger's recommender

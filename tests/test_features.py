@@ -100,24 +100,28 @@ def test_unknown_column_names_the_choices(toy):
         table.column("nope")
 
 
-def _run_with_heldout(path, accuracy, *, n=40, m=20, seed=0):
-    """A 2-class run whose held-out accuracy per epoch is ``accuracy`` (training logits random)."""
+def _run_with_heldout(path, accuracy, *, n=40, m=20, seed=0, train=1.0):
+    """A 2-class run whose held-out accuracy per epoch is ``accuracy`` and whose training logits (random
+    otherwise) predict the given label for a share ``train`` of the samples (one value, or one per epoch)."""
     from timetravel import RunStore
 
     rng = np.random.default_rng(seed)
     labels, held = rng.integers(0, 2, n), np.arange(m) % 2
     writer = RunWriter.create(path, labels=labels, n_classes=2, embedding_dim=3, heldout_labels=held)
-    for e, acc in enumerate(accuracy):
+    for e, (acc, agree) in enumerate(zip(accuracy, np.broadcast_to(train, len(accuracy)))):
         right = np.arange(m) < round(acc * m)
         pred = np.where(right, held, 1 - held)
         held_logits = np.eye(2, dtype=np.float32)[pred] * 2.0
-        writer.write_epoch(e, rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 2)).astype(np.float32),
+        logits = rng.normal(size=(n, 2)).astype(np.float32)
+        hit = (logits[np.arange(n), labels] > logits[np.arange(n), 1 - labels]) != (np.arange(n) < round(agree * n))
+        logits[hit] = logits[hit, ::-1]  # swapped so that exactly the first round(agree * n) samples agree
+        writer.write_epoch(e, rng.normal(size=(n, 3)).astype(np.float32), logits,
                            head=(np.zeros((2, 3), np.float32), np.zeros(2, np.float32)),
                            heldout=(rng.normal(size=(m, 3)).astype(np.float32), held_logits))  # fmt: skip
     return RunStore(path)
 
 
-def test_early_stopped_aum_averages_the_margin_up_to_the_best_heldout_epoch(tmp_path):
+def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_best_heldout_epoch(tmp_path):
     from timetravel.features import early_stopping_window
     from timetravel.numerics import label_margins
 
@@ -127,14 +131,19 @@ def test_early_stopped_aum_averages_the_margin_up_to_the_best_heldout_epoch(tmp_
     accuracy = [0.2, 0.5, 0.9, 0.6, 0.5, 0.4]
     store = _run_with_heldout(tmp_path / "run", accuracy)
     window = early_stopping_window(store, store.epochs, tolerance=0.4)
-    assert (window["first_epoch"], window["best_epoch"]) == (1, 2)
+    assert (window["first_epoch"], window["last_epoch"], window["peak_epoch"]) == (1, 2, 2)
     assert window["epochs"] == list(range(6)) and window["accuracy"] == accuracy
+    assert window["overfits"] and window["train_agreement"] == [1.0] * 6  # fits every training label
     with pytest.raises(ValueError, match="tolerance"):
         early_stopping_window(store, store.epochs, tolerance=1.5)
     with pytest.raises(ValueError, match="odd"):
         early_stopping_window(store, store.epochs, smoothing=2)
+    with pytest.raises(ValueError, match="overfit_z"):
+        early_stopping_window(store, store.epochs, overfit_z=-1)
+    with pytest.raises(ValueError, match="one value per epoch"):
+        early_stopping_window(store, store.epochs, train_agreement=[0.5] * 5)
     window = early_stopping_window(store, store.epochs)
-    assert window["first_epoch"] == 2
+    assert (window["first_epoch"], window["last_epoch"]) == (2, 2)
     table = extract_features(store, n_neighbors=5, verbose=False)
     margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in (2,)]
     np.testing.assert_allclose(table.column("aum_early_stop"), np.mean(margins, axis=0), rtol=1e-5, atol=1e-6)
@@ -151,11 +160,36 @@ def test_early_stopped_aum_averages_the_margin_up_to_the_best_heldout_epoch(tmp_
     assert load_detection(store).detector.weights_[saved.features.names.index("aum_early_stop")] == 0.0
     # still learning at the end: only the last epoch is near the peak
     late = early_stopping_window(_run_with_heldout(tmp_path / "late", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), range(6))
-    assert (late["first_epoch"], late["best_epoch"]) == (5, 5)
+    assert (late["first_epoch"], late["last_epoch"]) == (5, 5)
     # a long plateau before the peak (epoch 8): the window starts half-way, not where the plateau does
     plateau = [0.1, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.81, 0.81, 0.81, 0.6]
     flat = early_stopping_window(_run_with_heldout(tmp_path / "flat", plateau, m=100), range(11))
-    assert (flat["first_epoch"], flat["best_epoch"]) == (4, 8)
+    assert (flat["first_epoch"], flat["last_epoch"]) == (4, 8)
+
+
+def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_window(tmp_path):
+    from timetravel.features import early_stopping_window
+    from timetravel.numerics import label_margins
+
+    # flat held-out accuracy with a noise peak at epoch 2; the model agrees with its (noisy) training labels
+    # less often than with the held-out labels at every epoch: nothing memorised, so the peak means nothing
+    flat = [0.8, 0.82, 0.9, 0.82, 0.8, 0.82, 0.8, 0.82]
+    store = _run_with_heldout(tmp_path / "run", flat, n=200, m=200, train=0.75)
+    window = early_stopping_window(store, store.epochs)
+    assert not window["overfits"] and window["peak_epoch"] == 2
+    assert (window["first_epoch"], window["last_epoch"]) == (3, 7)  # from half-way to the last epoch
+    table = extract_features(store, n_neighbors=5, verbose=False)
+    assert table.meta["early_stop"] == window  # the one-pass computation decides the same
+    margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in range(3, 8)]
+    np.testing.assert_allclose(table.column("aum_early_stop"), np.mean(margins, axis=0), rtol=1e-5, atol=1e-6)
+    # the same run fitting 95% of its training labels from epoch 2 on overfits (0.95 against at most 0.9):
+    # the window ends at the held-out peak again
+    fits = _run_with_heldout(tmp_path / "fits", flat, n=200, m=200, train=[0.75, 0.8] + [0.95] * 6)
+    window = early_stopping_window(fits, fits.epochs)
+    assert window["overfits"] and (window["first_epoch"], window["last_epoch"]) == (2, 2)
+    # an agreement above the held-out accuracy by less than the standard errors is not overfitting
+    assert not early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8)["overfits"]
+    assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8, overfit_z=0)["overfits"]
 
 
 def test_no_early_stopped_aum_without_a_labelled_heldout_set(toy):

@@ -60,10 +60,11 @@ FEATURES: dict[str, FeatureSpec] = {
                     "other logit (eval mode)", -1, "another class usually outscores its label (mean margin {v:.2f})", "margin"),
         FeatureSpec("aum_train", "area under the margin from training-mode margins recorded during training", -1,
                     "another class outscores its label during training (mean margin {v:.2f})", "margin"),
-        FeatureSpec("aum_early_stop", "area under the margin over the epochs near the best held-out accuracy (up "
-                    "to it), before noisy labels are memorised (runs with a labelled held-out set)", -1,
-                    "another class outscores its label while the model still generalises (mean margin {v:.2f} up "
-                    "to the best held-out epoch)", "margin"),
+        FeatureSpec("aum_early_stop", "area under the margin over the epochs before noisy labels are memorised: "
+                    "near the best held-out accuracy, up to it, when the model overfits its training labels, "
+                    "else its second half (runs with a labelled held-out set)", -1,
+                    "another class outscores its label while the model still generalises (mean margin {v:.2f} "
+                    "before memorisation)", "margin"),
         FeatureSpec("forgetting", "forgetting events: epochs where the prediction went from the given label to "
                     "another", 1, "forgotten {v:.0f} times after being learned"),
         FeatureSpec("first_learned", "fraction of training before the given label is predicted for good "
@@ -216,8 +217,8 @@ def extract_features(
         )
     labels = np.asarray(store.labels)
     columns: dict[str, np.ndarray] = {}
-    early_stop = early_stopping_window(store, epochs)
-    logit_cols, suggested, predicted = _logit_features(store, epochs, labels, chunk_size, verbose, early_stop)
+    plan = _EarlyStopPlan.from_store(store, epochs)
+    logit_cols, suggested, predicted, early_stop = _logit_features(store, epochs, labels, chunk_size, verbose, plan)
     columns.update(logit_cols)
     knn_epochs = _spread(epochs, 3, skip_first=True)
     neighbors = None
@@ -275,19 +276,25 @@ def _progress(iterable, verbose: bool, desc: str):
     return tqdm(iterable, desc=desc, disable=not verbose, leave=False)
 
 
-def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3,
-                          tolerance: float = 0.05) -> dict | None:
-    """The epochs around the best held-out accuracy, before noisy labels are memorised; None without one.
+def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3, tolerance: float = 0.05,
+                          overfit_z: float = 2.0, train_agreement: Sequence[float] | None = None) -> dict | None:
+    """The epochs before noisy labels are memorised, found from the held-out accuracy; None without one.
 
     A network fits the cleanly labelled samples first and memorises the mislabelled ones
-    later, when its held-out accuracy stops rising. The best epoch is the peak of the
-    held-out accuracy (a centred moving average over ``smoothing`` of the epochs that
-    have held-out rows, the first peak on ties). The window ends there and starts at the
-    first epoch whose accuracy is within ``tolerance`` of the whole rise (first epoch to
-    peak) of the peak, but not before half-way to it: on a plateau it spans the plateau's
-    second half, while a run still learning at its end keeps its last epochs only, where
-    the clean samples are learned and the noisy ones not yet. Only the held-out labels are
-    used, never the training labels' truth.
+    later, when its held-out accuracy stops rising. The held-out peak is the best of a
+    centred moving average over ``smoothing`` of the epochs that have held-out rows (the
+    first peak on ties). The window starts at the first epoch whose accuracy is within
+    ``tolerance`` of the whole rise (first epoch to the window's end) of the end's, but not
+    before half-way to it: on a plateau it spans the plateau's second half, while a run
+    still learning at its end keeps its last epochs only, where the clean samples are
+    learned and the noisy ones not yet.
+
+    The window ends at the held-out peak when the run overfits: when, at some epoch, the
+    model agrees with its training labels more often than with the held-out labels, by more
+    than ``overfit_z`` standard errors (both smoothed alike). A run that never does has
+    memorised nothing, and its peak is only noise on a flat curve; the window then ends at
+    the last epoch, where the model is best trained. Only the held-out labels and the
+    given training labels are used, never the training labels' truth.
 
     Parameters
     ----------
@@ -295,53 +302,128 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3,
     epochs : sequence of int
         The run's epochs, in order.
     smoothing : int
-        Epochs averaged around each held-out accuracy (odd: the average is centred).
+        Epochs averaged around each accuracy (odd: the average is centred).
     tolerance : float
-        How far below the peak, as a share of the rise to it, an epoch may be and still
-        start the window (0: the best epoch alone; 1: from half-way).
+        How far below the window's end, as a share of the rise to it, an epoch may be and
+        still start the window (0: the end alone; 1: from half-way).
+    overfit_z : float
+        Standard errors by which the training-label agreement must exceed the held-out
+        accuracy for the run to count as overfitting.
+    train_agreement : sequence of float, optional
+        Share of training samples predicted as their given label, one per epoch of
+        ``epochs``; computed from the stored logits when not given.
 
     Returns
     -------
     dict or None
-        ``{"best_epoch", "first_epoch", "epochs", "accuracy"}`` (the window's last and first
-        epoch, the epochs with held-out rows and their held-out accuracy; JSON-ready), or None
-        when the run has no labelled held-out set in at least 3 epochs.
+        ``{"first_epoch", "last_epoch", "peak_epoch", "overfits", "epochs", "accuracy",
+        "train_agreement"}`` (the window, the held-out peak, whether the run overfits, and
+        per epoch with held-out rows its held-out accuracy and training-label agreement;
+        JSON-ready), or None when the run has no labelled held-out set in at least 3 epochs.
 
     Raises
     ------
     ValueError
-        ``smoothing`` is not a positive odd integer or ``tolerance`` is outside [0, 1].
+        ``smoothing`` is not a positive odd integer, ``tolerance`` is outside [0, 1],
+        ``overfit_z`` is negative, or ``train_agreement`` does not match ``epochs``.
     """
-    if check_int(smoothing, "smoothing", minimum=1) % 2 == 0:
-        raise ValueError(f"smoothing must be odd (a centred moving average), got {smoothing}")
-    tolerance = check_real(tolerance, "tolerance", minimum=0, maximum=1)
-    y = store.heldout_labels
-    scored = [e for e in epochs if y is not None and store.has_heldout(e)]
-    if len(scored) < 3:
+    plan = _EarlyStopPlan.from_store(store, epochs, smoothing=smoothing, tolerance=tolerance, overfit_z=overfit_z)
+    if plan is None:
         return None
-    acc = np.array([float((np.asarray(store.logits(e, "heldout")).argmax(axis=1) == y).mean()) for e in scored])
-    half = smoothing // 2
-    padded = np.pad(acc, (half, half), mode="edge")
-    smooth = np.convolve(padded, np.ones(smoothing) / smoothing, mode="valid")
-    peak = int(np.argmax(smooth))
-    near = smooth[: peak + 1] >= smooth[peak] - tolerance * (smooth[peak] - smooth[0])
-    best = scored[peak]
-    position = list(epochs).index(best)
-    first = max(epochs[position // 2], scored[int(np.argmax(near))])
-    return {"best_epoch": int(best), "first_epoch": int(first),
-            "epochs": [int(e) for e in scored], "accuracy": [round(float(a), 6) for a in acc]}
+    if train_agreement is None:
+        train_agreement = _train_agreement(store, epochs)
+    return plan.decide(train_agreement)
 
 
-def _logit_features(store, epochs, labels, chunk_size, verbose, early_stop):
-    """One pass over every epoch's logits (and training margins when all epochs have them)."""
+@dataclass(frozen=True)
+class _EarlyStopPlan:
+    """The held-out curve and the two candidate windows, known before the pass over the training logits."""
+
+    epochs: list[int]  # the run's epochs
+    scored: list[int]  # those with held-out rows
+    accuracy: np.ndarray
+    smoothing: int
+    n_heldout: int
+    n_train: int
+    overfit_z: float
+    windows: dict[str, tuple[int, int]]  # "peak" / "last": (first, last epoch)
+
+    @classmethod
+    def from_store(cls, store, epochs, *, smoothing: int = 3, tolerance: float = 0.05,
+                   overfit_z: float = 2.0) -> _EarlyStopPlan | None:
+        if check_int(smoothing, "smoothing", minimum=1) % 2 == 0:
+            raise ValueError(f"smoothing must be odd (a centred moving average), got {smoothing}")
+        tolerance = check_real(tolerance, "tolerance", minimum=0, maximum=1)
+        overfit_z = check_real(overfit_z, "overfit_z", minimum=0)
+        epochs = list(epochs)
+        y = store.heldout_labels
+        scored = [e for e in epochs if y is not None and store.has_heldout(e)]
+        if len(scored) < 3:
+            return None
+        acc = np.array([float((np.asarray(store.logits(e, "heldout")).argmax(axis=1) == y).mean()) for e in scored])
+        smooth = _moving_average(acc, smoothing)
+        windows = {}
+        for name, end in (("peak", int(np.argmax(smooth))), ("last", len(scored) - 1)):
+            near = smooth[: end + 1] >= smooth[end] - tolerance * (smooth[end] - smooth[0])
+            position = epochs.index(scored[end])
+            windows[name] = (max(epochs[position // 2], scored[int(np.argmax(near))]), scored[end])
+        return cls(epochs, scored, acc, smoothing, len(y), store.n_samples, overfit_z, windows)
+
+    def overfits(self, train_agreement: Sequence[float]) -> bool:
+        """Whether the training-label agreement ever exceeds the held-out accuracy by ``overfit_z`` SEs."""
+        agree = np.asarray(train_agreement, dtype=np.float64)
+        if agree.shape != (len(self.epochs),):
+            raise ValueError(f"train_agreement needs one value per epoch ({len(self.epochs)}), got shape "
+                             f"{agree.shape}")
+        at = {e: a for e, a in zip(self.epochs, agree)}
+        g = _moving_average(np.array([at[e] for e in self.scored]), self.smoothing)
+        s = _moving_average(self.accuracy, self.smoothing)
+        se = np.sqrt(s * (1 - s) / self.n_heldout + g * (1 - g) / self.n_train)
+        return bool((g - s > self.overfit_z * se).any())
+
+    def decide(self, train_agreement: Sequence[float]) -> dict:
+        """The window (JSON-ready): up to the held-out peak if the run overfits, else up to its last epoch."""
+        overfits = self.overfits(train_agreement)
+        first, last = self.windows["peak" if overfits else "last"]
+        at = dict(zip(self.epochs, train_agreement))
+        return {"first_epoch": int(first), "last_epoch": int(last), "peak_epoch": int(self.windows["peak"][1]),
+                "overfits": overfits, "epochs": [int(e) for e in self.scored],
+                "accuracy": [round(float(a), 6) for a in self.accuracy],
+                "train_agreement": [round(float(at[e]), 6) for e in self.scored]}
+
+
+def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average over ``width`` (odd) values, the ends padded with the edge values."""
+    half = width // 2
+    return np.convolve(np.pad(values, (half, half), mode="edge"), np.ones(width) / width, mode="valid")
+
+
+def _train_agreement(store, epochs, chunk_size: int = _CHUNK) -> list[float]:
+    """Share of training samples whose given label the model predicts, per epoch."""
+    labels = np.asarray(store.labels)
+    shares = []
+    for e in epochs:
+        logits = store.logits(e)
+        hits = sum(int((label_margins(np.asarray(logits[sl], dtype=np.float64), labels[sl]) > 0).sum())
+                   for sl in _chunks(len(labels), chunk_size))
+        shares.append(hits / len(labels))
+    return shares
+
+
+def _logit_features(store, epochs, labels, chunk_size, verbose, plan):
+    """One pass over every epoch's logits (and training margins when all epochs have them).
+
+    With an early-stopping ``plan``, the margins are summed over both of its candidate windows
+    and the training-label agreement counted per epoch, so the plan decides after the pass.
+    """
     n, t = store.n_samples, len(epochs)
     n_early = max(1, t // 4)
     p_sum = np.zeros(n)
     p_sq = np.zeros(n)
     margin_sum = np.zeros(n)
-    window_sum = np.zeros(n)
-    window = (set() if early_stop is None else
-              {e for e in epochs if early_stop["first_epoch"] <= e <= early_stop["best_epoch"]})
+    windows = {} if plan is None else plan.windows
+    window_sums = {name: np.zeros(n) for name in windows}
+    agreement = np.zeros(t)
     loss_early = np.zeros(n)
     forgetting = np.zeros(n)
     prob_sum = np.zeros((n, store.n_classes), dtype=np.float32)
@@ -369,8 +451,10 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, early_stop):
             p_sum[sl] += p
             p_sq[sl] += p * p
             margin_sum[sl] += margin
-            if e in window:
-                window_sum[sl] += margin
+            agreement[ti] += correct.sum() / n
+            for name, (first, last) in windows.items():
+                if first <= e <= last:
+                    window_sums[name][sl] += margin
             if ti < n_early:
                 loss_early[sl] += (log_norm - given) / n_early
             if ti > 0:
@@ -390,8 +474,11 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, early_stop):
     }
     if has_train_margin:
         cols["aum_train"] = train_margin_sum / t
-    if window:
-        cols["aum_early_stop"] = window_sum / len(window)
+    early_stop = None if plan is None else plan.decide(agreement.tolist())
+    if early_stop is not None:
+        name = "peak" if early_stop["overfits"] else "last"
+        size = sum(early_stop["first_epoch"] <= e <= early_stop["last_epoch"] for e in epochs)
+        cols["aum_early_stop"] = window_sums[name] / size
     cols.update({
         "forgetting": forgetting,
         "first_learned": (last_wrong + 1) / t,
@@ -400,7 +487,7 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, early_stop):
     })
     prob_sum[np.arange(n), labels] = -1.0
     suggested = prob_sum.argmax(axis=1).astype(np.int64)
-    return cols, suggested, predicted
+    return cols, suggested, predicted, early_stop
 
 
 def _centroid_features(store, epochs, labels, chunk_size, verbose):
