@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -121,7 +123,7 @@ def _run_with_heldout(path, accuracy, *, n=40, m=20, seed=0, train=1.0):
     return RunStore(path)
 
 
-def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_best_heldout_epoch(tmp_path):
+def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_best_heldout_epoch(tmp_path, capsys):
     from timetravel.features import early_stopping_window
     from timetravel.numerics import label_margins
 
@@ -133,7 +135,7 @@ def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_b
     window = early_stopping_window(store, store.epochs, tolerance=0.4)
     assert (window["first_epoch"], window["last_epoch"], window["peak_epoch"]) == (1, 2, 2)
     assert window["epochs"] == list(range(6)) and window["accuracy"] == accuracy
-    assert window["overfits"] and window["train_agreement"] == [1.0] * 6  # fits every training label
+    assert window["overfit_epoch"] == 0 and window["train_agreement"] == [1.0] * 6  # fits every training label
     with pytest.raises(ValueError, match="tolerance"):
         early_stopping_window(store, store.epochs, tolerance=1.5)
     with pytest.raises(ValueError, match="odd"):
@@ -156,8 +158,13 @@ def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_b
     assert saved.detector.weights_[saved.features.names.index("aum_early_stop")] == pytest.approx(0.5)
     from timetravel.cli import main
 
+    capsys.readouterr()
     assert main(["-q", "detect", str(store.path), "--anchor-share", "0", "--top", "1"]) == 0
+    assert ("early-stopped AUM over epochs 2..2: the held-out accuracy peaks at epoch 2 (0.900); the model fits "
+            "its training labels better than the held-out ones from epoch 0 (1.000 against 0.200)") in capsys.readouterr().out
     assert load_detection(store).detector.weights_[saved.features.names.index("aum_early_stop")] == 0.0
+    assert main(["-q", "detect", str(store.path), "--top", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["early_stop"] == window
     # still learning at the end: only the last epoch is near the peak
     late = early_stopping_window(_run_with_heldout(tmp_path / "late", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), range(6))
     assert (late["first_epoch"], late["last_epoch"]) == (5, 5)
@@ -176,20 +183,21 @@ def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_wi
     flat = [0.8, 0.82, 0.9, 0.82, 0.8, 0.82, 0.8, 0.82]
     store = _run_with_heldout(tmp_path / "run", flat, n=200, m=200, train=0.75)
     window = early_stopping_window(store, store.epochs)
-    assert not window["overfits"] and window["peak_epoch"] == 2
+    assert window["overfit_epoch"] is None and window["peak_epoch"] == 2
     assert (window["first_epoch"], window["last_epoch"]) == (3, 7)  # from half-way to the last epoch
     table = extract_features(store, n_neighbors=5, verbose=False)
     assert table.meta["early_stop"] == window  # the one-pass computation decides the same
     margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in range(3, 8)]
     np.testing.assert_allclose(table.column("aum_early_stop"), np.mean(margins, axis=0), rtol=1e-5, atol=1e-6)
-    # the same run fitting 95% of its training labels from epoch 2 on overfits (0.95 against at most 0.9):
-    # the window ends at the held-out peak again
+    # the same run fitting 95% of its training labels from epoch 2 on overfits (0.95 against at most 0.9;
+    # from epoch 3, where the 3-epoch averages part by more than 2 standard errors): the window ends at the
+    # held-out peak again
     fits = _run_with_heldout(tmp_path / "fits", flat, n=200, m=200, train=[0.75, 0.8] + [0.95] * 6)
     window = early_stopping_window(fits, fits.epochs)
-    assert window["overfits"] and (window["first_epoch"], window["last_epoch"]) == (2, 2)
+    assert window["overfit_epoch"] == 3 and (window["first_epoch"], window["last_epoch"]) == (2, 2)
     # an agreement above the held-out accuracy by less than the standard errors is not overfitting
-    assert not early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8)["overfits"]
-    assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8, overfit_z=0)["overfits"]
+    assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8)["overfit_epoch"] is None
+    assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8, overfit_z=0)["overfit_epoch"] == 0
 
 
 def test_no_early_stopped_aum_without_a_labelled_heldout_set(toy):

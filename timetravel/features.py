@@ -316,10 +316,10 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3, t
     Returns
     -------
     dict or None
-        ``{"first_epoch", "last_epoch", "peak_epoch", "overfits", "epochs", "accuracy",
-        "train_agreement"}`` (the window, the held-out peak, whether the run overfits, and
-        per epoch with held-out rows its held-out accuracy and training-label agreement;
-        JSON-ready), or None when the run has no labelled held-out set in at least 3 epochs.
+        ``{"first_epoch", "last_epoch", "peak_epoch", "overfit_epoch", "epochs", "accuracy",
+        "train_agreement"}`` (the window, the held-out peak, the first epoch that overfits or
+        None, and per epoch with held-out rows its held-out accuracy and training-label
+        agreement; JSON-ready; :func:`describe_early_stop` says it in words), or None when the run has no labelled held-out set in at least 3 epochs.
 
     Raises
     ------
@@ -369,8 +369,8 @@ class _EarlyStopPlan:
             windows[name] = (max(epochs[position // 2], scored[int(np.argmax(near))]), scored[end])
         return cls(epochs, scored, acc, smoothing, len(y), store.n_samples, overfit_z, windows)
 
-    def overfits(self, train_agreement: Sequence[float]) -> bool:
-        """Whether the training-label agreement ever exceeds the held-out accuracy by ``overfit_z`` SEs."""
+    def overfit_epoch(self, train_agreement: Sequence[float]) -> int | None:
+        """The first epoch whose training-label agreement exceeds its held-out accuracy by ``overfit_z`` SEs."""
         agree = np.asarray(train_agreement, dtype=np.float64)
         if agree.shape != (len(self.epochs),):
             raise ValueError(f"train_agreement needs one value per epoch ({len(self.epochs)}), got shape "
@@ -379,17 +379,40 @@ class _EarlyStopPlan:
         g = _moving_average(np.array([at[e] for e in self.scored]), self.smoothing)
         s = _moving_average(self.accuracy, self.smoothing)
         se = np.sqrt(s * (1 - s) / self.n_heldout + g * (1 - g) / self.n_train)
-        return bool((g - s > self.overfit_z * se).any())
+        over = g - s > self.overfit_z * se
+        return int(self.scored[int(np.argmax(over))]) if over.any() else None
 
     def decide(self, train_agreement: Sequence[float]) -> dict:
         """The window (JSON-ready): up to the held-out peak if the run overfits, else up to its last epoch."""
-        overfits = self.overfits(train_agreement)
-        first, last = self.windows["peak" if overfits else "last"]
+        overfit = self.overfit_epoch(train_agreement)
+        first, last = self.windows["last" if overfit is None else "peak"]
         at = dict(zip(self.epochs, train_agreement))
         return {"first_epoch": int(first), "last_epoch": int(last), "peak_epoch": int(self.windows["peak"][1]),
-                "overfits": overfits, "epochs": [int(e) for e in self.scored],
+                "overfit_epoch": overfit, "epochs": [int(e) for e in self.scored],
                 "accuracy": [round(float(a), 6) for a in self.accuracy],
                 "train_agreement": [round(float(at[e]), 6) for e in self.scored]}
+
+
+def describe_early_stop(early_stop: dict | None) -> str:
+    """One line on the early-stopped AUM's window (``FeatureTable.meta["early_stop"]``), for people.
+
+    Examples
+    --------
+    >>> describe_early_stop({"first_epoch": 4, "last_epoch": 7, "peak_epoch": 7, "overfit_epoch": 3,
+    ...                      "epochs": [3, 7], "accuracy": [0.78, 0.8], "train_agreement": [0.82, 0.91]})
+    'early-stopped AUM over epochs 4..7: the held-out accuracy peaks at epoch 7 (0.800); the model fits its training labels better than the held-out ones from epoch 3 (0.820 against 0.780)'
+    """
+    if early_stop is None:
+        return "no early-stopped AUM: the run has no labelled held-out set in at least 3 epochs"
+    span = f"early-stopped AUM over epochs {early_stop['first_epoch']}..{early_stop['last_epoch']}"
+    at = {e: (a, g) for e, a, g in zip(early_stop["epochs"], early_stop["accuracy"], early_stop["train_agreement"])}
+    peak, over = early_stop["peak_epoch"], early_stop["overfit_epoch"]
+    if over is None:
+        a, g = at[early_stop["epochs"][-1]]
+        return (f"{span}: the model never fits its training labels significantly better than the held-out ones "
+                f"(last epoch {g:.3f} against {a:.3f}), so nothing was memorised and the window runs to the end")
+    return (f"{span}: the held-out accuracy peaks at epoch {peak} ({at[peak][0]:.3f}); the model fits its training "
+            f"labels better than the held-out ones from epoch {over} ({at[over][1]:.3f} against {at[over][0]:.3f})")
 
 
 def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
@@ -476,7 +499,7 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, plan):
         cols["aum_train"] = train_margin_sum / t
     early_stop = None if plan is None else plan.decide(agreement.tolist())
     if early_stop is not None:
-        name = "peak" if early_stop["overfits"] else "last"
+        name = "last" if early_stop["overfit_epoch"] is None else "peak"
         size = sum(early_stop["first_epoch"] <= e <= early_stop["last_epoch"] for e in epochs)
         cols["aum_early_stop"] = window_sums[name] / size
     cols.update({

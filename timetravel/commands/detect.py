@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from timetravel.detection import detect, features_dir
     from timetravel.errors import TimetravelError
+    from timetravel.features import describe_early_stop
     from timetravel.store import RunStore
 
     if args.top is not None and args.top < 1:
@@ -59,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(table.epochs)}" if canvas else "no canvas features (fewer than 3 projected epochs)")
     if args.json:
         json.dump({"run": str(store.path), "features": table.names, "epochs": table.epochs,
-                   "projection_epochs": canvas, "ranking": rows}, sys.stdout, indent=2)
+                   "projection_epochs": canvas, "early_stop": table.meta.get("early_stop"), "ranking": rows},
+                  sys.stdout, indent=2)
         print()
         return 0
     print(f"{store.path}: {table.n_samples} samples, {len(table.names)} features ({coverage}) -> "
           f"{features_dir(store.path)}")
+    print(describe_early_stop(table.meta.get("early_stop")))
     for r in rows:
         print(f"{r['rank']:4d}. sample {r['sample']:>7d}  score {r['score']:+.3f}  "
               f"label {r['label_name']!r}, maybe {r['suggested_name']!r}")
