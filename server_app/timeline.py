@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -9,9 +10,12 @@ from typing import Callable
 from bokeh.layouts import column, row
 from bokeh.models import (
     BasicTicker,
+    BoxAnnotation,
     Button,
     ColumnDataSource,
     CustomJSTickFormatter,
+    Div,
+    Label,
     Select,
     Slider,
     Span,
@@ -116,7 +120,7 @@ def _history_figure(data: RunData, epoch: int) -> tuple[object, Span]:
             src = ColumnDataSource(dict(epoch=list(xs), value=list(ys)))
             fig.line("epoch", "value", source=src, line_color=colour, line_width=2, legend_label=name)
     if fig.legend:
-        fig.legend.location = "bottom_right"
+        fig.legend.location = "top_left"  # the curves rise to the right, where the AUM window is shaded
         fig.legend.label_text_font_size = "9pt"
         fig.legend.background_fill_alpha = 0.6
         fig.legend.padding = 2
@@ -124,6 +128,38 @@ def _history_figure(data: RunData, epoch: int) -> tuple[object, Span]:
     cursor = Span(location=epoch, dimension="height", line_color="#ff6f00", line_width=2)
     fig.add_layout(cursor)
     return fig, cursor
+
+
+def _mark_early_stop(fig, data: RunData) -> Div | None:
+    """Shade the epochs the early-stopped AUM averages and mark where the model starts to memorise.
+
+    From the run's detection (``timetravel detect``); nothing without one, or without a labelled
+    held-out set. Returns a note that says the window in words, as ``timetravel detect`` prints it.
+    """
+    from timetravel.detection import load_early_stop
+    from timetravel.errors import TimetravelError
+    from timetravel.features import describe_early_stop
+
+    try:
+        early_stop = load_early_stop(data.store)
+    except TimetravelError:  # the review tab says what is wrong with the detection
+        return
+    if early_stop is None:
+        return
+    first, last, over = early_stop["first_epoch"], early_stop["last_epoch"], early_stop["overfit_epoch"]
+    fig.add_layout(BoxAnnotation(left=first - 0.5, right=last + 0.5, fill_color="#ffb74d", fill_alpha=0.18,
+                                 line_alpha=0, name="early_stop_window"))  # fmt: skip
+    fig.add_layout(Label(x=first - 0.5, y=4, y_units="screen", x_offset=3, text="early-stopped AUM",
+                         text_font_size="8pt", text_color="#e65100", name="early_stop_label"))  # fmt: skip
+    if over is not None:
+        fig.add_layout(Span(location=over, dimension="height", line_color="#c62828", line_dash="dashed",
+                            line_width=1, name="overfit_marker"))  # fmt: skip
+        late = over > (data.epochs[0] + data.epochs[-1]) / 2  # then the words go left of the line, not off the plot
+        fig.add_layout(Label(x=over, y=1.0, x_offset=-3 if late else 3, text="memorising from here",
+                             text_align="right" if late else "left", text_baseline="top", text_font_size="8pt",
+                             text_color="#c62828", name="overfit_label"))  # fmt: skip
+    return Div(text=f"<span class='tt-muted'>{html.escape(describe_early_stop(early_stop))}</span>",
+               name="early_stop_note", sizing_mode="stretch_width", styles={"font-size": "11px"})
 
 
 def make_timeline(data: RunData, epoch: int) -> TimelineView:
@@ -145,6 +181,7 @@ def make_timeline(data: RunData, epoch: int) -> TimelineView:
     play = Toggle(label="▶ Play", width=80, name="play", html_attributes={"title": "play / pause (space)"})
     speed = Select(value="2", options=[(s, f"{s} fps") for s in SPEEDS], width=80, name="speed")
     history, cursor = _history_figure(data, epoch)
+    note = _mark_early_stop(history, data)
     controls = row(back, play, forward, speed, slider, sizing_mode="stretch_width")
-    layout = column(controls, history, sizing_mode="stretch_width")
+    layout = column(controls, history, *([note] if note is not None else []), sizing_mode="stretch_width")
     return TimelineView(epochs, slider, back, forward, play, speed, cursor, layout)

@@ -7,6 +7,7 @@ with a message saying so. Screenshots go to ``test-artifacts/`` (git-ignored).
 from __future__ import annotations
 
 import csv
+import html
 import json
 import shutil
 from pathlib import Path
@@ -431,6 +432,20 @@ _CELL_XY_JS = """([g, p]) => {
   const k = fig.x_range.factors.length, box = view.frame.bbox, r = view.el.getBoundingClientRect();
   return [r.left + box.left + (p + 0.5) * box.width / k, r.top + box.top + (g + 0.5) * box.height / k];
 }"""
+
+
+def test_the_timeline_shows_the_early_stopped_aum_window(browser, sliced):
+    from timetravel.detection import load_early_stop
+    from timetravel.features import describe_early_stop
+
+    window = load_early_stop(RunStore(sliced))
+    with serve(sliced) as server:
+        page = _open(browser, server.url, queue=False)
+        page.locator(".bk-Div", has_text="early-stopped AUM over epochs").wait_for(state="visible")
+        assert html.escape(describe_early_stop(window)) in _model(page, "early_stop_note", "text")
+        assert (_model(page, "early_stop_window", "left"), _model(page, "early_stop_window", "right")) == (
+            window["first_epoch"] - 0.5, window["last_epoch"] + 0.5)
+        assert page.js_errors == []
 
 
 def test_a_confusion_cell_click_selects_its_samples_and_limits_the_queue(browser, sliced):

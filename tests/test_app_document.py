@@ -204,3 +204,36 @@ def test_background_work_cancelled_at_shutdown_is_dropped_quietly(caplog):
     release.set()
     executor.shutdown(wait=True)
     assert done == [] and "exception calling callback" not in caplog.text
+
+
+def test_the_timeline_shades_the_early_stopped_aum_window_and_says_it(tmp_path):
+    from bokeh.models import BoxAnnotation, Label, Span
+
+    from timetravel import RunStore
+    from timetravel.detection import detect
+    from timetravel.features import describe_early_stop
+    from timetravel.server_app._testing import write_synthetic_run
+
+    path = write_synthetic_run(tmp_path / "run", n_samples=200, n_epochs=6, grid=8, n_heldout=80)
+    assert not list(_build(path).select({"name": "early_stop_window"}))  # no detection yet: nothing to shade
+    window = detect(RunStore(path), verbose=False).features.meta["early_stop"]
+    doc = _build(path)
+    (box,) = doc.select({"type": BoxAnnotation, "name": "early_stop_window"})
+    assert (box.left, box.right) == (window["first_epoch"] - 0.5, window["last_epoch"] + 0.5)
+    (note,) = doc.select({"type": Div, "name": "early_stop_note"})
+    assert describe_early_stop(window).replace("'", "&#x27;") in note.text
+    assert len(list(doc.select({"type": Label, "name": "early_stop_label"}))) == 1
+    # the marker of the first overfitting epoch is there exactly when the run overfits
+    assert len(list(doc.select({"type": Span, "name": "overfit_marker"}))) == (window["overfit_epoch"] is not None)
+
+
+def test_a_run_without_heldout_labels_has_no_early_stop_marks(run, tmp_path):
+    import shutil
+
+    from timetravel import RunStore
+    from timetravel.detection import detect
+
+    path = shutil.copytree(run, tmp_path / "run")
+    detect(RunStore(path), verbose=False)
+    doc = _build(path)
+    assert not list(doc.select({"name": "early_stop_window"})) and not list(doc.select({"name": "early_stop_note"}))

@@ -175,7 +175,7 @@ def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_b
 
 
 def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_window(tmp_path):
-    from timetravel.features import early_stopping_window
+    from timetravel.features import describe_early_stop, early_stopping_window
     from timetravel.numerics import label_margins
 
     # flat held-out accuracy with a noise peak at epoch 2; the model agrees with its (noisy) training labels
@@ -184,6 +184,10 @@ def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_wi
     store = _run_with_heldout(tmp_path / "run", flat, n=200, m=200, train=0.75)
     window = early_stopping_window(store, store.epochs)
     assert window["overfit_epoch"] is None and window["peak_epoch"] == 2
+    assert describe_early_stop(window) == (
+        "early-stopped AUM over epochs 3..7: the model never fits its training labels significantly better than "
+        "the held-out ones (last epoch 0.750 against 0.820), so nothing was memorised and the window runs to the end")
+    assert describe_early_stop(None).startswith("no early-stopped AUM: the run has no labelled held-out set")
     assert (window["first_epoch"], window["last_epoch"]) == (3, 7)  # from half-way to the last epoch
     table = extract_features(store, n_neighbors=5, verbose=False)
     assert table.meta["early_stop"] == window  # the one-pass computation decides the same

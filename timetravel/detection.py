@@ -50,6 +50,23 @@ def has_detection(store) -> bool:
     return (features_dir(store.path) / MANIFEST).exists()
 
 
+def load_early_stop(store) -> dict | None:
+    """The early-stopped AUM's window of the run's detection (``meta.early_stop``), from the manifest alone.
+
+    None when the run has no detection yet or its features have no such window (no labelled
+    held-out set). :func:`timetravel.features.describe_early_stop` words it.
+
+    Raises
+    ------
+    StoreError
+        The manifest is not valid JSON or of an unknown format version.
+    """
+    manifest = read_manifest(features_dir(store.path) / MANIFEST, FORMAT_VERSION,
+                             fix=f"run `timetravel detect {store.path}` again")
+    meta = manifest.get("meta") if manifest is not None else None
+    return meta.get("early_stop") if isinstance(meta, dict) else None
+
+
 @dataclass
 class Detection:
     """Features and detector of a run, as written by ``timetravel detect``.
