@@ -238,11 +238,14 @@ def _evaluate_run(store, data, rankers: list[str], mistakes: list[float], seed: 
         fitted = ranker.fit(data)
         fit_s = time.perf_counter() - t0
         for mistake in mistakes if name in FEEDBACK_RANKERS else [STATIC_MISTAKE]:
-            # every user meets the same freshly fitted ranker; a mistaken user is drawn `user_draws` times
-            # (which answers are wrong is random, and one draw of 10 rounds is a noisy estimate)
+            # every user meets the same freshly fitted ranker, `user_draws` times where sessions are random
+            # (which answers a mistaken user gets wrong; the ranker's exploration draws): one draw of 10 rounds
+            # is a noisy estimate. Draw d of every mistake rate explores alike, so the drop compares like with like.
+            draws = user_draws if mistake > 0 or fitted.stochastic else 1
             sessions = [
-                _session(copy.deepcopy(fitted), mask, k, mistake, seed * 1000 + draw, rounds, ranker.protocol)
-                for draw in range(user_draws if mistake > 0 else 1)
+                _session(copy.deepcopy(fitted).reseed(seed * 1000 + draw) if draw else copy.deepcopy(fitted),
+                         mask, k, mistake, seed * 1000 + draw, rounds, ranker.protocol)
+                for draw in range(draws)
             ]  # fmt: skip
             metrics = _mean_metrics(sessions)
             metrics["fit_seconds"] = fit_s
@@ -403,8 +406,10 @@ def _markdown(result: dict) -> str:
         f"Settings: datasets {meta['datasets']}, noise {meta['noise']}, rates {meta['rates']}, seeds {meta['seeds']}, "
         f"{meta['epochs']} epochs, {meta['rounds']} rounds of k (k = 50 for runs of 20,000+ samples, else "
         f"ceil(n_noisy / 20)). Values are means over seeds"
-        + (f"; with a mistaken user, also over {meta['user_draws']} draws of which answers are wrong."
-           if meta.get("user_draws", 1) > 1 else "."),
+        + ("." if meta.get("user_draws", 1) <= 1
+           else f"; timetravel's sessions also over {meta['user_draws']} draws of its exploration and of which "
+           "answers a mistaken user gets wrong." if meta.get("exploration_draws")
+           else f"; with a mistaken user, also over {meta['user_draws']} draws of which answers are wrong."),
         "",
         *([meta["note"], ""] if meta.get("note") else []),
         "DeepDebugger trajectories: " + ", ".join(sorted({s for e in result["runs"] for s in
@@ -556,7 +561,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--mistakes", default="0,0.03,0.05,0.1,0.2")
     p.add_argument("--user-draws", type=int, default=5,
-                   help="sessions (different mistaken answers) averaged per run for each mistake rate > 0")
+                   help="sessions averaged per run: different mistaken answers for each mistake rate > 0, "
+                   "and different exploration draws for rankers that explore (timetravel)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--synthetic-samples", type=int, default=20000)
@@ -645,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                  "subject_rates": _floats(args.subject_rates), "subject_seeds": _ints(args.subject_seeds),
                  "mistakes": mistakes, "epochs": args.epochs, "rounds": args.rounds,
                  "rankers": rankers, "synthetic_samples": args.synthetic_samples, "cv_datasets": sorted(cv_datasets),
-                 "cv_folds": args.cv_folds, "quick": args.quick, "user_draws": args.user_draws},
+                 "cv_folds": args.cv_folds, "quick": args.quick, "user_draws": args.user_draws,
+                 "exploration_draws": True},
         "table": _aggregate(runs),
         "latency": latency,
         "runs": runs,

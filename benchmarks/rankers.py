@@ -76,6 +76,8 @@ class Ranker:
     uses_feedback = False
     # how a simulated session feeds answers back: the app re-ranks timetravel after every answer
     protocol = "per_round"
+    # whether sessions differ by the seed of :meth:`reseed` (exploration draws), so one session is a noisy estimate
+    stochastic = False
 
     def available(self, data: RankingInput) -> bool:
         """Whether ``data`` holds what this ranker needs (e.g. a feature only some runs have)."""
@@ -113,6 +115,10 @@ class Ranker:
 
     def _learn(self) -> None:
         raise NotImplementedError
+
+    def reseed(self, seed: int) -> Ranker:
+        """Draw this (fitted, unreviewed) ranker's random choices from ``seed`` from now on; returns self."""
+        return self
 
 
 class ScoreRanker(Ranker):
@@ -261,6 +267,7 @@ class TimetravelRanker(Ranker):
     name = "timetravel"
     uses_feedback = True
     protocol = "per_decision"
+    stochastic = True  # Thompson-sampling exploration
 
     def __init__(self, **params) -> None:
         self.params = params
@@ -278,6 +285,11 @@ class TimetravelRanker(Ranker):
 
     def update(self, indices: Sequence[int], accepted: Sequence[bool]) -> TimetravelRanker:
         self.recommender_.update(indices, accepted)
+        return self
+
+    def reseed(self, seed: int) -> TimetravelRanker:
+        self.recommender_.random_state = seed
+        self.recommender_.restore({})  # restarts the exploration draws from the new seed
         return self
 
 

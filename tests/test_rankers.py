@@ -97,3 +97,21 @@ def test_metrics_helpers():
     assert reviews_for_recall(np.array([0, 1, 3]), target, 0.8) is None
     q = ranking_quality(target.astype(float), target)
     assert q["auroc"] == 1.0 and q["auprc"] == 1.0
+
+
+def test_reseed_redraws_exploration_only_for_rankers_that_explore(data):
+    """Benchmarks average several sessions of a stochastic ranker: each seed replays alike, seeds differ."""
+    import copy
+
+    mask = data.store.noise_mask
+    fitted = make_ranker("timetravel").fit(data)
+    assert fitted.stochastic
+
+    def order(seed):
+        ranker = copy.deepcopy(fitted).reseed(seed)
+        return np.concatenate(run_session(ranker, SimulatedUser(mask, 0.0), k=9, rounds=5, update="per_decision").rounds)
+
+    assert np.array_equal(order(1), order(1))
+    assert len({tuple(order(s)) for s in range(1, 5)}) > 1, "exploration draws differ between seeds"
+    static = make_ranker("aum").fit(data)
+    assert not static.stochastic and static.reseed(3) is static
