@@ -128,12 +128,12 @@ def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_b
     from timetravel.numerics import label_margins
 
     # smoothed over 3 epochs the accuracy peaks at epochs 2 and 3 (0.667): the first wins; epoch 1
-    # (0.533) is not within 5% of the rise from epoch 0 (0.3), so the window starts at 1 only with
-    # a tolerance of 40%
+    # (0.533) is not within 5% of the rise from epoch 0 (0.3), but the window keeps the epochs
+    # averaged into the peak (1..3) whatever the tolerance
     accuracy = [0.2, 0.5, 0.9, 0.6, 0.5, 0.4]
     store = _run_with_heldout(tmp_path / "run", accuracy)
-    window = early_stopping_window(store, store.epochs, tolerance=0.4)
-    assert (window["first_epoch"], window["last_epoch"], window["peak_epoch"]) == (1, 2, 2)
+    window = early_stopping_window(store, store.epochs, tolerance=0)
+    assert (window["first_epoch"], window["last_epoch"], window["peak_epoch"]) == (1, 3, 2)
     assert window["epochs"] == list(range(6)) and window["accuracy"] == accuracy
     assert window["overfit_epoch"] == 0 and window["train_agreement"] == [1.0] * 6  # fits every training label
     with pytest.raises(ValueError, match="tolerance"):
@@ -145,9 +145,9 @@ def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_b
     with pytest.raises(ValueError, match="one value per epoch"):
         early_stopping_window(store, store.epochs, train_agreement=[0.5] * 5)
     window = early_stopping_window(store, store.epochs)
-    assert (window["first_epoch"], window["last_epoch"]) == (2, 2)
+    assert (window["first_epoch"], window["last_epoch"]) == (1, 3)
     table = extract_features(store, n_neighbors=5, verbose=False)
-    margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in (2,)]
+    margins = [label_margins(np.asarray(store.logits(e), dtype=np.float64), store.labels) for e in (1, 2, 3)]
     np.testing.assert_allclose(table.column("aum_early_stop"), np.mean(margins, axis=0), rtol=1e-5, atol=1e-6)
     assert table.meta["early_stop"] == window
     from timetravel.detection import detect, load_detection
@@ -160,18 +160,18 @@ def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_b
 
     capsys.readouterr()
     assert main(["-q", "detect", str(store.path), "--anchor-share", "0", "--top", "1"]) == 0
-    assert ("early-stopped AUM over epochs 2..2: the held-out accuracy peaks at epoch 2 (0.900); the model fits "
-            "its training labels better than the held-out ones from epoch 0 (1.000 against 0.200)") in capsys.readouterr().out
+    assert ("early-stopped AUM over epochs 1..3: the held-out accuracy peaks at epoch 2 (0.900) (the window keeps "
+            "the epochs averaged into it); the model fits its training labels better than the held-out ones from epoch 0 (1.000 against 0.200)") in capsys.readouterr().out
     assert load_detection(store).detector.weights_[saved.features.names.index("aum_early_stop")] == 0.0
     assert main(["-q", "detect", str(store.path), "--top", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["early_stop"] == window
-    # still learning at the end: only the last epoch is near the peak
+    # still learning at the end: only the last epoch is near the peak, which is averaged with epoch 4
     late = early_stopping_window(_run_with_heldout(tmp_path / "late", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), range(6))
-    assert (late["first_epoch"], late["last_epoch"]) == (5, 5)
+    assert (late["first_epoch"], late["last_epoch"]) == (4, 5)
     # a long plateau before the peak (epoch 8): the window starts half-way, not where the plateau does
     plateau = [0.1, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.81, 0.81, 0.81, 0.6]
     flat = early_stopping_window(_run_with_heldout(tmp_path / "flat", plateau, m=100), range(11))
-    assert (flat["first_epoch"], flat["last_epoch"]) == (4, 8)
+    assert (flat["first_epoch"], flat["last_epoch"], flat["peak_epoch"]) == (4, 9, 8)
 
 
 def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_window(tmp_path):
@@ -195,10 +195,10 @@ def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_wi
     np.testing.assert_allclose(table.column("aum_early_stop"), np.mean(margins, axis=0), rtol=1e-5, atol=1e-6)
     # the same run fitting 95% of its training labels from epoch 2 on overfits (0.95 against at most 0.9;
     # from epoch 3, where the 3-epoch averages part by more than 2 standard errors): the window ends at the
-    # held-out peak again
+    # held-out peak again, with the epochs averaged into it
     fits = _run_with_heldout(tmp_path / "fits", flat, n=200, m=200, train=[0.75, 0.8] + [0.95] * 6)
     window = early_stopping_window(fits, fits.epochs)
-    assert window["overfit_epoch"] == 3 and (window["first_epoch"], window["last_epoch"]) == (2, 2)
+    assert window["overfit_epoch"] == 3 and (window["first_epoch"], window["last_epoch"]) == (1, 3)
     # an agreement above the held-out accuracy by less than the standard errors is not overfitting
     assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8)["overfit_epoch"] is None
     assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8, overfit_z=0)["overfit_epoch"] == 0

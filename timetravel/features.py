@@ -291,7 +291,10 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3, t
 
     The window ends at the held-out peak when the run overfits: when, at some epoch, the
     model agrees with its training labels more often than with the held-out labels, by more
-    than ``overfit_z`` standard errors (both smoothed alike). A run that never does has
+    than ``overfit_z`` standard errors (both smoothed alike). It then spans at least the
+    ``smoothing`` epochs averaged into the peak (one past it included): where the held-out
+    accuracy jumps from epoch to epoch, a single epoch's margins are as noisy as its
+    accuracy. A run that never does has
     memorised nothing, and its peak is only noise on a flat curve; the window then ends at
     the last epoch, where the model is best trained. Only the held-out labels and the
     given training labels are used, never the training labels' truth.
@@ -347,6 +350,7 @@ class _EarlyStopPlan:
     n_train: int
     overfit_z: float
     windows: dict[str, tuple[int, int]]  # "peak" / "last": (first, last epoch)
+    peak_epoch: int  # the best smoothed held-out accuracy
 
     @classmethod
     def from_store(cls, store, epochs, *, smoothing: int = 3, tolerance: float = 0.05,
@@ -362,12 +366,18 @@ class _EarlyStopPlan:
             return None
         acc = np.array([float((np.asarray(store.logits(e, "heldout")).argmax(axis=1) == y).mean()) for e in scored])
         smooth = _moving_average(acc, smoothing)
+        peak = int(np.argmax(smooth))
         windows = {}
-        for name, end in (("peak", int(np.argmax(smooth))), ("last", len(scored) - 1)):
+        for name, end in (("peak", peak), ("last", len(scored) - 1)):
             near = smooth[: end + 1] >= smooth[end] - tolerance * (smooth[end] - smooth[0])
             position = epochs.index(scored[end])
             windows[name] = (max(epochs[position // 2], scored[int(np.argmax(near))]), scored[end])
-        return cls(epochs, scored, acc, smoothing, len(y), store.n_samples, overfit_z, windows)
+        # the peak is a mean over `smoothing` epochs, so its window keeps at least those: on a curve
+        # that jumps from epoch to epoch, one epoch's margins alone are as noisy as its accuracy
+        half = smoothing // 2
+        first, last = windows["peak"]
+        windows["peak"] = (min(first, scored[max(peak - half, 0)]), scored[min(peak + half, len(scored) - 1)])
+        return cls(epochs, scored, acc, smoothing, len(y), store.n_samples, overfit_z, windows, scored[peak])
 
     def overfit_epoch(self, train_agreement: Sequence[float]) -> int | None:
         """The first epoch whose training-label agreement exceeds its held-out accuracy by ``overfit_z`` SEs."""
@@ -387,7 +397,7 @@ class _EarlyStopPlan:
         overfit = self.overfit_epoch(train_agreement)
         first, last = self.windows["last" if overfit is None else "peak"]
         at = dict(zip(self.epochs, train_agreement))
-        return {"first_epoch": int(first), "last_epoch": int(last), "peak_epoch": int(self.windows["peak"][1]),
+        return {"first_epoch": int(first), "last_epoch": int(last), "peak_epoch": int(self.peak_epoch),
                 "overfit_epoch": overfit, "epochs": [int(e) for e in self.scored],
                 "accuracy": [round(float(a), 6) for a in self.accuracy],
                 "train_agreement": [round(float(at[e]), 6) for e in self.scored]}
@@ -411,8 +421,10 @@ def describe_early_stop(early_stop: dict | None) -> str:
         a, g = at[early_stop["epochs"][-1]]
         return (f"{span}: the model never fits its training labels significantly better than the held-out ones "
                 f"(last epoch {g:.3f} against {a:.3f}), so nothing was memorised and the window runs to the end")
-    return (f"{span}: the held-out accuracy peaks at epoch {peak} ({at[peak][0]:.3f}); the model fits its training "
-            f"labels better than the held-out ones from epoch {over} ({at[over][1]:.3f} against {at[over][0]:.3f})")
+    around = " (the window keeps the epochs averaged into it)" if early_stop["last_epoch"] > peak else ""
+    return (f"{span}: the held-out accuracy peaks at epoch {peak} ({at[peak][0]:.3f}){around}; the model fits its "
+            f"training labels better than the held-out ones from epoch {over} ({at[over][1]:.3f} against "
+            f"{at[over][0]:.3f})")
 
 
 def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
