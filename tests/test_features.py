@@ -160,8 +160,8 @@ def test_early_stopped_aum_of_an_overfitting_run_averages_the_margin_up_to_the_b
 
     capsys.readouterr()
     assert main(["-q", "detect", str(store.path), "--anchor-share", "0", "--top", "1"]) == 0
-    assert ("early-stopped AUM over epochs 1..3: the held-out accuracy peaks at epoch 2 (0.900) (the window keeps "
-            "the epochs averaged into it); the model fits its training labels better than the held-out ones from epoch 0 (1.000 against 0.200)") in capsys.readouterr().out
+    assert ("early-stopped AUM over epochs 1..3: the held-out accuracy peaks at epoch 2 (0.900; the window keeps "
+            "epochs 1..3, the ones averaged into the peak); the model fits its training labels better than the held-out ones from epoch 0 (1.000 against 0.200)") in capsys.readouterr().out
     assert load_detection(store).detector.weights_[saved.features.names.index("aum_early_stop")] == 0.0
     assert main(["-q", "detect", str(store.path), "--top", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["early_stop"] == window

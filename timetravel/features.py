@@ -421,8 +421,10 @@ def describe_early_stop(early_stop: dict | None) -> str:
         a, g = at[early_stop["epochs"][-1]]
         return (f"{span}: the model never fits its training labels significantly better than the held-out ones "
                 f"(last epoch {g:.3f} against {a:.3f}), so nothing was memorised and the window runs to the end")
-    around = " (the window keeps the epochs averaged into it)" if early_stop["last_epoch"] > peak else ""
-    return (f"{span}: the held-out accuracy peaks at epoch {peak} ({at[peak][0]:.3f}){around}; the model fits its "
+    half = early_stop["last_epoch"] - peak  # > 0: the window keeps the epochs averaged into the peak
+    around = (f"; the window keeps epochs {max(peak - half, early_stop['epochs'][0])}..{peak + half}, the ones "
+              "averaged into the peak") if half > 0 else ""
+    return (f"{span}: the held-out accuracy peaks at epoch {peak} ({at[peak][0]:.3f}{around}); the model fits its "
             f"training labels better than the held-out ones from epoch {over} ({at[over][1]:.3f} against "
             f"{at[over][0]:.3f})")
 
