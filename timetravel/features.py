@@ -61,7 +61,7 @@ FEATURES: dict[str, FeatureSpec] = {
         FeatureSpec("aum_train", "area under the margin from training-mode margins recorded during training", -1,
                     "another class outscores its label during training (mean margin {v:.2f})", "margin"),
         FeatureSpec("aum_early_stop", "area under the margin over the epochs before noisy labels are memorised: "
-                    "near the best held-out accuracy, up to it, when the model overfits its training labels, "
+                    "near the best held-out accuracy and around it, when the model overfits its training labels, "
                     "else its second half (runs with a labelled held-out set)", -1,
                     "another class outscores its label while the model still generalises (mean margin {v:.2f} "
                     "before memorisation)", "margin"),
