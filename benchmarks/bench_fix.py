@@ -15,8 +15,8 @@ last epoch is reported.
 Who reviews:
 
 - ``timetravel``: the detector's ranking with the feedback recommender, perfect
-  user, then ``timetravel fix --drop-suspects``: the unreviewed samples that the
-  recommender fitted on the review would recommend with p(accept) > 0.5, or whose
+  user, then ``timetravel fix --drop-suspects``: the unreviewed samples in the
+  suspicious mode of the recommender's scores fitted on the review, or whose
   given label got < 50% mean probability over training, are left out
   (:func:`timetravel.correction.drop_suspects`; at R = 0 the second rule alone);
   ``timetravel_mistaken``: the same with 10% of the answers wrong (mean over
@@ -118,8 +118,7 @@ def _evaluate(store, path: Path, args, seed: int) -> dict:
         if not suspects:
             return fix
         score = FeedbackRecommender(random_state=0).fit(table, prior).restore(state.decisions).log_odds()
-        return drop_suspects(fix, state, confidence=table.column("confidence"),
-                             accept_probability=1.0 / (1.0 + np.exp(-score.astype(np.float64))))
+        return drop_suspects(fix, state, confidence=table.column("confidence"), suspicion=score)
 
     table = extract_features(store, verbose=False)
     prior = AbnormalityDetector().fit(table).scores_

@@ -105,24 +105,39 @@ def test_drop_suspects_leaves_out_only_unreviewed_doubted_samples():
     labels = np.zeros(6, dtype=int)
     state = _state((1, "reject", None), (2, "relabel", 1))
     confidence = np.array([0.9, 0.1, 0.2, 0.3, 0.5, 0.9])
-    accept = np.array([0.1, 0.9, 0.9, 0.1, 0.2, 0.8])
+    suspicion = np.array([-3.0, 4.0, 4.2, -3.1, -2.9, 3.9])  # log-odds: two clear modes
     fix = drop_suspects(apply_decisions(labels, state), state, confidence=confidence)
     assert fix.keep.tolist() == [True, True, True, False, True, True]  # 1 and 2 were decided by the user
     assert fix.labels.tolist() == [0, 0, 1, 0, 0, 0]
-    fix = drop_suspects(apply_decisions(labels, state), state, confidence=confidence, accept_probability=accept)
-    assert fix.keep.tolist() == [True, True, True, False, True, False]  # 5: like the accepted ones
+    fix = drop_suspects(apply_decisions(labels, state), state, confidence=confidence, suspicion=suspicion)
+    assert fix.keep.tolist() == [True, True, True, False, True, False]  # 5: in the suspicious mode
     # before any decision the recommender knows nothing: only the confidence counts
     empty = FeedbackState()
     assert drop_suspects(apply_decisions(labels, empty), empty, confidence=confidence,
-                         accept_probability=accept).dropped.tolist() == [1, 2, 3]
+                         suspicion=suspicion).dropped.tolist() == [1, 2, 3]
     with pytest.raises(CorrectionsError, match="confidence has shape"):
         drop_suspects(fix, state, confidence=np.ones(3))
-    with pytest.raises(CorrectionsError, match="accept_probability has shape"):
-        drop_suspects(fix, state, confidence=confidence, accept_probability=np.ones(3))
+    with pytest.raises(CorrectionsError, match="suspicion has shape"):
+        drop_suspects(fix, state, confidence=confidence, suspicion=np.ones(3))
+
+
+def test_the_suspicious_mode_ends_where_the_scores_do_not_where_the_review_did():
+    from timetravel.correction import suspicious_mode
+
+    # after a review that accepted everything it saw, the recommender's log-odds are above 0 for far more
+    # samples than are mislabelled (its intercept was fitted on the reviewed top only); the mixture finds
+    # the 100 of the upper mode
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0.5, 1.0, 900), rng.normal(6.0, 1.0, 100)]
+    posterior = suspicious_mode(scores)
+    assert (scores > 0).sum() > 600 and 95 <= (posterior > 0.5).sum() <= 105
+    assert (posterior[900:] > 0.5).mean() > 0.95
+    assert suspicious_mode(np.ones(5)).tolist() == [0.0] * 5  # no second mode to find
 
 
 def test_suspects_need_the_runs_detection(tiny_run):
     from timetravel import StoreError, detect
+    from timetravel.correction import suspicious_mode
 
     with pytest.raises(StoreError, match="run `timetravel detect"):
         timetravel.corrections(tiny_run, suspects=True)
@@ -131,7 +146,7 @@ def test_suspects_need_the_runs_detection(tiny_run):
                           detection.features.column("confidence") >= 0.5)
     FeedbackLog(tiny_run.path).append(int(np.argmin(detection.features.column("confidence"))), "accept")
     state = FeedbackLog(tiny_run.path).read()
-    p = 1 / (1 + np.exp(-detection.recommender(feedback=state, random_state=0).log_odds()))
-    expected = (detection.features.column("confidence") < 0.5) | (p > 0.5)
+    mode = suspicious_mode(detection.recommender(feedback=state, random_state=0).log_odds())
+    expected = (detection.features.column("confidence") < 0.5) | (mode > 0.5)
     expected[list(state.standing)] = False
     assert np.array_equal(~timetravel.corrections(tiny_run, suspects=True).keep, expected)

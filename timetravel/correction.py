@@ -26,8 +26,9 @@ identifies the log of ``source`` the corrections were read from.
 
 A review covers the most suspicious samples; :func:`drop_suspects` (``timetravel
 fix --drop-suspects``) also leaves out the samples nobody reviewed that either
-look like the ones the user accepted (the feedback recommender, fitted on the
-review, gives them an acceptance probability above one half) or whose given
+look like the ones the user accepted (they fall in the suspicious mode of the
+feedback recommender's scores, fitted on the review: a two-component Gaussian
+mixture over all samples' scores, posterior above one half) or whose given
 label the model gave less than half of its probability on average over training
 (the detector's ``confidence`` feature: the model kept voting against it). Dropping a correct sample costs little; training on a wrong
 label costs much more (``timetravel bench fix`` measures both).
@@ -170,7 +171,7 @@ def drop_suspects(
     state: FeedbackState,
     *,
     confidence: np.ndarray,
-    accept_probability: np.ndarray | None = None,
+    suspicion: np.ndarray | None = None,
     threshold: float = SUSPECT_CONFIDENCE,
 ) -> Corrections:
     """Also leave out the unreviewed samples that look mislabelled.
@@ -184,12 +185,16 @@ def drop_suspects(
     confidence : array of float, shape (N,)
         Mean probability of the given label over the epochs (the ``confidence``
         feature of ``timetravel detect``).
-    accept_probability : array of float, shape (N,), optional
-        The feedback recommender's probability that the user would accept each
+    suspicion : array of float, shape (N,), optional
+        The feedback recommender's log-odds that the user would accept each
         sample, fitted on ``state`` (used once the review has a decision).
+        Their suspicious mode is found by :func:`suspicious_mode`; its own
+        probabilities are not used, as they are calibrated on the reviewed
+        samples only: after a review that accepted nearly everything it showed,
+        they put most of the run above one half.
     threshold : float, default=0.5
-        Unreviewed samples with ``confidence < threshold`` or
-        ``accept_probability > threshold`` are dropped.
+        Unreviewed samples with ``confidence < threshold``, or whose posterior of
+        the suspicious mode is above it, are dropped.
 
     Returns
     -------
@@ -200,15 +205,48 @@ def drop_suspects(
     if confidence.shape != (n,):
         raise CorrectionsError(f"confidence has shape {confidence.shape} but the run has {n} samples")
     suspect = confidence < threshold
-    if accept_probability is not None and state.decisions:
-        accept_probability = np.asarray(accept_probability, dtype=np.float64)
-        if accept_probability.shape != (n,):
-            raise CorrectionsError(f"accept_probability has shape {accept_probability.shape} but the run has {n} "
-                                   "samples")
-        suspect |= accept_probability > threshold
+    if suspicion is not None and state.decisions:
+        suspicion = np.asarray(suspicion, dtype=np.float64)
+        if suspicion.shape != (n,):
+            raise CorrectionsError(f"suspicion has shape {suspicion.shape} but the run has {n} samples")
+        suspect |= suspicious_mode(suspicion) > threshold
     reviewed = np.fromiter(state.standing, dtype=np.int64, count=len(state.standing))
     suspect[reviewed] = False
     return Corrections(labels=fix.labels, keep=fix.keep & ~suspect, flagged=fix.flagged, base_labels=fix.base_labels)
+
+
+def suspicious_mode(scores: np.ndarray, *, random_state: int = 0) -> np.ndarray:
+    """Posterior of the higher of two Gaussian modes of ``scores``, per sample.
+
+    Mislabelled samples form a mode of their own in a good suspicion score; a
+    two-component mixture over every sample's score says where it ends without
+    any threshold fitted to the reviewed samples.
+
+    Parameters
+    ----------
+    scores : array of float, shape (N,)
+        Higher = more suspicious.
+    random_state : int
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Probability that each sample belongs to the higher mode; zeros when
+        the scores take fewer than two distinct values.
+
+    Examples
+    --------
+    >>> scores = np.r_[np.zeros(90), np.full(10, 5.0)] + np.linspace(0, 0.1, 100)
+    >>> int((suspicious_mode(scores) > 0.5).sum())
+    10
+    """
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
+    if len(np.unique(x)) < 2:
+        return np.zeros(len(x))
+    mixture = GaussianMixture(2, random_state=random_state).fit(x)
+    return mixture.predict_proba(x)[:, int(np.argmax(mixture.means_[:, 0]))]
 
 
 def corrections(run: Any, state: FeedbackState | None = None, *, suspects: bool = False) -> Corrections:
@@ -252,9 +290,8 @@ def corrections(run: Any, state: FeedbackState | None = None, *, suspects: bool 
     from timetravel.detection import load_detection
 
     detection = load_detection(store)
-    score = detection.recommender(feedback=state, random_state=0).log_odds().astype(np.float64)
-    return drop_suspects(fix, state, confidence=detection.features.column("confidence"),
-                         accept_probability=1.0 / (1.0 + np.exp(-score)))
+    score = detection.recommender(feedback=state, random_state=0).log_odds()
+    return drop_suspects(fix, state, confidence=detection.features.column("confidence"), suspicion=score)
 
 
 def inherited(store: Any) -> dict[str, np.ndarray]:
