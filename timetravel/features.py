@@ -294,7 +294,7 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3, t
     than ``overfit_z`` standard errors (both smoothed alike). It then spans at least the
     ``smoothing`` epochs averaged into the peak (one past it included): where the held-out
     accuracy jumps from epoch to epoch, a single epoch's margins are as noisy as its
-    accuracy. A run that never does has
+    accuracy. A run that never overfits has
     memorised nothing, and its peak is only noise on a flat curve; the window then ends at
     the last epoch, where the model is best trained. Only the held-out labels and the
     given training labels are used, never the training labels' truth.
