@@ -102,9 +102,11 @@ def test_unknown_column_names_the_choices(toy):
         table.column("nope")
 
 
-def _run_with_heldout(path, accuracy, *, n=40, m=20, seed=0, train=1.0):
+def _run_with_heldout(path, accuracy, *, n=40, m=20, seed=0, train=1.0, train_mode=None):
     """A 2-class run whose held-out accuracy per epoch is ``accuracy`` and whose training logits (random
-    otherwise) predict the given label for a share ``train`` of the samples (one value, or one per epoch)."""
+    otherwise) predict the given label for a share ``train`` of the samples (one value, or one per epoch).
+    With ``train_mode`` (one share per epoch) it also records training-mode margins, positive for that share
+    of the samples (the last ones, so that they are not the samples the eval-mode logits get right)."""
     from timetravel import RunStore
 
     rng = np.random.default_rng(seed)
@@ -117,9 +119,14 @@ def _run_with_heldout(path, accuracy, *, n=40, m=20, seed=0, train=1.0):
         logits = rng.normal(size=(n, 2)).astype(np.float32)
         hit = (logits[np.arange(n), labels] > logits[np.arange(n), 1 - labels]) != (np.arange(n) < round(agree * n))
         logits[hit] = logits[hit, ::-1]  # swapped so that exactly the first round(agree * n) samples agree
+        margin = None
+        if train_mode is not None:
+            margin = np.where(np.arange(n) >= n - round(train_mode[e] * n), 1.0, -1.0).astype(np.float32)
+            margin *= 1 + np.arange(n) / n  # distinct values, so the average's order is the samples' order
         writer.write_epoch(e, rng.normal(size=(n, 3)).astype(np.float32), logits,
                            head=(np.zeros((2, 3), np.float32), np.zeros(2, np.float32)),
-                           heldout=(rng.normal(size=(m, 3)).astype(np.float32), held_logits))  # fmt: skip
+                           heldout=(rng.normal(size=(m, 3)).astype(np.float32), held_logits),
+                           train_margin=margin)  # fmt: skip
     return RunStore(path)
 
 
@@ -184,6 +191,7 @@ def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_wi
     store = _run_with_heldout(tmp_path / "run", flat, n=200, m=200, train=0.75)
     window = early_stopping_window(store, store.epochs)
     assert window["overfit_epoch"] is None and window["peak_epoch"] == 2
+    assert (window["margins"], window["jitter_ratio"]) == ("eval", None)  # no training-mode margins to check with
     assert describe_early_stop(window) == (
         "early-stopped AUM over epochs 3..7: the model never fits its training labels significantly better than "
         "the held-out ones (last epoch 0.750 against 0.820), so nothing was memorised and the window runs to the end")
@@ -202,6 +210,38 @@ def test_a_run_that_never_overfits_keeps_its_late_epochs_in_the_early_stopped_wi
     # an agreement above the held-out accuracy by less than the standard errors is not overfitting
     assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8)["overfit_epoch"] is None
     assert early_stopping_window(store, store.epochs, train_agreement=[0.83] * 8, overfit_z=0)["overfit_epoch"] == 0
+
+
+def test_where_eval_mode_jumps_and_training_mode_does_not_the_window_averages_training_margins(tmp_path):
+    from timetravel.features import describe_early_stop, early_stopping_window
+
+    # eval mode swings between fitting 50% and 95% of the training labels (and the held-out accuracy with it),
+    # as a CNN's BatchNorm running statistics make it, while the training-mode margins rise smoothly
+    swing = [0.5, 0.95] * 4
+    accuracy = [0.5, 0.9] * 4
+    smooth = [0.5, 0.6, 0.65, 0.7, 0.72, 0.74, 0.75, 0.76]
+    store = _run_with_heldout(tmp_path / "run", accuracy, n=200, m=200, train=swing, train_mode=smooth)
+    window = early_stopping_window(store, store.epochs)
+    assert window["margins"] == "training" and window["jitter_ratio"] > 5
+    assert (window["first_epoch"], window["last_epoch"], window["overfit_epoch"]) == (4, 7, None)  # second half
+    assert describe_early_stop(window).startswith(
+        "early-stopped AUM over epochs 4..7, the second half, from training-mode margins: the eval-mode "
+        f"predictions of the training labels jump {window['jitter_ratio']:.1f}x more")
+    table = extract_features(store, n_neighbors=5, verbose=False)
+    assert table.meta["early_stop"] == window
+    expect = np.mean([store.train_margin(e) for e in range(4, 8)], axis=0)
+    np.testing.assert_allclose(table.column("aum_early_stop"), expect, rtol=1e-5, atol=1e-6)
+    # a higher bar keeps the eval-mode window, whose test is the overfitting one (95% of the training labels
+    # against 90% of the held-out ones)
+    assert early_stopping_window(store, store.epochs, jitter_ratio=1e3)["margins"] == "eval"
+    with pytest.raises(ValueError, match="jitter_ratio"):
+        early_stopping_window(store, store.epochs, jitter_ratio=-1)
+    # training-mode margins that swing as much as the eval-mode predictions say nothing against them
+    steady = _run_with_heldout(tmp_path / "steady", accuracy, n=200, m=200, train=swing,
+                               train_mode=[0.45, 0.9] * 4)
+    window = early_stopping_window(steady, steady.epochs)
+    assert window["margins"] == "eval" and 0.5 < window["jitter_ratio"] < 2
+    assert extract_features(steady, n_neighbors=5, verbose=False).meta["early_stop"] == window
 
 
 def test_no_early_stopped_aum_without_a_labelled_heldout_set(toy):

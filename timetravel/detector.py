@@ -19,7 +19,9 @@ the first principal component of the correlations instead.
 Where the run has a labelled held-out set, one feature is validated by it: the
 area under the margin over the epochs before the network memorises noisy labels
 (``aum_early_stop``: up to the best held-out accuracy, keeping the epochs averaged
-into it, when the model overfits its training labels, else to the last epoch). It is the
+into it, when the model overfits its training labels, else to the last epoch; from the
+training-mode margins of the run's second half where the eval-mode predictions jump
+between epochs far more than the training-mode ones). It is the
 detector's anchor: it gets a fixed share of the weight (half by default), the
 other features share the rest as their method weights them. On the subject runs
 of the recommendation benchmark this alone was the strongest single signal in

@@ -62,7 +62,8 @@ FEATURES: dict[str, FeatureSpec] = {
                     "another class outscores its label during training (mean margin {v:.2f})", "margin"),
         FeatureSpec("aum_early_stop", "area under the margin over the epochs before noisy labels are memorised: "
                     "near the best held-out accuracy and around it, when the model overfits its training labels, "
-                    "else its second half (runs with a labelled held-out set)", -1,
+                    "else its second half; from training-mode margins over the second half when the eval-mode "
+                    "predictions jump far more between epochs (runs with a labelled held-out set)", -1,
                     "another class outscores its label while the model still generalises (mean margin {v:.2f} "
                     "before memorisation)", "margin"),
         FeatureSpec("forgetting", "forgetting events: epochs where the prediction went from the given label to "
@@ -277,7 +278,8 @@ def _progress(iterable, verbose: bool, desc: str):
 
 
 def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3, tolerance: float = 0.05,
-                          overfit_z: float = 2.0, train_agreement: Sequence[float] | None = None) -> dict | None:
+                          overfit_z: float = 2.0, jitter_ratio: float = 5.0,
+                          train_agreement: Sequence[float] | None = None) -> dict | None:
     """The epochs before noisy labels are memorised, found from the held-out accuracy; None without one.
 
     A network fits the cleanly labelled samples first and memorises the mislabelled ones
@@ -299,6 +301,14 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3, t
     the last epoch, where the model is best trained. Only the held-out labels and the
     given training labels are used, never the training labels' truth.
 
+    All of that reads eval-mode predictions. When the run also recorded training-mode
+    margins in every epoch, their agreement with the training labels is the check: if the
+    eval-mode agreement jumps from epoch to epoch ``jitter_ratio`` times more than the
+    training-mode one (RMS deviation from a centred 3-epoch moving average; a CNN whose
+    BatchNorm running statistics lag its weights does that), the eval-mode network is not
+    the one that trained, neither its held-out peak nor its memorising can be read, and the
+    early-stopped AUM averages the training-mode margins over the second half of the run.
+
     Parameters
     ----------
     store : RunStore
@@ -312,30 +322,39 @@ def early_stopping_window(store, epochs: Sequence[int], *, smoothing: int = 3, t
     overfit_z : float
         Standard errors by which the training-label agreement must exceed the held-out
         accuracy for the run to count as overfitting.
+    jitter_ratio : float
+        How many times more the eval-mode training-label agreement may jitter than the
+        training-mode one before the window uses the training-mode margins.
     train_agreement : sequence of float, optional
-        Share of training samples predicted as their given label, one per epoch of
-        ``epochs``; computed from the stored logits when not given.
+        Share of training samples predicted as their given label (eval mode), one per epoch
+        of ``epochs``; computed from the stored logits when not given.
 
     Returns
     -------
     dict or None
-        ``{"first_epoch", "last_epoch", "peak_epoch", "overfit_epoch", "epochs", "accuracy",
-        "train_agreement"}`` (the window, the held-out peak, the first epoch that overfits or
-        None, and per epoch with held-out rows its held-out accuracy and training-label
-        agreement; JSON-ready; :func:`describe_early_stop` says it in words), or None when the run has no labelled held-out set in at least 3 epochs.
+        ``{"first_epoch", "last_epoch", "peak_epoch", "overfit_epoch", "margins",
+        "jitter_ratio", "epochs", "accuracy", "train_agreement"}`` (the window, the held-out
+        peak, the first epoch that overfits or None, ``"eval"`` or ``"training"`` for the
+        margins averaged, the jitter ratio or None without training-mode margins in every
+        epoch, and per epoch with held-out rows its held-out accuracy and training-label
+        agreement; JSON-ready; :func:`describe_early_stop` says it in words), or None when
+        the run has no labelled held-out set in at least 3 epochs. With training-mode margins
+        ``overfit_epoch`` is None: the eval-mode curves cannot tell.
 
     Raises
     ------
     ValueError
         ``smoothing`` is not a positive odd integer, ``tolerance`` is outside [0, 1],
-        ``overfit_z`` is negative, or ``train_agreement`` does not match ``epochs``.
+        ``overfit_z`` or ``jitter_ratio`` is negative, or ``train_agreement`` does not
+        match ``epochs``.
     """
-    plan = _EarlyStopPlan.from_store(store, epochs, smoothing=smoothing, tolerance=tolerance, overfit_z=overfit_z)
+    plan = _EarlyStopPlan.from_store(store, epochs, smoothing=smoothing, tolerance=tolerance, overfit_z=overfit_z,
+                                     jitter_ratio=jitter_ratio)
     if plan is None:
         return None
     if train_agreement is None:
         train_agreement = _train_agreement(store, epochs)
-    return plan.decide(train_agreement)
+    return plan.decide(train_agreement, _train_mode_agreement(store, epochs))
 
 
 @dataclass(frozen=True)
@@ -349,16 +368,19 @@ class _EarlyStopPlan:
     n_heldout: int
     n_train: int
     overfit_z: float
-    windows: dict[str, tuple[int, int]]  # "peak" / "last": (first, last epoch)
+    jitter_ratio: float
+    windows: dict[str, tuple[int, int]]  # "peak" / "last": (first, last epoch) of the eval-mode margins
     peak_epoch: int  # the best smoothed held-out accuracy
+    half: tuple[int, int]  # the second half of the run: the window of the training-mode margins
 
     @classmethod
     def from_store(cls, store, epochs, *, smoothing: int = 3, tolerance: float = 0.05,
-                   overfit_z: float = 2.0) -> _EarlyStopPlan | None:
+                   overfit_z: float = 2.0, jitter_ratio: float = 5.0) -> _EarlyStopPlan | None:
         if check_int(smoothing, "smoothing", minimum=1) % 2 == 0:
             raise ValueError(f"smoothing must be odd (a centred moving average), got {smoothing}")
         tolerance = check_real(tolerance, "tolerance", minimum=0, maximum=1)
         overfit_z = check_real(overfit_z, "overfit_z", minimum=0)
+        jitter_ratio = check_real(jitter_ratio, "jitter_ratio", minimum=0)
         epochs = list(epochs)
         y = store.heldout_labels
         scored = [e for e in epochs if y is not None and store.has_heldout(e)]
@@ -377,7 +399,8 @@ class _EarlyStopPlan:
         half = smoothing // 2
         first, last = windows["peak"]
         windows["peak"] = (min(first, scored[max(peak - half, 0)]), scored[min(peak + half, len(scored) - 1)])
-        return cls(epochs, scored, acc, smoothing, len(y), store.n_samples, overfit_z, windows, scored[peak])
+        return cls(epochs, scored, acc, smoothing, len(y), store.n_samples, overfit_z, jitter_ratio, windows,
+                   scored[peak], (epochs[len(epochs) // 2], epochs[-1]))
 
     def overfit_epoch(self, train_agreement: Sequence[float]) -> int | None:
         """The first epoch whose training-label agreement exceeds its held-out accuracy by ``overfit_z`` SEs."""
@@ -392,14 +415,33 @@ class _EarlyStopPlan:
         over = g - s > self.overfit_z * se
         return int(self.scored[int(np.argmax(over))]) if over.any() else None
 
-    def decide(self, train_agreement: Sequence[float]) -> dict:
-        """The window (JSON-ready): up to the held-out peak if the run overfits, else up to its last epoch."""
+    def jitter(self, train_agreement: Sequence[float], train_mode_agreement: Sequence[float] | None) -> float | None:
+        """How many times more the eval-mode training-label agreement jitters than the training-mode one.
+
+        None without training-mode agreement or with fewer than 3 epochs. A jitter below one
+        sample's share counts as one sample's, so that two curves flat to the sample do not divide 0 by 0.
+        """
+        if train_mode_agreement is None or len(self.epochs) < 3:
+            return None
+        floor = 1.0 / self.n_train
+        return _jitter(train_agreement) / max(_jitter(train_mode_agreement), floor)
+
+    def decide(self, train_agreement: Sequence[float], train_mode_agreement: Sequence[float] | None = None) -> dict:
+        """The window (JSON-ready): up to the held-out peak if the run overfits, else up to its last epoch;
+        the second half of the training-mode margins where the eval-mode predictions jitter."""
         overfit = self.overfit_epoch(train_agreement)
-        first, last = self.windows["last" if overfit is None else "peak"]
+        ratio = self.jitter(train_agreement, train_mode_agreement)
+        margins = "training" if ratio is not None and ratio > self.jitter_ratio else "eval"
+        if margins == "training":
+            overfit = None
+            first, last = self.half
+        else:
+            first, last = self.windows["last" if overfit is None else "peak"]
         at = dict(zip(self.epochs, train_agreement))
         return {"first_epoch": int(first), "last_epoch": int(last), "peak_epoch": int(self.peak_epoch),
-                "overfit_epoch": overfit, "epochs": [int(e) for e in self.scored],
-                "accuracy": [round(float(a), 6) for a in self.accuracy],
+                "overfit_epoch": overfit, "margins": margins,
+                "jitter_ratio": None if ratio is None else round(float(ratio), 3),
+                "epochs": [int(e) for e in self.scored], "accuracy": [round(float(a), 6) for a in self.accuracy],
                 "train_agreement": [round(float(at[e]), 6) for e in self.scored]}
 
 
@@ -415,6 +457,11 @@ def describe_early_stop(early_stop: dict | None) -> str:
     if early_stop is None:
         return "no early-stopped AUM: the run has no labelled held-out set in at least 3 epochs"
     span = f"early-stopped AUM over epochs {early_stop['first_epoch']}..{early_stop['last_epoch']}"
+    if early_stop.get("margins", "eval") == "training":  # detections saved before the check have no "margins"
+        return (f"{span}, the second half, from training-mode margins: the eval-mode predictions of the training "
+                f"labels jump {early_stop['jitter_ratio']:.1f}x more from epoch to epoch than the training-mode "
+                "ones (as BatchNorm statistics that lag the weights make them), so neither the held-out peak nor "
+                "memorising can be read from them")
     at = {e: (a, g) for e, a, g in zip(early_stop["epochs"], early_stop["accuracy"], early_stop["train_agreement"])}
     peak, over = early_stop["peak_epoch"], early_stop["overfit_epoch"]
     if over is None:
@@ -435,8 +482,25 @@ def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(np.pad(values, (half, half), mode="edge"), np.ones(width) / width, mode="valid")
 
 
+def _jitter(values: Sequence[float]) -> float:
+    """RMS deviation of a curve from its centred 3-point moving average, the two ends left out."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.sqrt(np.mean((values - _moving_average(values, 3))[1:-1] ** 2)))
+
+
+def _train_mode_agreement(store, epochs) -> list[float] | None:
+    """Share of training samples with a positive training-mode margin, per epoch; None unless every epoch has them."""
+    shares = []
+    for e in epochs:
+        margin = store.train_margin(e)
+        if margin is None:
+            return None
+        shares.append(float((np.asarray(margin) > 0).mean()))
+    return shares
+
+
 def _train_agreement(store, epochs, chunk_size: int = _CHUNK) -> list[float]:
-    """Share of training samples whose given label the model predicts, per epoch."""
+    """Share of training samples whose given label the model predicts (eval mode), per epoch."""
     labels = np.asarray(store.labels)
     shares = []
     for e in epochs:
@@ -460,7 +524,9 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, plan):
     margin_sum = np.zeros(n)
     windows = {} if plan is None else plan.windows
     window_sums = {name: np.zeros(n) for name in windows}
+    half_sum = np.zeros(n)  # training-mode margins over the second half, for runs whose eval mode jitters
     agreement = np.zeros(t)
+    train_mode_agreement = np.zeros(t)
     loss_early = np.zeros(n)
     forgetting = np.zeros(n)
     prob_sum = np.zeros((n, store.n_classes), dtype=np.float32)
@@ -502,7 +568,11 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, plan):
                 loss_last[sl] = log_norm - given
                 predicted[sl] = z.argmax(axis=1)
             if tm is not None and has_train_margin:
-                train_margin_sum[sl] += np.asarray(tm[sl], dtype=np.float64)
+                train_margin = np.asarray(tm[sl], dtype=np.float64)
+                train_margin_sum[sl] += train_margin
+                train_mode_agreement[ti] += (train_margin > 0).sum() / n
+                if plan is not None and plan.half[0] <= e <= plan.half[1]:
+                    half_sum[sl] += train_margin
     mean_p = p_sum / t
     cols = {
         "confidence": mean_p,
@@ -511,11 +581,14 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, plan):
     }
     if has_train_margin:
         cols["aum_train"] = train_margin_sum / t
-    early_stop = None if plan is None else plan.decide(agreement.tolist())
-    if early_stop is not None:
-        name = "last" if early_stop["overfit_epoch"] is None else "peak"
+    early_stop = None
+    if plan is not None:
+        early_stop = plan.decide(agreement.tolist(), train_mode_agreement.tolist() if has_train_margin else None)
         size = sum(early_stop["first_epoch"] <= e <= early_stop["last_epoch"] for e in epochs)
-        cols["aum_early_stop"] = window_sums[name] / size
+        if early_stop["margins"] == "training":
+            cols["aum_early_stop"] = half_sum / size
+        else:
+            cols["aum_early_stop"] = window_sums["last" if early_stop["overfit_epoch"] is None else "peak"] / size
     cols.update({
         "forgetting": forgetting,
         "first_learned": (last_wrong + 1) / t,
