@@ -118,7 +118,7 @@ def _evaluate(store, path: Path, args, seed: int) -> dict:
         if not suspects:
             return fix
         score = FeedbackRecommender(random_state=0).fit(table, prior).restore(state.decisions).log_odds()
-        return drop_suspects(fix, state, confidence=table.column("confidence"), suspicion=score)
+        return drop_suspects(fix, state, confidence=table.column("confidence"), suspicion=score, prior=prior)
 
     table = extract_features(store, verbose=False)
     prior = AbnormalityDetector().fit(table).scores_

@@ -115,10 +115,21 @@ def test_drop_suspects_leaves_out_only_unreviewed_doubted_samples():
     empty = FeedbackState()
     assert drop_suspects(apply_decisions(labels, empty), empty, confidence=confidence,
                          suspicion=suspicion).dropped.tolist() == [1, 2, 3]
+    # the detector's own mode is averaged in: 5 is suspicious to the review (posterior 1) but not to the
+    # detector (0), a mean of one half is not above it; 4 is suspicious to both and dropped
+    prior = np.array([-1.0, 2.0, 2.1, -1.1, 2.2, -0.9])
+    fix = drop_suspects(apply_decisions(labels, state), state, confidence=confidence, suspicion=suspicion,
+                        prior=prior)
+    assert fix.keep.tolist() == [True, True, True, False, True, True]
+    prior[4], suspicion[4] = 2.2, 4.1
+    assert drop_suspects(apply_decisions(labels, state), state, confidence=confidence, suspicion=suspicion,
+                         prior=prior).dropped.tolist() == [3, 4]
     with pytest.raises(CorrectionsError, match="confidence has shape"):
         drop_suspects(fix, state, confidence=np.ones(3))
     with pytest.raises(CorrectionsError, match="suspicion has shape"):
         drop_suspects(fix, state, confidence=confidence, suspicion=np.ones(3))
+    with pytest.raises(CorrectionsError, match="prior has shape"):
+        drop_suspects(fix, state, confidence=confidence, suspicion=suspicion, prior=np.ones(3))
 
 
 def test_the_suspicious_mode_ends_where_the_scores_do_not_where_the_review_did():
@@ -146,7 +157,8 @@ def test_suspects_need_the_runs_detection(tiny_run):
                           detection.features.column("confidence") >= 0.5)
     FeedbackLog(tiny_run.path).append(int(np.argmin(detection.features.column("confidence"))), "accept")
     state = FeedbackLog(tiny_run.path).read()
-    mode = suspicious_mode(detection.recommender(feedback=state, random_state=0).log_odds())
+    mode = (suspicious_mode(detection.recommender(feedback=state, random_state=0).log_odds())
+            + suspicious_mode(detection.scores)) / 2
     expected = (detection.features.column("confidence") < 0.5) | (mode > 0.5)
     expected[list(state.standing)] = False
     assert np.array_equal(~timetravel.corrections(tiny_run, suspects=True).keep, expected)
