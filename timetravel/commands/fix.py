@@ -13,8 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory of the fixed run to write")
     parser.add_argument("--drop-suspects", action="store_true",
                         help="also leave out the unreviewed samples that look like the accepted ones (the upper "
-                             "mode of the feedback recommender's scores) or whose label the model gave < 50%% "
-                             "probability on average over training (needs `timetravel detect RUN`)")
+                             "mode of the feedback recommender's scores and of the detector's, their posteriors "
+                             "averaged) or whose label the model gave < 50%% probability on average over training "
+                             "(needs `timetravel detect RUN`)")
     parser.add_argument("--no-project", action="store_true",
                         help="only train: do not project RUN2 (aligned with RUN) and detect, as `serve --compare` needs")
     parser.add_argument("--threads", type=int, help="torch threads for training (default: cores - 1, at least 1)")
