@@ -16,8 +16,9 @@ Who reviews:
 
 - ``timetravel``: the detector's ranking with the feedback recommender, perfect
   user, then ``timetravel fix --drop-suspects``: the unreviewed samples in the
-  suspicious mode of the recommender's scores fitted on the review, or whose
-  given label got < 50% mean probability over training, are left out
+  suspicious mode of the recommender's scores fitted on the review and of the
+  detector's scores (the mean of the two posteriors), or whose given label got
+  < 50% mean probability over training, are left out
   (:func:`timetravel.correction.drop_suspects`; at R = 0 the second rule alone);
   ``timetravel_mistaken``: the same with 10% of the answers wrong (mean over
   ``--user-draws`` draws of which answers are wrong);
@@ -154,14 +155,31 @@ def _evaluate(store, path: Path, args, seed: int) -> dict:
     return result
 
 
+def _code_fingerprint() -> str:
+    """A hash of the code a cached result depends on: the timetravel package and this benchmark's modules."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    sources = sorted((ROOT / "timetravel").rglob("*.py"))
+    sources += [Path(__file__).with_name(name) for name in ("bench_fix.py", "bench_recommend.py", "rankers.py")]
+    for source in sources:
+        digest.update(str(source.relative_to(ROOT)).encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def _cached_result(store, path: Path, args: argparse.Namespace, seed: int, setting: dict) -> dict:
-    """One run's result, kept beside the run (an interrupted benchmark keeps the runs it finished)."""
+    """One run's result, kept beside the run (an interrupted benchmark keeps the runs it finished).
+
+    The key holds the settings and a fingerprint of the code (:func:`_code_fingerprint`): a
+    result measured with other code is measured again, never reported as this code's.
+    """
     import json
 
     from timetravel._io import write_json_atomic
 
     key = {**setting, "rounds": args.rounds, "mistake": args.mistake, "user_draws": args.user_draws,
-           "cv_folds": args.cv_folds, "reviewers": list(REVIEWERS), "epochs": list(store.epochs)}
+           "cv_folds": args.cv_folds, "reviewers": list(REVIEWERS), "epochs": list(store.epochs),
+           "code": _code_fingerprint()}
     cached = path / "bench_fix_result.json"
     if cached.exists():
         saved = json.loads(cached.read_text())
