@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import sys
 import time
@@ -155,6 +156,7 @@ def _evaluate(store, path: Path, args, seed: int) -> dict:
     return result
 
 
+@functools.cache
 def _code_fingerprint() -> str:
     """A hash of the code a cached result depends on: the timetravel package and this benchmark's modules."""
     import hashlib

@@ -27,8 +27,9 @@ identifies the log of ``source`` the corrections were read from.
 A review covers the most suspicious samples; :func:`drop_suspects` (``timetravel
 fix --drop-suspects``) also leaves out the samples nobody reviewed that either
 look like the ones the user accepted (they fall in the suspicious mode of the
-feedback recommender's scores, fitted on the review: a two-component Gaussian
-mixture over all samples' scores, posterior above one half) or whose given
+feedback recommender's scores, fitted on the review, and of the detector's: a
+two-component Gaussian mixture over all samples' scores, the two posteriors'
+mean above one half) or whose given
 label the model gave less than half of its probability on average over training
 (the detector's ``confidence`` feature: the model kept voting against it). Dropping a correct sample costs little; training on a wrong
 label costs much more (``timetravel bench fix`` measures both).

@@ -426,17 +426,21 @@ class _EarlyStopPlan:
         floor = 1.0 / self.n_train
         return _jitter(train_agreement) / max(_jitter(train_mode_agreement), floor)
 
+    @staticmethod
+    def window_name(early_stop: dict) -> str:
+        """Which candidate window a decision (:meth:`decide`) chose: "half" (training-mode), "peak" or "last"."""
+        if early_stop["margins"] == "training":
+            return "half"
+        return "last" if early_stop["overfit_epoch"] is None else "peak"
+
     def decide(self, train_agreement: Sequence[float], train_mode_agreement: Sequence[float] | None = None) -> dict:
         """The window (JSON-ready): up to the held-out peak if the run overfits, else up to its last epoch;
         the second half of the training-mode margins where the eval-mode predictions jitter."""
-        overfit = self.overfit_epoch(train_agreement)
         ratio = self.jitter(train_agreement, train_mode_agreement)
         margins = "training" if ratio is not None and ratio > self.jitter_ratio else "eval"
-        if margins == "training":
-            overfit = None
-            first, last = self.half
-        else:
-            first, last = self.windows["last" if overfit is None else "peak"]
+        overfit = None if margins == "training" else self.overfit_epoch(train_agreement)
+        name = self.window_name({"margins": margins, "overfit_epoch": overfit})
+        first, last = self.half if name == "half" else self.windows[name]
         at = dict(zip(self.epochs, train_agreement))
         return {"first_epoch": int(first), "last_epoch": int(last), "peak_epoch": int(self.peak_epoch),
                 "overfit_epoch": overfit, "margins": margins,
@@ -585,10 +589,8 @@ def _logit_features(store, epochs, labels, chunk_size, verbose, plan):
     if plan is not None:
         early_stop = plan.decide(agreement.tolist(), train_mode_agreement.tolist() if has_train_margin else None)
         size = sum(early_stop["first_epoch"] <= e <= early_stop["last_epoch"] for e in epochs)
-        if early_stop["margins"] == "training":
-            cols["aum_early_stop"] = half_sum / size
-        else:
-            cols["aum_early_stop"] = window_sums["last" if early_stop["overfit_epoch"] is None else "peak"] / size
+        name = plan.window_name(early_stop)
+        cols["aum_early_stop"] = (half_sum if name == "half" else window_sums[name]) / size
     cols.update({
         "forgetting": forgetting,
         "first_learned": (last_wrong + 1) / t,
